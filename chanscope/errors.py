@@ -1,0 +1,38 @@
+"""One exception type for bad input, so the CLI can print a single line and exit non-zero."""
+
+from __future__ import annotations
+
+__all__ = ["ChanscopeError", "check_eps", "check_positive_int"]
+
+
+class ChanscopeError(ValueError):
+    """A user-facing problem: the message names what is wrong and how to fix it."""
+
+
+def check_eps(eps: float, name: str = "eps") -> float:
+    """Reject perturbation budgets outside (0, 1] (pixel units, images in [0, 1])."""
+    if not (0.0 < eps <= 1.0):
+        raise ChanscopeError(
+            f"{name}={eps:g} is outside (0, 1]; give it in pixel units of [0,1] images, e.g. 8/255"
+        )
+    return float(eps)
+
+
+def check_positive_int(value: int, name: str) -> int:
+    if value < 1:
+        raise ChanscopeError(f"{name}={value} must be at least 1")
+    return int(value)
+
+
+def parse_fraction(text: str | float) -> float:
+    """Parse '8/255', '0.03' or a float; raise a one-line error otherwise."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip()
+    try:
+        if "/" in s:
+            num, den = s.split("/", 1)
+            return float(num) / float(den)
+        return float(s)
+    except (ValueError, ZeroDivisionError):
+        raise ChanscopeError(f"cannot read {text!r} as a number; write e.g. 8/255 or 0.0314") from None

@@ -1,0 +1,169 @@
+"""Training configuration: one dataclass, one commented field per knob, and named presets.
+
+Defaults are the paper's recipe (Yan et al. 2021 / the official CIFS code, CIFAR-10 ResNet-18).
+A preset overrides a few fields; explicit options override the preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from chanscope.errors import ChanscopeError, check_eps, check_positive_int, parse_fraction
+from chanscope.models import list_models
+
+__all__ = ["TrainConfig", "PRESETS", "METHODS", "build_config", "config_diff"]
+
+# method -> (feature selection of the model, loss the training attack and the update use)
+METHODS: dict[str, tuple[str, str]] = {
+    "standard": ("none", "ce"),
+    "at": ("none", "ce"),
+    "trades": ("none", "trades"),
+    "cas": ("cas", "joint"),
+    "cifs": ("cifs", "joint"),
+}
+
+
+@dataclass
+class TrainConfig:
+    method: str = "cifs"  # standard | at (PGD-AT, Madry) | trades | cas | cifs
+    arch: str = "resnet18"  # registry name (chanscope.models.list_models())
+    width: float = 1.0  # channel multiplier (0.25 for CPU runs)
+    natural: bool = False  # cas/cifs: train on natural images only (the paper's warm start)
+    # data
+    data: str = "embedded"  # embedded | cifar10 | svhn | fashion-mnist | ImageFolder path | archive
+    data_root: str | None = None  # torchvision folder for named data sets
+    download: bool = False  # let torchvision download (machines with internet)
+    subset: int | None = None  # class-balanced seeded training subset
+    augment: bool | None = None  # crop 4 + flip; None: as the data source says (CIFAR-like: yes)
+    # optimisation (paper: SGD 0.1, momentum 0.9, wd 2e-4, batch 128, 120 epochs, lr x0.1 at 75, 90)
+    epochs: int = 120
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    milestones: list[int] | None = None  # None: 62.5% and 75% of epochs (75 and 90 of 120)
+    # training attack (PGD-10, eps 8/255, step 2/255, random start)
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    random_start: bool = True
+    # losses
+    beta: float = 2.0  # CIFS/CAS joint loss weight of the probe logits
+    beta_atk: float = 2.0  # the same weight inside the training attack's joint loss
+    trades_beta: float = 6.0  # TRADES robustness weight
+    # CIFS stage
+    probes: list[str] = field(default_factory=lambda: ["nonlinear", "linear"])
+    select_stages: list[str] | None = None  # None: the last stage
+    topk: int = 2  # logits summed for the relevance (paper: top-2)
+    train_label: str = "true"  # top-1 class of the training mask: true label (paper) or prediction
+    # per-epoch test on a fixed class-balanced subset (paper test: PGD-20, step 0.8/255, no random start)
+    eval_n: int = 1000
+    eval_steps: int = 20
+    eval_step_size: float = 0.8 / 255
+    eval_every: int = 1
+    # run
+    seed: int = 0
+    device: str | None = None  # None: cuda if available, else cpu
+    bf16: bool = False  # CUDA only: bf16 autocast
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the model (CUDA)
+    init: str | None = None  # start from another checkpoint's weights
+    preset: str | None = None
+
+    @property
+    def feature_select(self) -> str:
+        return METHODS[self.method][0]
+
+    @property
+    def adversarial(self) -> bool:
+        return self.method != "standard" and not self.natural
+
+    @property
+    def loss(self) -> str:
+        return METHODS[self.method][1]
+
+    def resolved_milestones(self) -> list[int]:
+        if self.milestones is not None:
+            return list(self.milestones)
+        return sorted({max(1, round(self.epochs * 0.625)), max(1, round(self.epochs * 0.75))})
+
+    def model_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"width": self.width, "feature_select": self.feature_select}
+        if self.feature_select == "cifs":
+            kw.update(probes=list(self.probes), topk=self.topk, train_label=self.train_label)
+        if self.select_stages:
+            kw["select_stages"] = list(self.select_stages)
+        return kw
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # ~minutes per AT epoch on 2 CPU cores: ResNet-18 at width 1/4, 10k images, PGD-5
+    "cpu": {"width": 0.25, "subset": 10000, "epochs": 15, "steps": 5, "step_size": 2 / 255,
+            "eval_n": 500, "eval_steps": 10, "eval_step_size": 2 / 255},
+    # seconds: a pipeline check, not a result
+    "smoke": {"width": 0.125, "subset": 500, "epochs": 2, "batch_size": 64, "steps": 2,
+              "step_size": 4 / 255, "eval_n": 100, "eval_steps": 3, "eval_step_size": 3 / 255},
+}
+
+
+def build_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
+    """Paper defaults, then the preset, then the explicit options (None means 'not given')."""
+    if preset is not None and preset not in PRESETS:
+        raise ChanscopeError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    values: dict[str, Any] = dict(PRESETS.get(preset or "paper", {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ChanscopeError(f"unknown training options {unknown}")
+    for k in ("eps", "step_size", "eval_step_size"):
+        if k in values:
+            values[k] = parse_fraction(values[k])
+    cfg = TrainConfig(preset=preset, **values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    if cfg.method not in METHODS:
+        raise ChanscopeError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
+    if cfg.arch not in list_models():
+        raise ChanscopeError(f"unknown arch {cfg.arch!r}; known: {', '.join(list_models())}")
+    check_eps(cfg.eps, "eps")
+    check_eps(cfg.step_size, "step size")
+    check_eps(cfg.eval_step_size, "eval step size")
+    check_positive_int(cfg.steps, "steps")
+    check_positive_int(cfg.eval_steps, "eval steps")
+    check_positive_int(cfg.epochs, "epochs")
+    check_positive_int(cfg.batch_size, "batch size")
+    check_positive_int(cfg.eval_every, "eval every")
+    if cfg.width <= 0:
+        raise ChanscopeError(f"width={cfg.width} must be positive, e.g. 0.25")
+    if cfg.lr <= 0:
+        raise ChanscopeError(f"lr={cfg.lr} must be positive")
+    if cfg.train_label not in ("true", "pred"):
+        raise ChanscopeError(f"unknown train label {cfg.train_label!r}; known: true, pred")
+
+
+# fields that may differ on --resume without changing the run's arithmetic
+_RESUME_FREE = {"device", "epochs", "milestones", "preset", "eval_every", "download", "data_root"}
+
+
+def config_diff(stored: TrainConfig, new: TrainConfig, given: set[str]) -> list[str]:
+    """Options the user gave explicitly that disagree with a stored run (for --resume)."""
+    out = []
+    for k in sorted(given - _RESUME_FREE):
+        a, b = getattr(stored, k, None), getattr(new, k, None)
+        if a != b:
+            out.append(f"{k}: run has {a!r}, given {b!r}")
+    return out

@@ -1,0 +1,335 @@
+"""`chanscope train`: one loop for every method, resumable to the batch.
+
+Reads top to bottom: setup (data, model, optimiser), the method as a `batch_loss` picked by name,
+one epoch, per-epoch evaluation, checkpoints. Printing is the caller's business (callbacks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import signal
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
+from chanscope.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from chanscope.data import BatchLoader, ImageData, balanced_subset, load_data
+from chanscope.device import pick_device
+from chanscope.errors import ChanscopeError
+from chanscope.io import atomic_write_csv, atomic_write_json
+from chanscope.losses import joint_ce, trades_kl
+from chanscope.models import create_model
+from chanscope.train.config import TrainConfig
+
+__all__ = ["train", "TrainResult", "TrainInterrupted", "evaluate_subset", "versions", "METRIC_COLUMNS"]
+
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_nat_acc", "test_pgd_acc", "seconds"]
+
+
+class TrainInterrupted(Exception):
+    """Raised after Ctrl-C once the state has been saved; `--resume` continues from it."""
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    metrics: pd.DataFrame
+    best_epoch: int
+    best_metric: float
+    config: TrainConfig
+    seconds: float
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    from chanscope import __version__
+
+    return {"chanscope": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+# ------------------------------------------------------------------------------------------ the methods
+def batch_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               autocast: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss to minimise and the logits it came from, for one batch, by method.
+
+    Adversarial examples are crafted in eval mode with frozen parameters (as the official code);
+    the update then runs in train mode.
+    """
+    selects = cfg.feature_select != "none"
+    if cfg.adversarial and cfg.loss == "trades":
+        with torch.no_grad(), frozen_eval(model):
+            nat_logits = model(x)
+        start = x + 0.001 * torch.randn_like(x)
+        x_in = pgd(model, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
+                   loss=attack_loss("trades", x_nat_logits=nat_logits), init=start)
+        with autocast():
+            logits_nat = model(x, y)
+            logits_adv = model(x_in, y)
+            loss = F.cross_entropy(logits_nat, y) + cfg.trades_beta * trades_kl(logits_adv, logits_nat).mean()
+        return loss, logits_adv
+    if cfg.adversarial:
+        x_in = pgd(model, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
+                   loss="joint" if selects else "ce", beta=cfg.beta_atk, random_start=cfg.random_start)
+    else:
+        x_in = x
+    with autocast():
+        if selects:
+            logits, aux = model(x_in, y, return_aux=True)
+            loss = joint_ce(logits.float(), [a.float() for a in aux], y, cfg.beta)
+        else:
+            logits = model(x_in, y)
+            loss = F.cross_entropy(logits.float(), y)
+    return loss, logits
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def evaluate_subset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                    batch_size: int = 250, adversarial: bool = True) -> tuple[float, float]:
+    """Natural and PGD accuracy (%) on a fixed set: PGD on the joint loss for CIFS/CAS models."""
+    loss = "joint" if cfg.feature_select != "none" else "ce"
+    nat = adv = 0
+    with frozen_eval(model):
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            with torch.no_grad():
+                nat += (model(xb).argmax(1) == yb).sum().item()
+            if adversarial:
+                xa = pgd(model, xb, yb, eps=cfg.eps, alpha=cfg.eval_step_size, steps=cfg.eval_steps,
+                         loss=loss, beta=cfg.beta_atk, random_start=False)
+                with torch.no_grad():
+                    adv += (model(xa).argmax(1) == yb).sum().item()
+    n = max(1, len(y))
+    return 100.0 * nat / n, (100.0 * adv / n if adversarial else float("nan"))
+
+
+# ----------------------------------------------------------------------------------------------- Ctrl-C
+@contextmanager
+def _sigint_flag() -> Iterator[dict[str, bool]]:
+    """Turn the first Ctrl-C into a flag checked between batches, so state is saved consistently."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+# ------------------------------------------------------------------------------------------------ train
+def _rng_state() -> dict[str, Any]:
+    st: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def prepare_data(cfg: TrainConfig) -> ImageData:
+    data = load_data(cfg.data, cfg.data_root, cfg.download, subset=None, seed=cfg.seed)
+    if cfg.subset is not None:
+        n = cfg.subset
+        if cfg.preset and n >= len(data.y_train):  # a preset's subset never exceeds the data
+            n = None
+        if n is not None:
+            idx = balanced_subset(data.y_train, n, data.num_classes, cfg.seed)
+            data.x_train, data.y_train = data.x_train[idx], data.y_train[idx]
+            data.notes.append(f"class-balanced training subset of {len(idx)} (seed {cfg.seed})")
+    return data
+
+
+def build_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
+    mean, std = data.channel_stats()
+    return create_model(cfg.arch, num_classes=data.num_classes, in_channels=data.channels, mean=mean, std=std,
+                        **cfg.model_kwargs())
+
+
+def _load_init(model: nn.Module, path: str) -> None:
+    src = model_from_checkpoint(read_checkpoint(path), path)
+    own, other = model.state_dict(), src.state_dict()
+    bad = [k for k in own if k not in other or other[k].shape != own[k].shape]
+    if bad or set(other) - set(own):
+        raise ChanscopeError(f"--init {path}: arch or class-count mismatch ({getattr(src, 'arch', '?')} "
+                             f"{getattr(src, 'model_kwargs', {})}; first differing key {(bad or ['?'])[0]}); "
+                             "give a checkpoint of the same arch, width, method and data")
+    model.load_state_dict(other)
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after: int | None = None,
+          on_batch: Callable[[int, int, int, float], None] | None = None,
+          on_epoch: Callable[[dict[str, float]], None] | None = None,
+          on_start: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train a model by `cfg` into run folder `out` (config.json, metrics.csv, last.pt, best.pt).
+
+    Args:
+        resume: continue from out/last.pt (model, optimiser, scheduler, RNG and loader position).
+        stop_after: stop (as if interrupted) once this many epochs are complete; for tests and budgets.
+        on_batch(epoch, batch, n_batches, loss), on_epoch(row), on_start(info): progress callbacks.
+    """
+    t_start = time.time()
+    out = Path(out)
+    last_path = out / "last.pt"
+    state = None
+    if resume:
+        if not last_path.is_file():
+            raise ChanscopeError(f"--resume: {last_path} does not exist; start without --resume")
+        state = read_checkpoint(last_path)
+        if "train_state" not in state:
+            raise ChanscopeError(f"--resume: {last_path} holds no training state; start a new --out")
+    elif last_path.exists():
+        raise ChanscopeError(f"{out} already holds a run; add --resume to continue it or pick another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ChanscopeError(f"cannot create run folder {str(out)!r} ({e.strerror}); pick another --out") from None
+
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = prepare_data(cfg)
+    augment = data.augment if cfg.augment is None else cfg.augment
+    if cfg.eval_n > len(data.y_test):
+        raise ChanscopeError(f"eval_n={cfg.eval_n} is larger than the test set ({len(data.y_test)})")
+    model = build_model(cfg, data)
+    if cfg.init and state is None:
+        _load_init(model, cfg.init)
+    model.to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+    fwd_model = torch.compile(model) if cfg.compile else model
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.bf16) else nullcontext()
+
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.resolved_milestones(), gamma=0.1)
+    loader = BatchLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, augment=augment,
+                         seed=cfg.seed, device=device)
+    eval_idx = balanced_subset(data.y_test, cfg.eval_n, data.num_classes, cfg.seed)
+    x_eval = data.x_test[eval_idx].to(device).float().div_(255)
+    y_eval = data.y_test[eval_idx].to(device)
+
+    rows: list[dict[str, float]] = []
+    start_epoch, best_metric, best_epoch = 0, -1.0, 0
+    partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        ts = state["train_state"]
+        opt.load_state_dict(ts["optimizer"])
+        sched.load_state_dict(ts["scheduler"])
+        sched.milestones = Counter(cfg.resolved_milestones())
+        loader.load_state_dict(ts["loader"])
+        _set_rng_state(ts["rng"])
+        rows = [dict(r) for r in ts["metrics"]]
+        start_epoch, best_metric, best_epoch = ts["epoch"], ts["best_metric"], ts["best_epoch"]
+        partial = dict(ts["partial"])
+
+    config_record = {"config": cfg.to_dict(), "resolved": {"milestones": cfg.resolved_milestones(),
+                     "feature_select": cfg.feature_select, "adversarial": cfg.adversarial,
+                     "loss": cfg.loss, "augment": augment, "device": str(device)},
+                     "model": {"arch": cfg.arch, "model_kwargs": model.model_kwargs},
+                     "data": data.describe(), "versions": versions()}
+    atomic_write_json(out / "config.json", config_record)
+    if on_start:
+        on_start({"device": str(device), "n_train": len(data.y_train), "batches": len(loader),
+                  "start_epoch": start_epoch, "params": sum(p.numel() for p in model.parameters())})
+
+    def snapshot(epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "loader": loader.state_dict(), "rng": _rng_state(), "metrics": rows,
+                "best_metric": best_metric, "best_epoch": best_epoch, "partial": dict(partial)}
+
+    def save_last(epoch: int) -> None:
+        save_checkpoint(last_path, model, config=cfg.to_dict(), train_state=snapshot(epoch))
+
+    metric_key = "test_pgd_acc" if cfg.adversarial else "test_nat_acc"
+    with _sigint_flag() as flag:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop_after is not None and epoch >= stop_after:
+                raise TrainInterrupted(f"stopped after epoch {epoch}; continue with --resume")
+            t0 = time.time()
+            model.train()
+            n_batches = len(loader)
+            for xb, yb in loader:
+                if cuda and cfg.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                loss, logits = batch_loss(cfg, fwd_model, xb, yb, autocast)
+                if not math.isfinite(loss.item()):
+                    raise ChanscopeError(
+                        f"loss became {loss.item()} in epoch {epoch + 1}; stopped, {last_path} keeps the last "
+                        "good state; lower --lr or check the data")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                partial["loss_sum"] += loss.item() * len(yb)
+                partial["correct"] += (logits.argmax(1) == yb).sum().item()
+                partial["seen"] += len(yb)
+                if on_batch:
+                    on_batch(epoch, -(-partial["seen"] // cfg.batch_size), n_batches, loss.item())
+                if flag["stop"]:
+                    partial["seconds"] += time.time() - t0
+                    save_last(epoch)
+                    raise TrainInterrupted(f"interrupted in epoch {epoch + 1}; state saved to {last_path}, "
+                                           "continue with --resume")
+            lr = opt.param_groups[0]["lr"]
+            sched.step()
+            seconds = partial["seconds"] + time.time() - t0
+            do_eval = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+            nat, adv = evaluate_subset(model, x_eval, y_eval, cfg) if do_eval else (float("nan"),) * 2
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": partial["loss_sum"] / max(1, partial["seen"]),
+                   "train_acc": 100.0 * partial["correct"] / max(1, partial["seen"]),
+                   "test_nat_acc": nat, "test_pgd_acc": adv, "seconds": round(seconds, 2)}
+            rows.append(row)
+            partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            metric = row[metric_key]
+            if do_eval and metric > best_metric:
+                best_metric, best_epoch = metric, epoch + 1
+                save_checkpoint(out / "best.pt", model, config=cfg.to_dict(), epoch=epoch + 1,
+                                metrics=row)
+            save_last(epoch + 1)
+            atomic_write_csv(out / "metrics.csv", pd.DataFrame(rows, columns=METRIC_COLUMNS))
+            if on_epoch:
+                on_epoch(row)
+    total = time.time() - t_start
+    summary = {"best_epoch": best_epoch, "best_" + metric_key: best_metric, "epochs": len(rows),
+               "wall_seconds_this_invocation": round(total, 1)}
+    atomic_write_json(out / "summary.json", summary)
+    return TrainResult(out, pd.DataFrame(rows, columns=METRIC_COLUMNS), best_epoch, best_metric, cfg, total)
+
+
+def load_run_config(out: str | Path) -> TrainConfig:
+    p = Path(out) / "config.json"
+    if not p.is_file():
+        raise ChanscopeError(f"{p} does not exist; is {out} a chanscope run folder?")
+    try:
+        return TrainConfig.from_dict(json.loads(p.read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ChanscopeError(f"{p} is not a chanscope config ({e}); start a new --out") from None

@@ -1,0 +1,108 @@
+"""`chanscope train`."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from chanscope.train import (METHODS, PRESETS, TrainInterrupted, build_config, config_diff, load_run_config,
+                             train)
+from ._console import console, fail, progress
+from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
+
+
+def train_command(
+    method: Annotated[Optional[str], typer.Option(help=f"One of: {', '.join(METHODS)} (default cifs).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help=f"One of: {', '.join(PRESETS)} (default paper).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Registry name, e.g. resnet18, wrn28_10.")] = None,
+    width: Annotated[Optional[float], typer.Option(help="Channel multiplier, e.g. 0.25 on CPU.")] = None,
+    natural: Annotated[Optional[bool], typer.Option("--natural", help="cifs/cas: natural training only.")] = None,
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = None,
+    subset: Annotated[Optional[int], typer.Option(help="Class-balanced training subset size.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Overrides the preset's length.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size (paper 128).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="SGD learning rate (paper 0.1).")] = None,
+    milestones: Annotated[Optional[str], typer.Option(help="Comma-separated lr x0.1 epochs (default 62.5%, 75%).")] = None,
+    eps: EpsOpt = None,
+    step_size: Annotated[Optional[str], typer.Option(help="Training PGD step, e.g. 2/255.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training PGD steps (paper 10).")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="CIFS/CAS joint-loss beta (paper 2).")] = None,
+    probes: Annotated[Optional[str], typer.Option(help="CIFS probe kinds per block, e.g. nonlinear,linear.")] = None,
+    eval_n: Annotated[Optional[int], typer.Option(help="Test images for the per-epoch check.")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Start from this checkpoint's weights.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<method>-<arch>-<time>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16", help="bf16 autocast on CUDA.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model.")] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Train a standard, PGD-AT, TRADES, CAS or CIFS model into a run folder."""
+    given = {
+        "method": method, "arch": arch, "width": width, "natural": natural, "data": data, "data_root": data_root,
+        "download": download, "subset": subset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "milestones": [int(m) for m in milestones.split(",")] if milestones else None, "eps": eps,
+        "step_size": step_size, "steps": steps, "beta": beta,
+        "probes": probes.split(",") if probes else None, "eval_n": eval_n, "init": init, "bf16": bf16,
+        "compile": compile, "seed": seed, "device": device,
+    }
+    if resume:
+        if out is None:
+            raise fail("--resume needs --out DIR, the run folder to continue")
+        stored = load_run_config(out)
+        explicit = {k for k, v in given.items() if v is not None}
+        candidate = build_config(preset or stored.preset, **{**stored.to_dict(), "preset": None,
+                                                              **{k: given[k] for k in explicit}})
+        diff = config_diff(stored, candidate, explicit | ({"preset"} if preset else set()))
+        if diff:
+            raise fail(f"--resume on a run with different options ({'; '.join(diff)}); drop them or use a new --out")
+        cfg = candidate
+        cfg.preset = stored.preset
+    else:
+        cfg = build_config(preset, **given)
+    if out is None:
+        out = Path("runs") / f"{cfg.method}-{cfg.arch}-{datetime.now():%Y%m%d-%H%M%S}"
+
+    bar = progress()
+    task = {"id": None, "t": time.time()}
+
+    def on_start(info: dict) -> None:
+        console.print(f"[bold]chanscope train[/] {cfg.method} {cfg.arch} width {cfg.width} on {info['device']}: "
+                      f"{info['n_train']} images, {info['params'] / 1e6:.2f} M parameters -> {out}")
+        bar.start()
+        task["id"] = bar.add_task("epoch", total=info["batches"], info="")
+
+    def on_batch(epoch: int, i: int, n: int, loss: float) -> None:
+        rate = i * cfg.batch_size / max(1e-9, time.time() - task["t"])
+        bar.update(task["id"], completed=i, total=n, description=f"epoch {epoch + 1}/{cfg.epochs}",
+                   info=f"loss {loss:.3f}  {rate:.0f} img/s")
+
+    def on_epoch(row: dict) -> None:
+        task["t"] = time.time()
+        bar.console.print(f"epoch {row['epoch']:>3}  lr {row['lr']:.4f}  loss {row['train_loss']:.3f}  "
+                          f"train {row['train_acc']:.1f}%  test nat {row['test_nat_acc']:.1f}%  "
+                          f"pgd {row['test_pgd_acc']:.1f}%  {row['seconds']:.0f}s", highlight=False)
+
+    try:
+        result = train(cfg, out, resume=resume, on_batch=on_batch, on_epoch=on_epoch, on_start=on_start)
+    except TrainInterrupted as e:
+        bar.stop()
+        raise fail(str(e), code=130)
+    finally:
+        bar.stop()
+    table = Table(title=f"{cfg.method} {cfg.arch} ({out})")
+    for col in ("epoch", "lr", "train loss", "train acc %", "test nat %", "test PGD %", "s"):
+        table.add_column(col, justify="right")
+    for _, r in result.metrics.iterrows():
+        table.add_row(f"{int(r.epoch)}", f"{r.lr:.4f}", f"{r.train_loss:.3f}", f"{r.train_acc:.1f}",
+                      f"{r.test_nat_acc:.1f}", f"{r.test_pgd_acc:.1f}", f"{r.seconds:.0f}")
+    console.print(table)
+    console.print(f"best epoch {result.best_epoch} ({result.best_metric:.1f}%), {result.seconds:.0f}s; "
+                  f"files in {out}: config.json metrics.csv last.pt best.pt")
