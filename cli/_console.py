@@ -22,3 +22,19 @@ def progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
                     TimeRemainingColumn(), console=console)
+
+
+def handle_errors(fn):
+    """Turn a library ChanscopeError into one red line on stderr and exit code 2 (no traceback)."""
+    import functools
+
+    from chanscope.errors import ChanscopeError
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ChanscopeError as e:
+            raise fail(str(e)) from None
+
+    return wrapper

@@ -7,12 +7,12 @@ import sys
 import typer
 
 from chanscope.errors import ChanscopeError
-from ._console import fail
+from ._console import fail, handle_errors
 from .train import train_command
 
 app = typer.Typer(name="chanscope", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Channel-wise activation studies of adversarially trained CNNs (CIFS, ICML 2021).")
-app.command("train")(train_command)
+app.command("train")(handle_errors(train_command))
 
 
 @app.callback()

@@ -58,8 +58,8 @@ def train_command(
             raise fail("--resume needs --out DIR, the run folder to continue")
         stored = load_run_config(out)
         explicit = {k for k, v in given.items() if v is not None}
-        candidate = build_config(preset or stored.preset, **{**stored.to_dict(), "preset": None,
-                                                              **{k: given[k] for k in explicit}})
+        stored_values = {k: v for k, v in stored.to_dict().items() if k != "preset"}
+        candidate = build_config(preset or stored.preset, **{**stored_values, **{k: given[k] for k in explicit}})
         diff = config_diff(stored, candidate, explicit | ({"preset"} if preset else set()))
         if diff:
             raise fail(f"--resume on a run with different options ({'; '.join(diff)}); drop them or use a new --out")

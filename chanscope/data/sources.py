@@ -169,6 +169,7 @@ def _torchvision(key: str, root: str | Path | None, download: bool) -> ImageData
             ys = [torch.as_tensor(np.asarray(d.labels), dtype=torch.int64) for d in (tr, te)]
             classes, augment = [str(i) for i in range(10)], False  # digits: no flips
         else:
+            _gunzip_idx(root / "FashionMNIST" / "raw")
             tr, te = (tvd.FashionMNIST(str(root), train=t, download=download) for t in (True, False))
             xs = [d.data.unsqueeze(1).contiguous() for d in (tr, te)]
             ys = [d.targets.to(torch.int64) for d in (tr, te)]
@@ -179,6 +180,22 @@ def _torchvision(key: str, root: str | Path | None, download: bool) -> ImageData
     except (ImportError, ModuleNotFoundError) as e:
         raise ChanscopeError(f"reading {key} needs an extra package: {e}; pip install scipy") from None
     return ImageData(key, f"torchvision {key} at {root}", xs[0], ys[0], xs[1], ys[1], classes, augment)
+
+
+def _gunzip_idx(raw: Path) -> None:
+    """Unpack the original `*-ubyte.gz` files where only those were copied (torchvision reads unpacked
+    ones and would otherwise ask to download)."""
+    import gzip
+
+    from chanscope.io import atomic_write_bytes
+
+    for gz in sorted(raw.glob("*-ubyte.gz")) if raw.is_dir() else []:
+        target = gz.with_suffix("")
+        if not target.exists():
+            try:
+                atomic_write_bytes(target, gzip.decompress(gz.read_bytes()))
+            except (OSError, EOFError) as e:
+                raise ChanscopeError(f"cannot unpack {gz} ({e}); copy the original file again") from None
 
 
 # ---------------------------------------------------------------------------------- ImageFolder / archive

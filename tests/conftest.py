@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from chanscope.data import load_data
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded real CIFAR-10 subset (decoded once per session)."""
+    return load_data("embedded")
+
+
+@pytest.fixture(scope="session")
+def cifar_batch(embedded):
+    x = embedded.x_test[::50][:16].float() / 255
+    y = embedded.y_test[::50][:16]
+    return x, y

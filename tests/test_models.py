@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chanscope.errors import ChanscopeError
+from chanscope.models import CAS, CIFS, create_model, list_models
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+@pytest.mark.parametrize("select", ["none", "cifs", "cas"])
+def test_every_model_output_shape(name, shape, select):
+    c = shape[0]
+    model = create_model(name, width=0.0625, num_classes=7, in_channels=c, feature_select=select).eval()
+    out = model(torch.rand(3, *shape))
+    assert out.shape == (3, 7) and torch.isfinite(out).all()
+    logits, aux = model(torch.rand(3, *shape), return_aux=True)
+    assert len(aux) == (0 if select == "none" else len(getattr(model, model.stage_names[-1])))
+    assert all(a.shape == (3, 7) for a in aux)
+
+
+def test_unknown_arch_lists_valid_ones():
+    with pytest.raises(ChanscopeError, match="resnet18"):
+        create_model("resnet19")
+
+
+def _independent_mask(cifs: CIFS, feat: torch.Tensor, top1: torch.Tensor) -> torch.Tensor:
+    """The paper's mask written out by hand for a linear probe: softmax_k(W[top1, k] + W[top2, k]) * H*W / ..."""
+    W = cifs.probe[1].weight  # (K, C)
+    logits = cifs.probe(feat)
+    top2 = logits.topk(2, 1).indices[:, 1]
+    hw = feat.shape[2] * feat.shape[3]
+    # d logit_c / d feat[k, i, j] = W[c, k] / (H W); summed over positions: W[c, k]
+    g = (W[top1] + W[top2]) * hw / hw
+    return F.softmax(g, dim=1)
+
+
+def test_cifs_mask_matches_hand_formula_and_is_a_distribution():
+    torch.manual_seed(0)
+    cifs = CIFS(16, 5, probe="linear")
+    feat = torch.rand(6, 16, 4, 4)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    cifs.train()
+    cifs.label = y
+    out = cifs(feat)
+    mask = cifs.last_mask
+    assert (mask >= 0).all() and torch.allclose(mask.sum(1), torch.ones(6), atol=1e-6)
+    assert torch.allclose(mask, _independent_mask(cifs, feat, y), atol=1e-6)
+    assert torch.allclose(out, feat * mask[:, :, None, None])
+    cifs.eval()
+    cifs.label = y  # must be ignored in eval mode
+    cifs(feat)
+    pred = cifs.probe(feat).argmax(1)
+    assert torch.allclose(cifs.last_mask, _independent_mask(cifs, feat, pred), atol=1e-6)
+
+
+def test_eval_mode_never_reads_the_label():
+    torch.manual_seed(0)
+    model = create_model("resnet10", width=0.125, feature_select="cifs").eval()
+    x = torch.rand(8, 3, 32, 32)
+    y1, y2 = torch.zeros(8, dtype=torch.long), torch.full((8,), 9, dtype=torch.long)
+    a, _ = model(x, y1, return_aux=True)
+    b, _ = model(x, y2, return_aux=True)
+    assert torch.equal(a, b) and torch.equal(a, model(x))
+    model.train()
+    torch.manual_seed(1)
+    c = model(x, y1)
+    torch.manual_seed(1)
+    d = model(x, y2)
+    assert not torch.allclose(c, d)  # in training the true label drives the mask
+
+
+def test_gradients_reach_probe_and_backbone():
+    torch.manual_seed(0)
+    model = create_model("resnet18", width=0.125, feature_select="cifs").train()
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    logits, aux = model(x, y, return_aux=True)
+    from chanscope.losses import joint_ce
+
+    joint_ce(logits, aux, y).backward()
+    assert model.layer4[0].select.probe_kind == "nonlinear" and model.layer4[1].select.probe_kind == "linear"
+    for sel in (model.layer4[0].select, model.layer4[1].select):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in sel.probe.parameters())
+    assert model.conv1.weight.grad.abs().sum() > 0 and model.linear.weight.grad.abs().sum() > 0
+    # the mask itself is trained through the probe (create_graph): the final CE alone reaches the probe
+    model.zero_grad()
+    F.cross_entropy(model(x, y), y).backward()
+    assert model.layer4[1].select.probe[1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("select", ["cifs", "cas"])
+def test_forward_inside_no_grad(select):
+    model = create_model("resnet10", width=0.125, feature_select=select).eval()
+    x = torch.rand(4, 3, 32, 32)
+    ref = model(x)
+    with torch.no_grad():
+        out = model(x)
+    assert torch.allclose(out, ref, atol=1e-6)
+
+
+def test_cas_mask_is_class_weight_row():
+    torch.manual_seed(0)
+    cas = CAS(8, 3).train()
+    feat = torch.rand(2, 8, 3, 3)
+    cas.label = torch.tensor([2, 0])
+    out = cas(feat)
+    assert torch.allclose(out[0], feat[0] * cas.fc.weight[2][:, None, None])
+    cas.eval()
+    out = cas(feat)
+    pred = cas.fc(feat.mean((2, 3))).argmax(1)
+    assert torch.allclose(out[1], feat[1] * cas.fc.weight[pred[1]][:, None, None])
+
+
+def test_normalisation_is_first_layer():
+    model = create_model("resnet10", width=0.125, mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2]).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(model.normalize(x), (x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / 0.2)

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import chanscope
+from chanscope.errors import ChanscopeError
+from chanscope.train import TrainInterrupted, build_config, train
+from chanscope.train import loop as loop_mod
+from chanscope.cli.app import app
+
+TINY = dict(arch="resnet18", width=0.0625, subset=100, eval_n=20, batch_size=25, epochs=2, steps=1,
+            step_size="2/255", eval_steps=1, eval_step_size="2/255")
+
+
+def _cfg(**kw):
+    return build_config("smoke", **{**TINY, **kw})
+
+
+def _same_state(a, b):
+    sa, sb = chanscope.load_model(a, "cpu").state_dict(), chanscope.load_model(b, "cpu").state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("method", ["standard", "at", "trades", "cas", "cifs"])
+def test_every_method_trains_and_writes_its_run(tmp_path, method):
+    res = train(_cfg(method=method, epochs=1), tmp_path / method)
+    for f in ("config.json", "metrics.csv", "last.pt", "best.pt"):
+        assert (tmp_path / method / f).is_file()
+    m = pd.read_csv(tmp_path / method / "metrics.csv")
+    assert list(m.columns) == loop_mod.METRIC_COLUMNS and len(m) == 1
+    assert 0 <= m.test_nat_acc[0] <= 100 and m.train_loss[0] > 0
+    model = chanscope.load_model(tmp_path / method / "best.pt", "cpu")
+    assert model.model_kwargs["feature_select"] == {"cas": "cas", "cifs": "cifs"}.get(method, "none")
+    assert res.best_epoch == 1
+
+
+def test_resume_after_epoch_equals_uninterrupted(tmp_path):
+    train(_cfg(method="cifs"), tmp_path / "full")
+    with pytest.raises(TrainInterrupted):
+        train(_cfg(method="cifs"), tmp_path / "cut", stop_after=1)
+    assert len(pd.read_csv(tmp_path / "cut" / "metrics.csv")) == 1
+    train(_cfg(method="cifs"), tmp_path / "cut", resume=True)
+    assert _same_state(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
+    a, b = pd.read_csv(tmp_path / "full" / "metrics.csv"), pd.read_csv(tmp_path / "cut" / "metrics.csv")
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path):
+    train(_cfg(method="at"), tmp_path / "full")
+
+    def on_batch(epoch, i, n, loss):
+        if epoch == 0 and i == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # first Ctrl-C: finish the batch, save, stop
+
+    with pytest.raises(TrainInterrupted, match="interrupted in epoch 1"):
+        train(_cfg(method="at"), tmp_path / "cut", on_batch=on_batch)
+    assert (tmp_path / "cut" / "last.pt").is_file() and not (tmp_path / "cut" / "metrics.csv").exists()
+    train(_cfg(method="at"), tmp_path / "cut", resume=True)
+    assert _same_state(tmp_path / "full" / "last.pt", tmp_path / "cut" / "last.pt")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    train(_cfg(method="standard", epochs=1), tmp_path / "r")
+    before = (tmp_path / "r" / "last.pt").read_bytes()
+    real = loop_mod.batch_loss
+
+    def nan_loss(*a, **k):
+        loss, logits = real(*a, **k)
+        return loss * float("nan"), logits
+
+    monkeypatch.setattr(loop_mod, "batch_loss", nan_loss)
+    with pytest.raises(ChanscopeError, match="loss became nan"):
+        train(_cfg(method="standard", epochs=2), tmp_path / "r", resume=True)
+    assert (tmp_path / "r" / "last.pt").read_bytes() == before
+
+
+def test_init_loads_weights_and_rejects_mismatch(tmp_path):
+    train(_cfg(method="cifs", natural=True, epochs=1), tmp_path / "nat")
+    res = train(_cfg(method="cifs", epochs=1, init=str(tmp_path / "nat" / "last.pt")), tmp_path / "adv")
+    assert res.best_epoch == 1
+    with pytest.raises(ChanscopeError, match="mismatch"):
+        train(_cfg(method="at", epochs=1, init=str(tmp_path / "nat" / "last.pt")), tmp_path / "bad")
+
+
+runner = CliRunner()
+
+
+def _run(args):
+    return runner.invoke(app, args, standalone_mode=True)
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--method", "magic"], "unknown method 'magic'; known: standard, at, trades, cas, cifs"),
+    (["--arch", "resnet19"], "unknown arch 'resnet19'"),
+    (["--eps", "2"], "outside (0, 1]"),
+    (["--eps", "8/0"], "cannot read"),
+    (["--steps", "0"], "steps=0 must be at least 1"),
+    (["--data", "/nonexistent/folder"], "neither a known source"),
+    (["--preset", "huge"], "unknown preset"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, args, pattern):
+    res = subprocess.run([sys.executable, "-m", "chanscope.cli.app", "train", "--preset", "smoke",
+                          "--out", str(tmp_path / "r"), *args], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert pattern in " ".join(res.stderr.split())
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 2
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_cli_train_resume_and_option_mismatch(tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--preset", "smoke", "--method", "standard", "--subset", "100", "--eval-n", "20",
+            "--width", "0.0625", "--out", str(out)]
+    res = _run(base + ["--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    assert "test PGD %" in res.output
+    res = _run(base + ["--epochs", "1"])
+    assert res.exit_code == 2  # a run exists: needs --resume
+    res = _run(["train", "--out", str(out), "--resume", "--lr", "0.5"])
+    assert res.exit_code == 2
+    res = _run(["train", "--out", str(out), "--resume", "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(out / "metrics.csv")) == 2
