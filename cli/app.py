@@ -8,11 +8,13 @@ import typer
 
 from chanscope.errors import ChanscopeError
 from ._console import fail, handle_errors
+from .eval import eval_command
 from .train import train_command
 
 app = typer.Typer(name="chanscope", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Channel-wise activation studies of adversarially trained CNNs (CIFS, ICML 2021).")
 app.command("train")(handle_errors(train_command))
+app.command("eval")(handle_errors(eval_command))
 
 
 @app.callback()

@@ -1,0 +1,79 @@
+"""Cost of one training step by method, measured side by side on the same batch.
+
+Prints: standard step, PGD-AT step (steps k), CIFS step (PGD-k on the joint loss + joint update), and
+the ratios AT / ((k + 1) x standard) (about 1.0 when the attack costs no more than its k forward-backward
+passes) and CIFS / AT. Timings interleave the methods (round robin) and report medians, so machine noise
+hits all of them alike.
+
+    python bench/train_step.py --arch resnet18 --width 0.25 --batch 128 --steps 10 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from chanscope.data import load_data
+from chanscope.device import pick_device
+from chanscope.models import create_model
+from chanscope.train.config import build_config
+from chanscope.train.loop import batch_loss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    dev = pick_device(args.device)
+    data = load_data("embedded")
+    x = (data.x_train[: args.batch].float() / 255).to(dev)
+    y = data.y_train[: args.batch].to(dev)
+    runs = {}
+    for method in ("standard", "at", "cifs"):
+        cfg = build_config(None, method=method, arch=args.arch, width=args.width, steps=args.steps)
+        torch.manual_seed(0)
+        model = create_model(args.arch, width=args.width, **{k: v for k, v in cfg.model_kwargs().items()
+                                                             if k != "width"}).to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        runs[method] = (cfg, model, opt)
+
+    def step(method: str) -> float:
+        cfg, model, opt = runs[method]
+        model.train()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss, _ = batch_loss(cfg, model, x, y, nullcontext)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    for m in runs:  # warm-up
+        step(m)
+    times: dict[str, list[float]] = {m: [] for m in runs}
+    for _ in range(args.repeats):
+        for m in runs:
+            times[m].append(step(m))
+    med = {m: statistics.median(v) for m, v in times.items()}
+    print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.arch} width "
+          f"{args.width}, batch {args.batch}, PGD-{args.steps}, median of {args.repeats}")
+    for m, t in med.items():
+        print(f"  {m:9s} step {t * 1000:9.1f} ms   {args.batch / t:8.1f} img/s")
+    print(f"  AT / ((steps+1) x standard) = {med['at'] / ((args.steps + 1) * med['standard']):.3f}")
+    print(f"  CIFS / AT                   = {med['cifs'] / med['at']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

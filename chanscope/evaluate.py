@@ -1,0 +1,180 @@
+"""Robustness evaluation: per attack and per class, with gradient-masking checks (Carlini et al. 2019).
+
+Returns data (a DataFrame and dicts); the CLI formats it. Columns of eval.csv:
+attack, eps, steps, step_size, restarts, loss, class, n, natural_acc, robust_acc (percent).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from chanscope.attacks.pgd import frozen_eval, pgd
+from chanscope.attacks.suite import AttackSpec, parse_attacks, run_attack
+from chanscope.errors import ChanscopeError
+
+__all__ = ["evaluate", "sanity_checks", "EvalResult", "EVAL_COLUMNS", "accuracy_under"]
+
+EVAL_COLUMNS = ["attack", "eps", "steps", "step_size", "restarts", "loss", "class", "n", "natural_acc",
+                "robust_acc"]
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class EvalResult:
+    table: pd.DataFrame
+    max_linf: dict[str, float]
+    seconds: dict[str, float]
+    sanity: list[dict] = field(default_factory=list)
+
+    def overall(self) -> pd.DataFrame:
+        return self.table[self.table["class"] == "all"].reset_index(drop=True)
+
+
+def _batches(n: int, bs: int):
+    for i in range(0, n, bs):
+        yield slice(i, min(n, i + bs))
+
+
+def _rows(name: str, spec: AttackSpec, nat: torch.Tensor, rob: torch.Tensor, y: torch.Tensor,
+          classes: list[str], loss: str | None = None) -> list[dict]:
+    base = {"attack": name, "eps": spec.eps, "steps": spec.steps, "step_size": spec.step_size,
+            "restarts": spec.restarts, "loss": loss or spec.loss}
+    rows = []
+    for c, cname in list(enumerate(classes)) + [(None, "all")]:
+        sel = torch.ones_like(y, dtype=torch.bool) if c is None else (y == c)
+        n = int(sel.sum())
+        if n == 0:
+            continue
+        rows.append({**base, "class": cname, "n": n, "natural_acc": 100.0 * float(nat[sel].float().mean()),
+                     "robust_acc": 100.0 * float(rob[sel].float().mean())})
+    return rows
+
+
+def natural_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    out = []
+    with torch.no_grad(), frozen_eval(model):
+        for s in _batches(len(y), batch_size):
+            out.append(model(x[s]).argmax(1) == y[s])
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str], specs: list[AttackSpec], *,
+             batch_size: int = 250, beta_atk: float = 2.0, seed: int = 0,
+             progress: Progress | None = None) -> EvalResult:
+    """Run every attack on (x, y); one row per attack and class plus an `all` row."""
+    dev = next(model.parameters()).device
+    x, y = x.to(dev), y.to(dev)
+    nat = natural_correct(model, x, y, batch_size)
+    rows: list[dict] = []
+    max_linf: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for spec in specs:
+        t0 = time.time()
+        torch.manual_seed(seed)
+        rob, comps, worst = [], {}, 0.0
+        for bi, s in enumerate(_batches(len(y), batch_size)):
+            details: dict = {}
+            r, w = run_attack(spec, model, x[s], y[s], beta_atk=beta_atk, seed=seed, details=details)
+            rob.append(r)
+            worst = max(worst, w)
+            for k, v in details.items():
+                comps.setdefault(k, []).append(v)
+            if progress:
+                progress(spec.name, s.stop, len(y))
+        rob_all = torch.cat(rob)
+        rows += _rows(spec.name, spec, nat, rob_all, y, classes)
+        for k, v in comps.items():
+            rows += _rows(f"{spec.name}:{k}", spec, nat, torch.cat(v), y, classes, loss=k)
+        max_linf[spec.name] = worst
+        seconds[spec.name] = round(time.time() - t0, 2)
+    return EvalResult(pd.DataFrame(rows, columns=EVAL_COLUMNS), max_linf, seconds)
+
+
+def accuracy_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, alpha: float,
+                   restarts: int = 1, random_start: bool = False, loss: str = "ce", batch_size: int = 250,
+                   source: nn.Module | None = None, seed: int = 0) -> float:
+    """Robust accuracy (%) of `model` under PGD crafted on `source` (default: the model itself)."""
+    src = source or model
+    torch.manual_seed(seed)
+    ok = []
+    for s in _batches(len(y), batch_size):
+        xb, yb = x[s], y[s]
+        with torch.no_grad(), frozen_eval(model):
+            r = model(xb).argmax(1) == yb
+        for k in range(restarts):
+            xa = pgd(src, xb, yb, eps=eps, alpha=alpha, steps=steps, loss=loss,
+                     random_start=random_start or k > 0)
+            with torch.no_grad(), frozen_eval(model):
+                r &= model(xa).argmax(1) == yb
+        ok.append(r)
+    return 100.0 * float(torch.cat(ok).float().mean())
+
+
+def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, batch_size: int = 250,
+                  surrogate: nn.Module | None = None, square_queries: int = 1000, seed: int = 0,
+                  loss: str = "ce") -> list[dict]:
+    """Gradient-masking checks; each entry: check, passed, numbers, detail.
+
+    Tolerance: one percentage point plus one example, for sampling noise on a finite set.
+    """
+    dev = next(model.parameters()).device
+    x, y = x.to(dev), y.to(dev)
+    tol = 1.0 + 100.0 / max(1, len(y))
+    checks = []
+
+    def acc(steps: int, restarts: int = 1, e: float = eps, rs: bool = False, src=None) -> float:
+        return accuracy_under(model, x, y, eps=e, steps=steps, alpha=2.5 * e / steps, restarts=restarts,
+                              random_start=rs, loss=loss, batch_size=batch_size, source=src, seed=seed)
+
+    a10, a20, a50 = acc(10), acc(20), acc(50)
+    checks.append({"check": "more PGD steps never raise accuracy", "passed": a20 <= a10 + tol and a50 <= a20 + tol,
+                   "numbers": {"pgd10": a10, "pgd20": a20, "pgd50": a50}})
+    a_r = acc(20, restarts=5, rs=True)
+    checks.append({"check": "more restarts never raise accuracy", "passed": a_r <= a20 + tol,
+                   "numbers": {"pgd20_1_restart": a20, "pgd20_5_restarts": a_r}})
+    big = acc(50, e=0.5)
+    checks.append({"check": "eps = 0.5 drives accuracy to about 0", "passed": big <= 2.0,
+                   "numbers": {"pgd50_eps0.5": big}})
+    sq_spec = parse_attacks("square", eps, square_queries=square_queries)[0]
+    sq = []
+    for s in _batches(len(y), batch_size):
+        sq.append(run_attack(sq_spec, model, x[s], y[s], seed=seed)[0])
+    a_sq = 100.0 * float(torch.cat(sq).float().mean())
+    checks.append({"check": "black-box Square is not stronger than white-box PGD", "passed": a_sq >= a50 - tol,
+                   "numbers": {"square": a_sq, "pgd50": a50, "queries": square_queries}})
+    if surrogate is not None:
+        a_tr = acc(20, src=surrogate)
+        checks.append({"check": "transfer from the surrogate is weaker than white-box", "passed": a_tr >= a20 - tol,
+                       "numbers": {"transfer_pgd20": a_tr, "whitebox_pgd20": a20}})
+    for c in checks:
+        c["tolerance"] = round(tol, 3)
+    return checks
+
+
+def verdict(checks: list[dict]) -> str:
+    failed = [c["check"] for c in checks if not c["passed"]]
+    if not failed:
+        return "no sign of gradient masking in these checks"
+    return "possible gradient masking: " + "; ".join(failed)
+
+
+def check_compatible(model: nn.Module, other: nn.Module, shape: tuple[int, ...], what: str = "surrogate") -> None:
+    dev = next(model.parameters()).device
+    probe = torch.rand(1, *shape, device=dev)
+    try:
+        with torch.no_grad(), frozen_eval(other):
+            out = other.to(dev)(probe)
+    except RuntimeError as e:
+        raise ChanscopeError(f"{what} does not take inputs of shape {tuple(shape)} ({str(e).splitlines()[0]})") \
+            from None
+    with torch.no_grad(), frozen_eval(model):
+        n = model(probe).shape[1]
+    if out.shape[1] != n:
+        raise ChanscopeError(f"{what} has {out.shape[1]} classes, the model has {n}; give a surrogate trained "
+                             "on the same data")

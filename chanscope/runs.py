@@ -1,0 +1,55 @@
+"""Run folders: where a checkpoint's outputs go and which data it was trained on."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from chanscope.data import ImageData, balanced_subset, load_data
+from chanscope.errors import ChanscopeError
+
+__all__ = ["run_dir_of", "data_of_run", "test_subset", "writable_dir"]
+
+
+def run_dir_of(model_path: str | Path) -> Path:
+    p = Path(model_path)
+    return p if p.is_dir() else p.parent
+
+
+def data_of_run(model_path: str | Path, data: str | None = None, data_root: str | None = None,
+                download: bool = False) -> ImageData:
+    """The data named on the command line, else the run's own (config.json), else the embedded set."""
+    if data is None:
+        cfg_path = run_dir_of(model_path) / "config.json"
+        if cfg_path.is_file():
+            try:
+                cfg = json.loads(cfg_path.read_text())["config"]
+                data, data_root = cfg.get("data"), data_root or cfg.get("data_root")
+            except (json.JSONDecodeError, KeyError):
+                pass
+    return load_data(data, data_root, download)
+
+
+def test_subset(data: ImageData, n: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n class-balanced test images (all of them when n is None or equals the test set)."""
+    total = len(data.y_test)
+    if n is None or n == total:
+        return data.x_test.float().div(255), data.y_test.clone()
+    if n < 1 or n > total:
+        raise ChanscopeError(f"--n {n} is outside 1..{total}, the size of the test set")
+    idx = balanced_subset(data.y_test, n, data.num_classes, seed) if n >= data.num_classes else torch.arange(n)
+    return data.x_test[idx].float().div(255), data.y_test[idx]
+
+
+def writable_dir(path: str | Path) -> Path:
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ChanscopeError(f"cannot create output folder {str(p)!r} ({e.strerror}); pick another --out") from None
+    if not os.access(p, os.W_OK):
+        raise ChanscopeError(f"output folder {str(p)!r} is not writable; pick another --out")
+    return p

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from chanscope.attacks import frozen_eval, pgd
+from chanscope.attacks.external import autoattack, square
+from chanscope.attacks.suite import parse_attacks
+from chanscope.checkpoint import save_checkpoint
+from chanscope.errors import ChanscopeError
+from chanscope.evaluate import evaluate, sanity_checks
+from chanscope.models import create_model
+from chanscope.train import build_config, train
+
+EPS = 8 / 255
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small standard model trained for a few epochs on the embedded data (seconds)."""
+    out = tmp_path_factory.mktemp("run") / "std"
+    cfg = build_config("smoke", method="standard", arch="resnet10", width=0.125, subset=1000, epochs=3,
+                       eval_n=20, eval_steps=1, batch_size=50, milestones=[10])
+    train(cfg, out)
+    import chanscope
+
+    return chanscope.load_model(out / "last.pt", "cpu"), out
+
+
+@pytest.fixture(scope="module")
+def batch(embedded):
+    idx = torch.arange(0, 1000, 25)
+    return embedded.x_test[idx].float() / 255, embedded.y_test[idx]
+
+
+def _in_ball(xa, x, eps=EPS):
+    return float((xa - x).abs().max()) <= eps + 1e-6 and xa.min() >= 0 and xa.max() <= 1
+
+
+def test_every_attack_stays_in_the_threat_model(trained, batch):
+    model, _ = trained
+    x, y = batch[0][:8], batch[1][:8]
+    for loss in ("ce", "cw"):
+        for rs in (False, True):
+            assert _in_ball(pgd(model, x, y, eps=EPS, alpha=2 / 255, steps=5, loss=loss, random_start=rs), x)
+    assert _in_ball(pgd(model, x, y, eps=EPS, alpha=EPS, steps=1, random_start=False), x)  # FGSM
+    with frozen_eval(model):
+        assert _in_ball(square(model, x, y, EPS, queries=20), x)
+    cifs = create_model("resnet10", width=0.125, feature_select="cifs").eval()
+    assert _in_ball(pgd(cifs, x, y, eps=EPS, alpha=2 / 255, steps=3, loss="joint"), x)
+
+
+def test_attack_restores_train_flag_and_requires_grad(trained, batch):
+    model, _ = trained
+    model.train()
+    model.linear.weight.requires_grad_(False)
+    pgd(model, batch[0][:4], batch[1][:4], eps=EPS, alpha=2 / 255, steps=2)
+    assert model.training and not model.linear.weight.requires_grad
+    assert model.conv1.weight.requires_grad
+    model.linear.weight.requires_grad_(True)
+    model.eval()
+
+
+def test_more_pgd_steps_raise_the_loss(trained, batch):
+    model, _ = trained
+    x, y = batch
+    losses = []
+    for steps in (0, 2, 10):
+        xa = pgd(model, x, y, eps=EPS, alpha=1 / 255, steps=steps, random_start=False)
+        with torch.no_grad():
+            losses.append(F.cross_entropy(model(xa), y).item())
+    assert losses[0] < losses[1] < losses[2]
+
+
+def test_our_pgd_matches_torchattacks(trained, batch):
+    torchattacks = pytest.importorskip("torchattacks")
+    model, _ = trained
+    x, y = batch
+    ours = pgd(model, x, y, eps=EPS, alpha=2 / 255, steps=10, random_start=False)
+    theirs = torchattacks.PGD(model, eps=EPS, alpha=2 / 255, steps=10, random_start=False)(x, y)
+    with torch.no_grad():
+        assert torch.equal(model(ours).argmax(1), model(theirs).argmax(1))
+    assert (ours - theirs).abs().max() <= 2 / 255 + 1e-6
+
+
+def test_autoattack_runs_on_a_cifs_model(batch):
+    torch.manual_seed(0)
+    cifs = create_model("resnet10", width=0.0625, feature_select="cifs").eval()
+    x, y = batch[0][:6], batch[1][:6]
+    xa = autoattack(cifs, x, y, EPS)
+    assert xa.shape == x.shape and _in_ball(xa, x)
+
+
+def test_adaptive_is_at_least_as_strong_as_final_logits_pgd(batch):
+    torch.manual_seed(0)
+    cifs = create_model("resnet18", width=0.125, feature_select="cifs").eval()
+    x, y = batch
+    specs = parse_attacks("pgd10,adaptive10", EPS)
+    res = evaluate(cifs, x, y, [str(i) for i in range(10)], specs)
+    t = res.table[res.table["class"] == "all"].set_index("attack")
+    assert t.loc["adaptive10", "robust_acc"] <= t.loc["pgd10", "robust_acc"]
+    assert {"adaptive10:final", "adaptive10:joint", "adaptive10:probe0", "adaptive10:probe1"} <= set(t.index)
+    assert t.loc["adaptive10", "robust_acc"] <= t.loc[["adaptive10:joint", "adaptive10:probe0"], "robust_acc"].min()
+    assert (res.table.robust_acc <= res.table.natural_acc + 1e-9).all()
+    assert all(v <= EPS + 1e-6 for v in res.max_linf.values())
+
+
+class Rounding(nn.Module):
+    """A deliberately masked model: rounds its input to 8 levels, so gradients are zero."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 7) / 7)
+
+
+def test_sanity_checks_flag_a_masked_model_and_pass_a_plain_one(trained, batch):
+    model, _ = trained
+    x, y = batch
+    plain = sanity_checks(model, x, y, EPS, square_queries=100)
+    assert all(c["passed"] for c in plain), plain
+    masked = sanity_checks(Rounding(model).eval(), x, y, EPS, square_queries=100)
+    failed = {c["check"] for c in masked if not c["passed"]}
+    assert "eps = 0.5 drives accuracy to about 0" in failed
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "chanscope.cli.app", "eval", *args], capture_output=True,
+                          text=True)
+
+
+def test_eval_cli_writes_tables_and_rejects_bad_input(trained, tmp_path):
+    _, run = trained
+    res = _cli("--model", str(run / "last.pt"), "--attacks", "fgsm,pgd5", "--n", "50", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "eval.csv")
+    assert list(df.columns) == ["attack", "eps", "steps", "step_size", "restarts", "loss", "class", "n",
+                                "natural_acc", "robust_acc"]
+    assert set(df.attack) == {"fgsm", "pgd5"} and len(df) == 2 * 11
+    assert (df[df["class"] == "all"].n == 50).all()
+    before = (tmp_path / "eval.csv").read_bytes()
+    other = create_model("resnet10", width=0.125, num_classes=5)
+    save_checkpoint(tmp_path / "five.pt", other)
+    (tmp_path / "broken.pt").write_bytes(b"\x00" * 100)
+    cases = [
+        (["--attacks", "pgd20,magic"], "unknown attack 'magic'; valid: fgsm"),
+        (["--eps", "1.5"], "outside (0, 1]"),
+        (["--attacks", "pgd0"], "steps=0 must be at least 1"),
+        (["--n", "5000"], "outside 1..1000"),
+        (["--model", str(tmp_path / "broken.pt")], "not a readable checkpoint"),
+        (["--surrogate", str(tmp_path / "five.pt")], "5 classes"),
+    ]
+    for extra, pattern in cases:
+        args = ["--model", str(run / "last.pt"), "--n", "20", "--out", str(tmp_path), *extra]
+        if extra[0] == "--model":
+            args = [*extra, "--n", "20", "--out", str(tmp_path)]
+        r = _cli(*args)
+        assert r.returncode == 2 and pattern in " ".join(r.stderr.split()), (extra, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert (tmp_path / "eval.csv").read_bytes() == before  # nothing half-written or replaced
+
+
+def test_parse_attacks_rejects_bad_values():
+    with pytest.raises(ChanscopeError):
+        parse_attacks("pgd20", 0.0)
+    with pytest.raises(ChanscopeError):
+        parse_attacks("pgd20", EPS, restarts=0)
+    specs = parse_attacks("fgsm,pgd20,cw20", EPS)
+    assert [s.steps for s in specs] == [1, 20, 20] and specs[1].step_size == pytest.approx(0.8 / 255)
