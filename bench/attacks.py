@@ -1,0 +1,69 @@
+"""Our PGD-20 against torchattacks' PGD-20: same model, same batch, side by side, interleaved.
+
+    python bench/attacks.py --arch resnet18 --width 0.25 --batch 128 --repeats 5
+
+Prints images/s of each and the ratio ours / torchattacks (goal: >= 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from chanscope.attacks import pgd
+from chanscope.data import load_data
+from chanscope.device import pick_device
+from chanscope.models import create_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    import torchattacks
+
+    dev = pick_device(args.device)
+    data = load_data("embedded")
+    x = (data.x_test[: args.batch].float() / 255).to(dev)
+    y = data.y_test[: args.batch].to(dev)
+    torch.manual_seed(0)
+    model = create_model(args.arch, width=args.width).to(dev).eval()
+    eps, alpha = 8 / 255, 0.8 / 255
+    theirs = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=args.steps, random_start=False)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    runs = {
+        "chanscope": lambda: pgd(model, x, y, eps=eps, alpha=alpha, steps=args.steps, random_start=False),
+        "torchattacks": lambda: theirs(x, y),
+    }
+    for f in runs.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(args.repeats):
+        for k, f in runs.items():
+            sync()
+            t = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"device {dev}, torch {torch.__version__}, {args.arch} width {args.width}, batch {args.batch}, "
+          f"PGD-{args.steps}, median of {args.repeats}")
+    for k, t in med.items():
+        print(f"  {k:12s} {args.batch / t:9.1f} img/s")
+    print(f"  ratio chanscope / torchattacks = {med['torchattacks'] / med['chanscope']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
