@@ -80,7 +80,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[s
         rob, comps, worst = [], {}, 0.0
         for bi, s in enumerate(_batches(len(y), batch_size)):
             details: dict = {}
-            r, w = run_attack(spec, model, x[s], y[s], beta_atk=beta_atk, seed=seed, details=details)
+            r, w, _ = run_attack(spec, model, x[s], y[s], beta_atk=beta_atk, seed=seed, details=details)
             rob.append(r)
             worst = max(worst, w)
             for k, v in details.items():

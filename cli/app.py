@@ -8,6 +8,7 @@ import typer
 
 from chanscope.errors import ChanscopeError
 from ._console import fail, handle_errors
+from .activations import activations_command
 from .eval import eval_command
 from .train import train_command
 
@@ -15,6 +16,7 @@ app = typer.Typer(name="chanscope", no_args_is_help=True, add_completion=False, 
                   help="Channel-wise activation studies of adversarially trained CNNs (CIFS, ICML 2021).")
 app.command("train")(handle_errors(train_command))
 app.command("eval")(handle_errors(eval_command))
+app.command("activations")(handle_errors(activations_command))
 
 
 @app.callback()

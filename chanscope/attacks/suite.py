@@ -98,20 +98,28 @@ def adaptive_losses(model: nn.Module, beta: float = 2.0) -> dict[str, object]:
 
 
 def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-               beta_atk: float = 2.0, seed: int = 0, details: dict | None = None) -> tuple[torch.Tensor, float]:
-    """Run one attack on a batch; return (still-correct mask, largest L-inf perturbation seen).
+               beta_atk: float = 2.0, seed: int = 0, details: dict | None = None,
+               ) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """Run one attack on a batch.
 
+    Returns (still-correct mask, largest L-inf perturbation seen, adversarial batch). The adversarial
+    batch holds, per example, the first candidate that fooled the model, else the last candidate.
     details, if given, receives per-component masks for the adaptive attack.
     """
     robust = _correct(model, x, y)
     worst = 0.0
+    chosen = x.clone()
+    settled = torch.zeros_like(robust)  # a candidate already fooled the model on this example
 
     def account(x_adv: torch.Tensor) -> torch.Tensor:
-        nonlocal worst
+        nonlocal worst, chosen
         worst = max(worst, float((x_adv - x).abs().amax()))
         if (x_adv < 0).any() or (x_adv > 1).any() or worst > spec.eps + 1e-6:
             raise RuntimeError(f"{spec.name} left the threat model (linf {worst:.6f}, eps {spec.eps:.6f})")
-        return _correct(model, x_adv, y)
+        ok = _correct(model, x_adv, y)
+        chosen = torch.where(settled[:, None, None, None], chosen, x_adv)
+        settled.logical_or_(~ok)
+        return ok
 
     if spec.kind in ("fgsm", "pgd"):
         loss = "cw" if spec.loss == "cw" else ("joint" if spec.loss == "joint" else "ce")
@@ -139,4 +147,4 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
         robust &= account(x_adv)
     else:  # pragma: no cover - parse_attacks guards this
         raise ChanscopeError(f"unknown attack kind {spec.kind!r}")
-    return robust, worst
+    return robust, worst, chosen

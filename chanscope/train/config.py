@@ -7,8 +7,10 @@ A preset overrides a few fields; explicit options override the preset.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from chanscope.data.sources import SOURCES
 from chanscope.errors import ChanscopeError, check_eps, check_positive_int, parse_fraction
 from chanscope.models import list_models
 
@@ -131,6 +133,8 @@ def build_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
             values[k] = parse_fraction(values[k])
     cfg = TrainConfig(preset=preset, **values)
     validate(cfg)
+    if cfg.data not in SOURCES and Path(cfg.data).expanduser().exists():
+        cfg.data = str(Path(cfg.data).expanduser().resolve())  # later commands read it from config.json
     return cfg
 
 
