@@ -73,3 +73,56 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
         ch = ch[ch.n > 0].reset_index(drop=True)
         results.append(LayerResult(name, ch, classes_table(ch, nat_acc, adv_acc)))
     return results, time.time() - t0
+
+
+def run_activations(model_path: str, *, layers: list[str] | None = None, attack: str = "pgd20", eps: float = 8 / 255,
+                    relevance: str = "gradient", relevance_on: str = "natural", n: int | None = None,
+                    threshold: float = 1e-2, beta_atk: float = 2.0, batch_size: int = 250, data: str | None = None,
+                    data_root: str | None = None, download: bool = False, out: str | None = None, seed: int = 0,
+                    device: str | None = None, progress: Callable[[int, int], None] | None = None,
+                    on_ready: Callable[[dict], None] | None = None) -> tuple[list[LayerResult], dict]:
+    """Record a checkpoint's channel statistics and write channels.csv, classes.csv, activations.json
+    (suffixed `-<layer>` when several layers are asked for) atomically."""
+    from chanscope.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
+    from chanscope.attacks.suite import parse_attacks
+    from chanscope.checkpoint import load_model
+    from chanscope.errors import ChanscopeError, check_positive_int
+    from chanscope.hooks import default_layer, resolve_layers
+    from chanscope.io import atomic_write_csv, atomic_write_json
+    from chanscope.relevance import RELEVANCE_METHODS
+    from chanscope.runs import data_of_run, run_dir_of, test_subset, writable_dir
+    from chanscope.train.loop import versions
+
+    t0 = time.time()
+    if relevance not in RELEVANCE_METHODS:
+        raise ChanscopeError(f"unknown relevance {relevance!r}; known: {', '.join(RELEVANCE_METHODS)}")
+    if relevance_on not in ("natural", "adversarial"):
+        raise ChanscopeError(f"--relevance-on must be natural or adversarial, not {relevance_on!r}")
+    check_positive_int(batch_size, "batch size")
+    specs = parse_attacks(attack, eps)
+    if len(specs) != 1:
+        raise ChanscopeError("--attack takes one attack, e.g. pgd20")
+    net = load_model(model_path, device)
+    ds = data_of_run(model_path, data, data_root, download)
+    x, y = test_subset(ds, n, seed)
+    dev = next(net.parameters()).device
+    layers = list(layers) if layers else [default_layer(net, x[:1].to(dev))]
+    resolve_layers(net, layers)
+    out_dir = writable_dir(out or run_dir_of(model_path))
+    if on_ready:
+        on_ready({"layers": layers, "n": len(y), "data": ds.name, "attack": specs[0].name, "out": out_dir})
+    results, seconds = study_activations(net, x, y, ds.classes, layers, specs[0], relevance=relevance,
+                                         relevance_on=relevance_on, threshold=threshold, batch_size=batch_size,
+                                         beta_atk=beta_atk, seed=seed, progress=progress)
+    meta = {"attack": specs[0].to_dict(), "relevance": relevance, "relevance_on": relevance_on,
+            "threshold": threshold, "data": ds.describe() | {"n_used": len(y)}, "model": str(model_path),
+            "arch": getattr(net, "arch", None), "model_kwargs": getattr(net, "model_kwargs", None), "seed": seed,
+            "seconds": round(seconds, 1), "versions": versions(), "out": str(out_dir)}
+    for res in results:
+        suffix = "" if len(results) == 1 else f"-{res.layer}"
+        atomic_write_csv(out_dir / f"channels{suffix}.csv", res.channels[CHANNEL_COLUMNS])
+        atomic_write_csv(out_dir / f"classes{suffix}.csv", res.classes[CLASS_COLUMNS])
+        atomic_write_json(out_dir / f"activations{suffix}.json",
+                          {"layer": res.layer, **meta, "wall_seconds": round(time.time() - t0, 1)})
+    meta["wall_seconds"] = round(time.time() - t0, 1)
+    return results, meta

@@ -178,3 +178,53 @@ def check_compatible(model: nn.Module, other: nn.Module, shape: tuple[int, ...],
     if out.shape[1] != n:
         raise ChanscopeError(f"{what} has {out.shape[1]} classes, the model has {n}; give a surrogate trained "
                              "on the same data")
+
+
+def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None, step_size: float | None = None,
+             restarts: int = 1, random_start: bool = False, beta_atk: float = 2.0, square_queries: int = 1000,
+             sanity: bool = False, surrogate: str | None = None, batch_size: int = 250, data: str | None = None,
+             data_root: str | None = None, download: bool = False, out: str | None = None, seed: int = 0,
+             device: str | None = None, progress: Progress | None = None,
+             on_ready: Callable[[dict], None] | None = None) -> tuple[EvalResult, dict]:
+    """Evaluate a checkpoint and write eval.csv and eval.json (atomically) into `out` or the run folder."""
+    import json
+
+    from chanscope.attacks.suite import has_probes
+    from chanscope.checkpoint import load_model
+    from chanscope.errors import check_positive_int
+    from chanscope.io import atomic_write_csv, atomic_write_json
+    from chanscope.runs import data_of_run, run_dir_of, test_subset, writable_dir
+    from chanscope.train.loop import versions
+
+    t0 = time.time()
+    specs = parse_attacks(attacks, eps, step_size=step_size, restarts=restarts, random_start=random_start,
+                          square_queries=square_queries)
+    check_positive_int(batch_size, "batch size")
+    net = load_model(model_path, device)
+    sur = load_model(surrogate, device) if surrogate else None
+    ds = data_of_run(model_path, data, data_root, download)
+    x, y = test_subset(ds, n, seed)
+    if sur is not None:
+        check_compatible(net, sur, tuple(x.shape[1:]))
+    out_dir = writable_dir(out or run_dir_of(model_path))
+    if on_ready:
+        on_ready({"n": len(y), "data": ds.name, "device": str(next(net.parameters()).device),
+                  "specs": specs, "out": out_dir})
+    result = evaluate(net, x, y, ds.classes, specs, batch_size=batch_size, beta_atk=beta_atk, seed=seed,
+                      progress=progress)
+    if sanity:
+        result.sanity = sanity_checks(net, x, y, eps, batch_size=batch_size, surrogate=sur,
+                                      square_queries=square_queries, seed=seed,
+                                      loss="joint" if has_probes(net) else "ce")
+    summary = {
+        "model": str(model_path), "arch": getattr(net, "arch", None),
+        "model_kwargs": getattr(net, "model_kwargs", None), "data": ds.describe() | {"n_eval": len(y)},
+        "eps": eps, "attacks": [s.to_dict() for s in specs], "beta_atk": beta_atk, "seed": seed,
+        "overall": json.loads(result.overall().to_json(orient="records")), "max_linf": result.max_linf,
+        "attack_seconds": result.seconds, "sanity": result.sanity,
+        "verdict": verdict(result.sanity) if sanity else None, "surrogate": str(surrogate) if surrogate else None,
+        "wall_seconds": round(time.time() - t0, 1), "versions": versions(), "out": str(out_dir),
+    }
+    atomic_write_csv(out_dir / "eval.csv", result.table)
+    atomic_write_json(out_dir / "eval.json", summary)
+    return result, summary

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-import chanscope
-from chanscope.activations import study_activations
-from chanscope.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
-from chanscope.attacks.suite import parse_attacks
-from chanscope.errors import ChanscopeError, check_positive_int, parse_fraction
-from chanscope.hooks import default_layer, resolve_layers
-from chanscope.io import atomic_write_csv, atomic_write_json
+from chanscope.activations import run_activations
+from chanscope.errors import parse_fraction
 from chanscope.relevance import RELEVANCE_METHODS
-from chanscope.runs import data_of_run, run_dir_of, test_subset, writable_dir
-from chanscope.train.loop import versions
 
 from ._console import console, progress
 from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
+
+SHOWN = {"class_name": "class", "n": "n", "nat_acc": "nat%", "adv_acc": "adv%", "cosine_adv_nat": "cos",
+         "mean_abs_gap": "|gap|", "nr_over_abs": "NR over", "nr_over_rel": "NR rel", "pr_under_abs": "PR under",
+         "spearman_nat": "rho nat", "spearman_adv": "rho adv", "n_pr": "#PR", "n_nr": "#NR"}
 
 
 def activations_command(
@@ -46,50 +42,31 @@ def activations_command(
     device: DeviceOpt = None,
 ) -> None:
     """Record per-class channel magnitudes on natural vs adversarial inputs, with channel relevance."""
-    t0 = time.time()
-    if relevance not in RELEVANCE_METHODS:
-        raise ChanscopeError(f"unknown relevance {relevance!r}; known: {', '.join(RELEVANCE_METHODS)}")
-    if relevance_on not in ("natural", "adversarial"):
-        raise ChanscopeError(f"--relevance-on must be natural or adversarial, not {relevance_on!r}")
-    check_positive_int(batch_size, "batch size")
-    spec = parse_attacks(attack, parse_fraction(eps))
-    if len(spec) != 1:
-        raise ChanscopeError("--attack takes one attack, e.g. pgd20")
-    net = chanscope.load_model(model, device)
-    ds = data_of_run(model, data, data_root, bool(download))
-    x, y = test_subset(ds, n, seed or 0)
-    layers = list(layer) if layer else [default_layer(net, x[:1].to(next(net.parameters()).device))]
-    resolve_layers(net, layers)
-    out_dir = writable_dir(out or run_dir_of(model))
-    console.print(f"[bold]chanscope activations[/] {model}: layers {', '.join(layers)}, {len(y)} images of "
-                  f"{ds.name}, attack {spec[0].name}, relevance {relevance}")
     bar = progress()
-    with bar:
-        task = bar.add_task("images", total=len(y), info="")
-        results, seconds = study_activations(
-            net, x, y, ds.classes, layers, spec[0], relevance=relevance, relevance_on=relevance_on,
-            threshold=threshold, batch_size=batch_size, beta_atk=beta_atk, seed=seed or 0,
-            progress=lambda done, total: bar.update(task, completed=done))
+    task = {}
+
+    def on_ready(info: dict) -> None:
+        console.print(f"[bold]chanscope activations[/] {model}: layers {', '.join(info['layers'])}, {info['n']} "
+                      f"images of {info['data']}, attack {info['attack']}, relevance {relevance}")
+        bar.start()
+        task["id"] = bar.add_task("images", total=info["n"], info="")
+
+    try:
+        results, meta = run_activations(
+            str(model), layers=list(layer) if layer else None, attack=attack, eps=parse_fraction(eps),
+            relevance=relevance, relevance_on=relevance_on, n=n, threshold=threshold, beta_atk=beta_atk,
+            batch_size=batch_size, data=data, data_root=data_root, download=bool(download),
+            out=str(out) if out else None, seed=seed or 0, device=device, on_ready=on_ready,
+            progress=lambda done, total: bar.update(task["id"], completed=done))
+    finally:
+        bar.stop()
     for res in results:
         suffix = "" if len(results) == 1 else f"-{res.layer}"
-        table = Table(title=f"classes{suffix}.csv: {res.layer} ({relevance} relevance, {spec[0].name})")
-        cols = {"class_name": "class", "n": "n", "nat_acc": "nat%", "adv_acc": "adv%", "cosine_adv_nat": "cos",
-                "mean_abs_gap": "|gap|", "nr_over_abs": "NR over", "nr_over_rel": "NR rel", "pr_under_abs": "PR under",
-                "spearman_nat": "rho nat", "spearman_adv": "rho adv", "n_pr": "#PR", "n_nr": "#NR"}
-        for head in cols.values():
+        table = Table(title=f"classes{suffix}.csv: {res.layer} ({relevance} relevance, {attack})")
+        for head in SHOWN.values():
             table.add_column(head, justify="right")
         for _, r in res.classes.iterrows():
             table.add_row(*[(f"{r[c]:.1f}" if c.endswith("acc") else f"{r[c]:.3f}") if isinstance(r[c], float)
-                            else str(r[c]) for c in cols])
+                            else str(r[c]) for c in SHOWN])
         console.print(table)
-        atomic_write_csv(out_dir / f"channels{suffix}.csv", res.channels[CHANNEL_COLUMNS])
-        atomic_write_csv(out_dir / f"classes{suffix}.csv", res.classes[CLASS_COLUMNS])
-        atomic_write_json(out_dir / f"activations{suffix}.json", {
-            "layer": res.layer, "attack": spec[0].to_dict(), "relevance": relevance, "relevance_on": relevance_on,
-            "threshold": threshold, "data": ds.describe() | {"n_used": len(y)}, "model": str(model),
-            "arch": getattr(net, "arch", None), "model_kwargs": getattr(net, "model_kwargs", None),
-            "seed": seed or 0, "seconds": round(seconds, 1), "wall_seconds": round(time.time() - t0, 1),
-            "versions": versions()})
-    names = ", ".join(f"{p}{'' if len(results) == 1 else '-<layer>'}" for p in ("channels.csv", "classes.csv",
-                                                                                  "activations.json"))
-    console.print(f"wrote {names} in {out_dir} ({time.time() - t0:.0f}s)")
+    console.print(f"wrote channels, classes and activations files in {meta['out']} ({meta['wall_seconds']:.0f}s)")

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-import chanscope
-from chanscope.attacks.suite import has_probes, parse_attacks
-from chanscope.errors import check_positive_int, parse_fraction
-from chanscope.evaluate import check_compatible, evaluate, sanity_checks, verdict
-from chanscope.io import atomic_write_csv, atomic_write_json
-from chanscope.runs import data_of_run, run_dir_of, test_subset, writable_dir
-from chanscope.train.loop import versions
+from chanscope.errors import parse_fraction
+from chanscope.evaluate import run_eval, verdict
 
 from ._console import console, progress
 from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
@@ -46,39 +39,44 @@ def eval_command(
     device: DeviceOpt = None,
 ) -> None:
     """Evaluate robustness per attack and per class; write eval.csv and eval.json."""
-    t0 = time.time()
     e = parse_fraction(eps)
-    specs = parse_attacks(attacks, e, step_size=parse_fraction(step_size) if step_size else None,
-                          restarts=restarts, random_start=random_start, square_queries=square_queries)
-    check_positive_int(batch_size, "batch size")
-    net = chanscope.load_model(model, device)
-    sur = chanscope.load_model(surrogate, device) if surrogate else None
-    ds = data_of_run(model, data, data_root, bool(download))
-    x, y = test_subset(ds, n, seed or 0)
-    if sur is not None:
-        check_compatible(net, sur, tuple(x.shape[1:]))
-    out_dir = writable_dir(out or run_dir_of(model))
-    console.print(f"[bold]chanscope eval[/] {model}: {len(y)} test images of {ds.name}, eps {e:.5f}, "
-                  f"attacks {', '.join(s.name for s in specs)} on {next(net.parameters()).device}")
     bar = progress()
-    with bar:
-        tasks = {s.name: bar.add_task(s.name, total=len(y), info="") for s in specs}
-        result = evaluate(net, x, y, ds.classes, specs, batch_size=batch_size, beta_atk=beta_atk, seed=seed or 0,
-                          progress=lambda name, done, total: bar.update(tasks[name], completed=done))
-    if sanity:
-        with console.status("gradient-masking checks"):
-            result.sanity = sanity_checks(net, x, y, e, batch_size=batch_size, surrogate=sur,
-                                          square_queries=square_queries, seed=seed or 0,
-                                          loss="joint" if has_probes(net) else "ce")
+    tasks: dict[str, int] = {}
+
+    def on_ready(info: dict) -> None:
+        console.print(f"[bold]chanscope eval[/] {model}: {info['n']} test images of {info['data']}, eps {e:.5f}, "
+                      f"attacks {', '.join(s.name for s in info['specs'])} on {info['device']}")
+        bar.start()
+        for s in info["specs"]:
+            tasks[s.name] = bar.add_task(s.name, total=info["n"], info="")
+
+    try:
+        result, summary = run_eval(
+            str(model), attacks, e, n=n, step_size=parse_fraction(step_size) if step_size else None,
+            restarts=restarts, random_start=random_start, beta_atk=beta_atk, square_queries=square_queries,
+            sanity=sanity, surrogate=str(surrogate) if surrogate else None, batch_size=batch_size, data=data,
+            data_root=data_root, download=bool(download), out=str(out) if out else None, seed=seed or 0,
+            device=device, on_ready=on_ready, progress=lambda name, done, total: bar.update(tasks[name],
+                                                                                              completed=done))
+    finally:
+        bar.stop()
+    print_eval(result, summary, str(model), e)
+    console.print(f"wrote {summary['out']}/eval.csv and eval.json in {summary['wall_seconds']:.0f}s")
+
+
+def print_eval(result, summary: dict, model: str, eps: float) -> None:
     overall = result.overall()
-    table = Table(title=f"robust accuracy, {model} ({len(y)} images, eps {e * 255:.1f}/255)")
+    n = int(overall.n.iloc[0]) if len(overall) else 0
+    table = Table(title=f"robust accuracy, {model} ({n} images, eps {eps * 255:.1f}/255)")
     for col in ("attack", "loss", "steps", "step", "restarts", "natural %", "robust %", "max linf", "s"):
         table.add_column(col, justify="right")
     for _, r in overall.iterrows():
         top = r.attack.split(":")[0]
-        table.add_row(r.attack, r.loss, str(r.steps), f"{r.step_size * 255:.2f}/255", str(r.restarts),
-                      f"{r.natural_acc:.1f}", f"{r.robust_acc:.1f}", f"{result.max_linf.get(top, 0) * 255:.2f}/255",
-                      f"{result.seconds.get(r.attack, 0):.0f}")
+        gradient_based = not (top in ("aa", "autoattack", "square"))
+        table.add_row(r.attack, r.loss if gradient_based else "-", str(r.steps) if gradient_based else "-",
+                      f"{r.step_size * 255:.2f}/255" if gradient_based else "-",
+                      str(r.restarts) if gradient_based else "-", f"{r.natural_acc:.1f}", f"{r.robust_acc:.1f}",
+                      f"{result.max_linf.get(top, 0) * 255:.2f}/255", f"{result.seconds.get(r.attack, 0):.0f}")
     console.print(table)
     per_class = result.table.pivot_table(index="class", columns="attack", values="robust_acc", sort=False)
     ct = Table(title="robust accuracy per class (%)")
@@ -88,7 +86,7 @@ def eval_command(
     for cls, r in per_class.iterrows():
         ct.add_row(str(cls), *[f"{v:.1f}" for v in r.values])
     console.print(ct)
-    if sanity:
+    if result.sanity:
         st = Table(title="gradient-masking checks")
         for col in ("check", "result", "numbers"):
             st.add_column(col)
@@ -97,14 +95,3 @@ def eval_command(
             st.add_row(c["check"], "[green]pass[/]" if c["passed"] else "[red]FAIL[/]", nums)
         console.print(st)
         console.print(f"verdict: {verdict(result.sanity)}")
-    atomic_write_csv(out_dir / "eval.csv", result.table)
-    summary = {
-        "model": str(model), "arch": getattr(net, "arch", None), "model_kwargs": getattr(net, "model_kwargs", None),
-        "data": ds.describe() | {"n_eval": len(y)}, "eps": e, "attacks": [s.to_dict() for s in specs],
-        "beta_atk": beta_atk, "seed": seed or 0, "overall": json.loads(overall.to_json(orient="records")),
-        "max_linf": result.max_linf, "attack_seconds": result.seconds, "sanity": result.sanity,
-        "verdict": verdict(result.sanity) if sanity else None, "surrogate": str(surrogate) if surrogate else None,
-        "wall_seconds": round(time.time() - t0, 1), "versions": versions(),
-    }
-    atomic_write_json(out_dir / "eval.json", summary)
-    console.print(f"wrote {out_dir / 'eval.csv'} and eval.json in {time.time() - t0:.0f}s")
