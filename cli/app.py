@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 
 import typer
 
-from chanscope.errors import ChanscopeError
-from ._console import fail, handle_errors
+from ._console import handle_errors
 from .activations import activations_command
 from .eval import eval_command
+from .plot import app as plot_app
+from .plot import report_command
+from .reproduce import reproduce_command
 from .train import train_command
 
 app = typer.Typer(name="chanscope", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -17,6 +18,9 @@ app = typer.Typer(name="chanscope", no_args_is_help=True, add_completion=False, 
 app.command("train")(handle_errors(train_command))
 app.command("eval")(handle_errors(eval_command))
 app.command("activations")(handle_errors(activations_command))
+app.command("reproduce")(handle_errors(reproduce_command))
+app.command("report")(report_command)
+app.add_typer(plot_app, name="plot")
 
 
 @app.callback()
@@ -30,27 +34,8 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 
 def main() -> None:
-    try:
-        rc = app(standalone_mode=False)
-        if isinstance(rc, int) and rc:
-            sys.exit(rc)
-    except ChanscopeError as e:
-        fail(str(e))
-        sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-        sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    """Console entry point: library errors are turned into one line by each command's handle_errors."""
+    app()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,211 @@
+"""`chanscope reproduce`: train standard, AT, CIFS (and CAS), evaluate, record activations, plot, report.
+
+Every stage is skipped when its outputs exist and are complete, and a cut-off training stage resumes,
+so a stopped reproduction continues where it stopped. Every adversarially trained model of the
+comparison gets the same recipe and budget, and the same kind of warm start (its own architecture
+trained naturally for the same number of epochs), as the official CIFS run did.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from chanscope.errors import ChanscopeError
+from chanscope.io import atomic_write_json
+from chanscope.train.config import build_config
+from chanscope.train.loop import TrainInterrupted, train
+
+__all__ = ["SCALES", "Scale", "plan", "reproduce", "Stage"]
+
+
+@dataclass(frozen=True)
+class Scale:
+    preset: str
+    train: dict[str, Any]  # overrides of the preset, shared by every model
+    eval_attacks: str
+    eval_n: int | None
+    aa_n: int  # AutoAttack on a smaller fixed subset (0: skipped)
+    sanity_n: int
+    act_n: int | None
+    act_attack: str
+    square_queries: int
+
+
+SCALES: dict[str, Scale] = {
+    # a few minutes on 2 CPU cores, embedded data: checks the pipeline, not the paper
+    "smoke": Scale("smoke", {"width": 0.125, "subset": 1000, "epochs": 3, "batch_size": 64, "steps": 2,
+                             "step_size": 4 / 255, "eval_n": 100, "eval_steps": 3, "eval_step_size": 3 / 255},
+                   "fgsm,pgd10,cw10,adaptive10", 200, 0, 100, 300, "pgd10", 100),
+    # about an hour on 2 CPU cores with the full CIFAR-10 archive
+    "cpu": Scale("cpu", {"width": 0.25, "subset": 5000, "epochs": 8, "steps": 3, "step_size": 3 / 255,
+                         "eval_n": 500, "eval_steps": 10, "eval_step_size": 2 / 255},
+                 "fgsm,pgd20,cw20,adaptive20", 500, 100, 100, 1000, "pgd20", 1000),
+    # the paper's recipe (GPU)
+    "paper": Scale("paper", {}, "fgsm,pgd20,pgd100,cw20,adaptive20", None, 1000, 1000, None, "pgd20", 5000),
+}
+
+
+@dataclass
+class Stage:
+    name: str  # e.g. "train at", "eval cifs"
+    model: str
+    kind: str  # train | eval | sanity | aa | activations | plots | report
+    done: Callable[[], bool]
+    run: Callable[[], None]
+    command: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _models(with_cas: bool, cifs_scratch: bool) -> list[tuple[str, dict[str, Any], str | None]]:
+    """(name, method options, warm start from) in training order."""
+    out: list[tuple[str, dict[str, Any], str | None]] = [
+        ("standard", {"method": "standard"}, None),
+        ("at", {"method": "at"}, "standard"),
+        ("cifs-nat", {"method": "cifs", "natural": True}, None),
+        ("cifs", {"method": "cifs"}, "cifs-nat"),
+    ]
+    if with_cas:
+        out += [("cas-nat", {"method": "cas", "natural": True}, None), ("cas", {"method": "cas"}, "cas-nat")]
+    if cifs_scratch:
+        out.append(("cifs-scratch", {"method": "cifs"}, None))
+    return out
+
+
+def _train_done(run: Path, epochs: int) -> bool:
+    m = run / "metrics.csv"
+    return (run / "summary.json").is_file() and m.is_file() and len(pd.read_csv(m)) >= epochs
+
+
+def plan(out: Path, scale: str, *, data: str | None = None, data_root: str | None = None, with_cas: bool = False,
+         cifs_scratch: bool = True, seed: int = 0, device: str | None = None, eval_models: list[str] | None = None,
+         progress: Callable[[str, int, int], None] | None = None) -> list[Stage]:
+    if scale not in SCALES:
+        raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    sc = SCALES[scale]
+    stages: list[Stage] = []
+    common = {**sc.train, "seed": seed, "device": device}
+    if data:
+        common["data"] = data
+    if data_root:
+        common["data_root"] = data_root
+    models = _models(with_cas, cifs_scratch)
+    compared = [m for m, _, _ in models if not m.endswith("-nat")]
+    for name, method, warm in models:
+        run = out / name
+        cfg = build_config(sc.preset, **common, **method,
+                           init=str(out / warm / "last.pt") if warm else None)
+
+        def do_train(cfg=cfg, run=run, name=name) -> None:
+            resume = (run / "last.pt").is_file()
+            cb = (lambda e, i, n, loss: progress(f"train {name} epoch {e + 1}/{cfg.epochs}", i, n)) if progress \
+                else None
+            try:
+                train(cfg, run, resume=resume, on_batch=cb)
+            except TrainInterrupted:
+                raise
+
+        opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in method.items() if k != "natural")
+        stages.append(Stage(f"train {name}", name, "train", lambda run=run, e=cfg.epochs: _train_done(run, e),
+                            do_train, f"chanscope train {opts}{' --natural' if method.get('natural') else ''} "
+                                      f"--preset {sc.preset} ... --out {run}"
+                                      + (f" --init {out / warm / 'last.pt'}" if warm else "")))
+    from chanscope.activations import run_activations
+    from chanscope.evaluate import run_eval
+
+    aa_stages: list[Stage] = []
+    for name in (eval_models or compared):
+        run = out / name
+        ckpt = str(run / "best.pt")
+
+        def cb(label: str):
+            return (lambda a, done, total: progress(label, done, total)) if progress else None
+
+        stages.append(Stage(f"eval {name}", name, "eval", lambda run=run: (run / "eval.json").is_file(),
+                            lambda ckpt=ckpt, name=name: run_eval(
+                                ckpt, sc.eval_attacks, 8 / 255, n=sc.eval_n, data=data, data_root=data_root,
+                                seed=seed, device=device, square_queries=sc.square_queries,
+                                progress=cb(f"eval {name}")),
+                            f"chanscope eval --model {ckpt} --attacks {sc.eval_attacks} --n {sc.eval_n}"))
+        stages.append(Stage(f"sanity {name}", name, "sanity",
+                            lambda run=run: (run / "sanity" / "eval.json").is_file(),
+                            lambda ckpt=ckpt, run=run, name=name: run_eval(
+                                ckpt, "pgd20", 8 / 255, n=sc.sanity_n, sanity=True, data=data, data_root=data_root,
+                                seed=seed, device=device, out=str(run / "sanity"), square_queries=sc.square_queries,
+                                progress=cb(f"sanity {name}")),
+                            f"chanscope eval --model {ckpt} --attacks pgd20 --n {sc.sanity_n} --sanity "
+                            f"--out {run / 'sanity'}"))
+        if sc.aa_n:
+            aa_stages.append(Stage(f"autoattack {name}", name, "aa", lambda run=run: (run / "aa" / "eval.json").is_file(),
+                                lambda ckpt=ckpt, run=run, name=name: run_eval(
+                                    ckpt, "aa", 8 / 255, n=sc.aa_n, data=data, data_root=data_root, seed=seed,
+                                    device=device, out=str(run / "aa"), progress=cb(f"autoattack {name}")),
+                                f"chanscope eval --model {ckpt} --attacks aa --n {sc.aa_n} --out {run / 'aa'}"))
+        stages.append(Stage(f"activations {name}", name, "activations",
+                            lambda run=run: (run / "activations.json").is_file(),
+                            lambda ckpt=ckpt, name=name: run_activations(
+                                ckpt, attack=sc.act_attack, n=sc.act_n, data=data, data_root=data_root, seed=seed,
+                                device=device, progress=(lambda d, t: progress(f"activations {name}", d, t))
+                                if progress else None),
+                            f"chanscope activations --model {ckpt} --attack {sc.act_attack} --n {sc.act_n}"))
+    return _order(stages + aa_stages)
+
+
+_CORE = ("standard", "at", "cifs-nat", "cifs")
+
+
+def _order(stages: list[Stage]) -> list[Stage]:
+    """Core comparison first (train, then study), then CAS and CIFS-from-scratch, then AutoAttack last:
+    a reproduction cut short still has its main figures."""
+    def key(st: Stage) -> tuple[int, int]:
+        core = st.model in _CORE
+        if st.kind == "aa":
+            return (4, 0)
+        if st.kind == "train":
+            return (0 if core else 2, 0)
+        return (1 if core else 3, 0)
+    return sorted(stages, key=key)  # stable: keeps the model order inside each group
+
+
+def reproduce(out: str | Path, scale: str = "smoke", *, data: str | None = None, data_root: str | None = None,
+              with_cas: bool = False, cifs_scratch: bool = True, seed: int = 0, device: str | None = None,
+              progress: Callable[[str, int, int], None] | None = None,
+              on_stage: Callable[[str, str, float], None] | None = None) -> dict:
+    """Run (or continue) the whole study into `out`; returns the pipeline record (also pipeline.json)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "pipeline.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
+    record.update({"scale": scale, "scale_settings": SCALES[scale].__dict__ if scale in SCALES else None,
+                   "data": data or "embedded", "with_cas": with_cas, "seed": seed})
+    stages = plan(out, scale, data=data, data_root=data_root, with_cas=with_cas, cifs_scratch=cifs_scratch,
+                  seed=seed, device=device, progress=progress)
+    from chanscope.train.loop import versions
+
+    record["versions"] = versions()
+    for st in stages:
+        if st.done():
+            if on_stage:
+                on_stage(st.name, "skipped (complete)", 0.0)
+            continue
+        t0 = time.time()
+        if on_stage:
+            on_stage(st.name, "running", 0.0)
+        st.run()
+        secs = time.time() - t0
+        prev = record["stages"].get(st.name, {}).get("seconds", 0.0)
+        record["stages"][st.name] = {"seconds": round(prev + secs, 1), "command": st.command, "kind": st.kind,
+                                     "model": st.model}
+        atomic_write_json(record_path, record)
+        if on_stage:
+            on_stage(st.name, "done", secs)
+    from chanscope.report import write_outputs
+
+    write_outputs(out, record, stages=[s.model for s in stages if s.kind == "eval"])
+    atomic_write_json(record_path, record)
+    return record

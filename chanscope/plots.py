@@ -1,0 +1,196 @@
+"""The paper's figures from run folders' CSVs (plotting never retrains or re-attacks).
+
+Each function returns the data it drew as a DataFrame and writes <name>.png, <name>.pdf and
+<name>.csv into `out`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from chanscope.errors import ChanscopeError  # noqa: E402
+from chanscope.io import atomic_write_bytes, atomic_write_csv  # noqa: E402
+
+__all__ = ["nr_channels", "class_alignment", "class_robustness", "training_curves", "read_run_csv", "PALETTE"]
+
+PALETTE = sns.color_palette("colorblind")
+_HINT = {
+    "channels.csv": "run `chanscope activations --model {run}/best.pt` first",
+    "classes.csv": "run `chanscope activations --model {run}/best.pt` first",
+    "eval.csv": "run `chanscope eval --model {run}/best.pt` first",
+    "metrics.csv": "train it with `chanscope train --out {run}` first",
+}
+
+
+def read_run_csv(run: str | Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A run's CSV, or a one-line error naming what is missing and how to make it."""
+    run = Path(run)
+    if not run.is_dir():
+        raise ChanscopeError(f"run folder {str(run)!r} does not exist")
+    p = run / name
+    if not p.is_file():
+        raise ChanscopeError(f"{run} has no {name}; " + _HINT.get(name, "create it first").format(run=run))
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ChanscopeError(f"{p} is not a readable CSV ({e}); regenerate it") from None
+    missing = [c for c in (columns or []) if c not in df.columns]
+    if missing or df.empty:
+        raise ChanscopeError(f"{p} is incomplete (missing columns {missing or 'rows'}); regenerate it")
+    return df
+
+
+def _save(fig, out: Path, name: str, data: pd.DataFrame) -> pd.DataFrame:
+    import io
+
+    out = Path(out)
+    for ext in ("png", "pdf"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
+        atomic_write_bytes(out / f"{name}.{ext}", buf.getvalue())
+    plt.close(fig)
+    atomic_write_csv(out / f"{name}.csv", data)
+    return data
+
+
+def _label(run: Path) -> str:
+    return Path(run).name
+
+
+def nr_channels(runs: list[str | Path], out: str | Path, class_name: str | None = None,
+                name: str = "nr_channels", normalize: bool = True) -> pd.DataFrame:
+    """Channels sorted by relevance (x) against natural and adversarial magnitude (y), NR region shaded.
+
+    All classes: channels are ranked by relevance within each class and magnitudes are averaged over
+    classes at each rank; the shaded NR region spans the mean number of NR channels. With `normalize`,
+    each model's magnitudes are divided by its mean natural magnitude, so models whose features differ in
+    scale (CIFS multiplies by a softmax mask that sums to 1) share one y axis; the CSV keeps both.
+    """
+    cols = ["class", "class_name", "channel", "relevance", "pr_nr", "mag_nat", "mag_adv"]
+    frames = []
+    for run in runs:
+        ch = read_run_csv(run, "channels.csv", cols)
+        if class_name is not None:
+            if class_name not in set(ch.class_name):
+                raise ChanscopeError(f"class {class_name!r} not in {run}; classes: {', '.join(ch.class_name.unique())}")
+            ch = ch[ch.class_name == class_name]
+        ch = ch.sort_values(["class", "relevance"]).copy()
+        ch["rank"] = ch.groupby("class").cumcount()
+        g = ch.groupby("rank").agg(relevance=("relevance", "mean"), mag_nat=("mag_nat", "mean"),
+                                   mag_adv=("mag_adv", "mean")).reset_index()
+        g["n_nr"] = float((ch.pr_nr == "NR").groupby(ch["class"]).sum().mean())
+        scale = float(g.mag_nat.mean()) if normalize and g.mag_nat.mean() > 0 else 1.0
+        g["plot_nat"], g["plot_adv"] = g.mag_nat / scale, g.mag_adv / scale
+        g.insert(0, "model", _label(run))
+        frames.append(g)
+    data = pd.concat(frames, ignore_index=True)
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), sharey=True, squeeze=False)
+    for ax, (model, g) in zip(axes[0], data.groupby("model", sort=False)):
+        ax.axvspan(-0.5, g.n_nr.iloc[0] - 0.5, color="0.88", label="NR channels (relevance < 0)")
+        ax.plot(g["rank"], g.plot_nat, color=PALETTE[0], lw=1.4, label="natural")
+        ax.plot(g["rank"], g.plot_adv, color=PALETTE[3], lw=1.4, label="adversarial")
+        ax.set_title(model)
+        ax.set_xlabel("channel, sorted by relevance")
+    axes[0][0].set_ylabel("magnitude / model's mean natural magnitude" if normalize else "mean activation magnitude")
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"Channel magnitudes vs relevance ({class_name or 'all classes'})", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, Path(out), name, data)
+
+
+def class_alignment(run: str | Path, out: str | Path, classes: list[str] | None = None,
+                    name: str = "class_alignment") -> pd.DataFrame:
+    """Magnitude against relevance per channel for the most and least robust class (or `classes`)."""
+    ch = read_run_csv(run, "channels.csv", ["class_name", "channel", "relevance", "mag_nat", "mag_adv"])
+    cl = read_run_csv(run, "classes.csv", ["class_name", "adv_acc", "spearman_nat", "spearman_adv"])
+    if classes:
+        unknown = [c for c in classes if c not in set(cl.class_name)]
+        if unknown:
+            raise ChanscopeError(f"unknown classes {unknown}; classes: {', '.join(cl.class_name)}")
+        chosen = list(classes)
+    else:
+        order = cl.sort_values("adv_acc", kind="stable")
+        chosen = [order.class_name.iloc[-1], order.class_name.iloc[0]]
+    data = ch[ch.class_name.isin(chosen)][["class_name", "channel", "relevance", "mag_nat", "mag_adv"]].copy()
+    fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), sharey=True, squeeze=False)
+    for ax, c in zip(axes[0], chosen):
+        g = data[data.class_name == c]
+        r = cl[cl.class_name == c].iloc[0]
+        ax.axvspan(min(g.relevance.min(), 0), 0, color="0.9")
+        ax.scatter(g.relevance, g.mag_nat, s=10, color=PALETTE[0], label="natural", alpha=0.8)
+        ax.scatter(g.relevance, g.mag_adv, s=10, color=PALETTE[3], label="adversarial", alpha=0.8, marker="x")
+        ax.set_title(f"{c}: robust acc {r.adv_acc:.1f}%\nSpearman nat {r.spearman_nat:.2f}, adv {r.spearman_adv:.2f}",
+                     fontsize=9)
+        ax.set_xlabel("channel relevance")
+    axes[0][0].set_ylabel("mean activation magnitude")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Magnitude vs relevance, {_label(Path(run))}", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, Path(out), name, data.assign(model=_label(Path(run))))
+
+
+def class_robustness(runs: list[str | Path], out: str | Path, attack: str | None = None,
+                     name: str = "class_robustness") -> pd.DataFrame:
+    """Per-class natural and robust accuracy, models side by side (robust: `attack`, default the first
+    PGD attack of each eval.csv)."""
+    frames = []
+    for run in runs:
+        ev = read_run_csv(run, "eval.csv", ["attack", "class", "natural_acc", "robust_acc"])
+        atk = attack or next((a for a in ev.attack.unique() if a.startswith("pgd")), ev.attack.iloc[0])
+        if atk not in set(ev.attack):
+            raise ChanscopeError(f"{run}/eval.csv has no attack {atk!r}; it has {', '.join(ev.attack.unique())}")
+        g = ev[(ev.attack == atk) & (ev["class"] != "all")][["class", "natural_acc", "robust_acc"]].copy()
+        g.insert(0, "attack", atk)
+        g.insert(0, "model", _label(Path(run)))
+        frames.append(g)
+    data = pd.concat(frames, ignore_index=True)
+    classes = list(dict.fromkeys(data["class"]))
+    models = list(dict.fromkeys(data.model))
+    fig, axes = plt.subplots(2, 1, figsize=(min(16.0, max(7.0, 0.5 * len(classes) * (1 + 0.4 * len(models)))), 5.5),
+                             sharex=True)
+    width = 0.8 / len(models)
+    x = np.arange(len(classes))
+    for i, m in enumerate(models):
+        g = data[data.model == m].set_index("class").reindex(classes)
+        for ax, col in zip(axes, ("natural_acc", "robust_acc")):
+            ax.bar(x + (i - (len(models) - 1) / 2) * width, g[col], width, color=PALETTE[i % 10], label=m)
+    axes[0].set_ylabel("natural accuracy %")
+    axes[1].set_ylabel(f"robust accuracy %\n({data.attack.iloc[0]})")
+    axes[1].set_xticks(x, classes, rotation=30)
+    axes[0].legend(fontsize=8, ncol=len(models))
+    fig.suptitle("Per-class accuracy", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, Path(out), name, data)
+
+
+def training_curves(runs: list[str | Path], out: str | Path, name: str = "training") -> pd.DataFrame:
+    """Loss, training accuracy, test natural and test PGD accuracy per epoch."""
+    cols = ["epoch", "train_loss", "train_acc", "test_nat_acc", "test_pgd_acc"]
+    frames = []
+    for run in runs:
+        m = read_run_csv(run, "metrics.csv", cols)[cols].copy()
+        m.insert(0, "model", _label(Path(run)))
+        frames.append(m)
+    data = pd.concat(frames, ignore_index=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for i, (model, g) in enumerate(data.groupby("model", sort=False)):
+        c = PALETTE[i % 10]
+        axes[0].plot(g.epoch, g.train_loss, color=c, label=model)
+        axes[1].plot(g.epoch, g.train_acc, color=c, ls="--", label=f"{model} train")
+        axes[1].plot(g.epoch, g.test_nat_acc, color=c, label=f"{model} test")
+        axes[2].plot(g.epoch, g.test_pgd_acc, color=c, label=model)
+    for ax, t in zip(axes, ("training loss", "accuracy % (dashed: training examples)", "test PGD accuracy %")):
+        ax.set_title(t, fontsize=10)
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, Path(out), name, data)

@@ -1,0 +1,45 @@
+"""`chanscope reproduce`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from chanscope.pipeline import SCALES, reproduce
+
+from ._console import console, progress
+from ._options import DataOpt, DataRootOpt, DeviceOpt, SeedOpt
+
+
+def reproduce_command(
+    scale: Annotated[str, typer.Option(help=f"One of: {', '.join(SCALES)}.")] = "smoke",
+    data: DataOpt = None,
+    data_root: DataRootOpt = None,
+    with_cas: Annotated[bool, typer.Option("--with-cas", help="Also train and study CAS.")] = False,
+    cifs_scratch: Annotated[bool, typer.Option(help="Also report CIFS trained from scratch.")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="Study folder (default runs/reproduce-<scale>).")] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Train standard, AT and CIFS (CAS), evaluate, record activations, plot and report; resumable."""
+    out = out or Path("runs") / f"reproduce-{scale}"
+    t0 = time.time()
+    bar = progress()
+    tasks: dict[str, int] = {}
+
+    def on_progress(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=total, info="")
+        bar.update(tasks[label], completed=done, total=total)
+
+    def on_stage(name: str, status: str, secs: float) -> None:
+        bar.console.print(f"[bold]{name}[/]: {status}" + (f" ({secs:.0f}s)" if secs else ""), highlight=False)
+
+    with bar:
+        record = reproduce(out, scale, data=data, data_root=data_root, with_cas=with_cas, cifs_scratch=cifs_scratch,
+                           seed=seed or 0, device=device, progress=on_progress, on_stage=on_stage)
+    console.print(f"study in {out}: report.md, figures/, results/ ({time.time() - t0:.0f}s this invocation; "
+                  f"{sum(s['seconds'] for s in record['stages'].values()):.0f}s of stages in all)")

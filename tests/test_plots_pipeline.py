@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chanscope import pipeline, plots
+from chanscope.errors import ChanscopeError
+
+MICRO = pipeline.Scale("smoke", {"arch": "resnet10", "width": 0.0625, "subset": 100, "epochs": 2, "batch_size": 50,
+                                 "steps": 1, "step_size": 8 / 255, "eval_n": 20, "eval_steps": 1,
+                                 "eval_step_size": 2 / 255},
+                       "fgsm,pgd2,adaptive2", 40, 0, 20, 40, "pgd2", 20)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    old = pipeline.SCALES.get("micro")
+    pipeline.SCALES["micro"] = MICRO
+    try:
+        record = pipeline.reproduce(out, "micro", cifs_scratch=False)
+    finally:
+        pipeline.SCALES.pop("micro")
+        if old:
+            pipeline.SCALES["micro"] = old
+    return out, record
+
+
+def _png_ok(path):
+    data = path.read_bytes()
+    return len(data) > 5000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pipeline_writes_everything(study):
+    out, record = study
+    for m in ("standard", "at", "cifs"):
+        for f in ("best.pt", "metrics.csv", "eval.csv", "channels.csv", "classes.csv", "sanity/eval.json"):
+            assert (out / m / f).is_file(), (m, f)
+    assert (out / "cifs-nat" / "last.pt").is_file()
+    for name in ("nr_channels", "class_robustness", "training", "class_alignment_at", "class_alignment_cifs"):
+        assert _png_ok(out / "figures" / f"{name}.png") and (out / "figures" / f"{name}.pdf").is_file()
+    report = (out / "report.md").read_text()
+    assert "## The paper's observations" in report and "## Commands and wall times" in report
+    assert set(record["stages"]) >= {"train standard", "train at", "eval cifs", "activations at"}
+    # the warm start: AT starts from the natural model, CIFS from the natural CIFS model
+    import json
+
+    assert json.loads((out / "at" / "config.json").read_text())["config"]["init"].endswith("standard/last.pt")
+    assert json.loads((out / "cifs" / "config.json").read_text())["config"]["init"].endswith("cifs-nat/last.pt")
+
+
+def test_plots_draw_exactly_the_input_statistics(study, tmp_path):
+    out, _ = study
+    runs = [out / m for m in ("standard", "at", "cifs")]
+    data = plots.nr_channels(runs, tmp_path)
+    assert _png_ok(tmp_path / "nr_channels.png")
+    drawn = pd.read_csv(tmp_path / "nr_channels.csv")
+    for m in ("standard", "at", "cifs"):
+        ch = pd.read_csv(out / m / "channels.csv").sort_values(["class", "relevance"])
+        ch["rank"] = ch.groupby("class").cumcount()
+        expect = ch.groupby("rank").mag_adv.mean().to_numpy()
+        got = drawn[drawn.model == m].sort_values("rank")
+        assert np.allclose(got.mag_adv, expect) and np.allclose(got.plot_adv * got.mag_nat.mean(), expect)
+    assert len(data) == len(drawn)
+    one = plots.nr_channels(runs[:1], tmp_path, class_name="cat", name="cat")
+    ch = pd.read_csv(out / "standard" / "channels.csv")
+    ch = ch[ch.class_name == "cat"].sort_values("relevance")
+    assert np.allclose(one.mag_nat, ch.mag_nat) and np.allclose(one.relevance, ch.relevance)
+
+    rob = plots.class_robustness(runs[1:], tmp_path)
+    ev = pd.read_csv(out / "at" / "eval.csv")
+    ev = ev[(ev.attack == "pgd2") & (ev["class"] != "all")]
+    got = pd.read_csv(tmp_path / "class_robustness.csv")
+    assert np.allclose(got[got.model == "at"].robust_acc.to_numpy(), ev.robust_acc.to_numpy())
+    assert len(rob) == 20
+
+    al = plots.class_alignment(out / "at", tmp_path, classes=["cat", "dog"])
+    ch = pd.read_csv(out / "at" / "channels.csv")
+    assert np.allclose(al.sort_values(["class_name", "channel"]).mag_adv,
+                       ch[ch.class_name.isin(["cat", "dog"])].sort_values(["class_name", "channel"]).mag_adv)
+    tr = plots.training_curves(runs, tmp_path)
+    assert np.allclose(tr[tr.model == "at"].test_pgd_acc, pd.read_csv(out / "at" / "metrics.csv").test_pgd_acc)
+
+
+def test_missing_or_incomplete_runs_give_one_line_errors(study, tmp_path):
+    out, _ = study
+    with pytest.raises(ChanscopeError, match="has no channels.csv; run `chanscope activations"):
+        plots.nr_channels([out / "cifs-nat"], tmp_path)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "eval.csv").write_text("attack,class\n")
+    with pytest.raises(ChanscopeError, match="incomplete"):
+        plots.class_robustness([bad], tmp_path)
+    r = subprocess.run([sys.executable, "-m", "chanscope.cli.app", "plot", "class-robustness", "--run",
+                        str(tmp_path / "nope"), "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(ChanscopeError, match="class 'zebra' not in"):
+        plots.nr_channels([out / "at"], tmp_path, class_name="zebra")
+
+
+def test_second_run_skips_finished_stages_and_resumes_a_cut_one(study, monkeypatch):
+    out, _ = study
+    calls = []
+    real_train = pipeline.train
+
+    def spy(cfg, run, resume=False, **kw):
+        calls.append((run.name, resume))
+        return real_train(cfg, run, resume=resume, **kw)
+
+    monkeypatch.setattr(pipeline, "train", spy)
+    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
+    # cut the CIFS stage: its summary is gone, as after a kill in the last epoch; eval outputs too
+    (out / "cifs" / "summary.json").unlink()
+    metrics_before = pd.read_csv(out / "cifs" / "metrics.csv")
+    for f in ("eval.json",):
+        (out / "cifs" / f).unlink()
+    pipeline.reproduce(out, "micro", cifs_scratch=False)
+    assert calls == [("cifs", True)]  # nothing else retrained; the cut stage resumed
+    after = pd.read_csv(out / "cifs" / "metrics.csv")
+    pd.testing.assert_frame_equal(after, metrics_before)
+    assert (out / "cifs" / "eval.json").is_file()
