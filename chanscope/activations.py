@@ -4,8 +4,8 @@ images, relevance per class, and the alignment tables."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pandas as pd
 import torch

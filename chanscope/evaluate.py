@@ -7,8 +7,8 @@ attack, eps, steps, step_size, restarts, loss, class, n, natural_acc, robust_acc
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -78,7 +78,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[s
         t0 = time.time()
         torch.manual_seed(seed)
         rob, comps, worst = [], {}, 0.0
-        for bi, s in enumerate(_batches(len(y), batch_size)):
+        for s in _batches(len(y), batch_size):
             details: dict = {}
             r, w, _ = run_attack(spec, model, x[s], y[s], beta_atk=beta_atk, seed=seed, details=details)
             rob.append(r)

@@ -129,7 +129,7 @@ class ActivationRecorder:
         self._batch: dict[str, list[torch.Tensor]] = {}
         self._armed = False
 
-    def __enter__(self) -> "ActivationRecorder":
+    def __enter__(self) -> ActivationRecorder:
         for name, mod in self.modules.items():
             self._handles.append(mod.register_forward_hook(self._hook(name)))
         return self

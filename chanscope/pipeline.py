@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -141,7 +142,8 @@ def plan(out: Path, scale: str, *, data: str | None = None, data_root: str | Non
                             f"chanscope eval --model {ckpt} --attacks pgd20 --n {sc.sanity_n} --sanity "
                             f"--out {run / 'sanity'}"))
         if sc.aa_n:
-            aa_stages.append(Stage(f"autoattack {name}", name, "aa", lambda run=run: (run / "aa" / "eval.json").is_file(),
+            aa_stages.append(Stage(f"autoattack {name}", name, "aa",
+                                   lambda run=run: (run / "aa" / "eval.json").is_file(),
                                 lambda ckpt=ckpt, run=run, name=name: run_eval(
                                     ckpt, "aa", 8 / 255, n=sc.aa_n, data=data, data_root=data_root, seed=seed,
                                     device=device, out=str(run / "aa"), progress=cb(f"autoattack {name}")),

@@ -72,7 +72,7 @@ def print_eval(result, summary: dict, model: str, eps: float) -> None:
         table.add_column(col, justify="right")
     for _, r in overall.iterrows():
         top = r.attack.split(":")[0]
-        gradient_based = not (top in ("aa", "autoattack", "square"))
+        gradient_based = top not in ("aa", "autoattack", "square")
         table.add_row(r.attack, r.loss if gradient_based else "-", str(r.steps) if gradient_based else "-",
                       f"{r.step_size * 255:.2f}/255" if gradient_based else "-",
                       str(r.restarts) if gradient_based else "-", f"{r.natural_acc:.1f}", f"{r.robust_acc:.1f}",

@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chanscope.train import (METHODS, PRESETS, TrainInterrupted, build_config, config_diff, load_run_config,
-                             train)
+from chanscope.train import METHODS, PRESETS, TrainInterrupted, build_config, config_diff, load_run_config, train
+
 from ._console import console, fail, progress
 from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
 
@@ -29,7 +29,8 @@ def train_command(
     epochs: Annotated[Optional[int], typer.Option(help="Overrides the preset's length.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size (paper 128).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="SGD learning rate (paper 0.1).")] = None,
-    milestones: Annotated[Optional[str], typer.Option(help="Comma-separated lr x0.1 epochs (default 62.5%, 75%).")] = None,
+    milestones: Annotated[Optional[str], typer.Option(help="Comma list of lr x0.1 epochs (default 62.5%, 75%).")]
+    = None,
     eps: EpsOpt = None,
     step_size: Annotated[Optional[str], typer.Option(help="Training PGD step, e.g. 2/255.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training PGD steps (paper 10).")] = None,
@@ -94,7 +95,7 @@ def train_command(
         result = train(cfg, out, resume=resume, on_batch=on_batch, on_epoch=on_epoch, on_start=on_start)
     except TrainInterrupted as e:
         bar.stop()
-        raise fail(str(e), code=130)
+        raise fail(str(e), code=130) from None
     finally:
         bar.stop()
     table = Table(title=f"{cfg.method} {cfg.arch} ({out})")

@@ -27,7 +27,7 @@ def main(src: str, dst: str, seed: int = 0) -> None:
             files[(split, cls)].append(m)
         rng = random.Random(seed)
         chosen: list[tarfile.TarInfo] = []
-        for (split, cls), ms in sorted(files.items()):
+        for (split, _cls), ms in sorted(files.items()):
             ms = sorted(ms, key=lambda m: m.name)
             chosen += sorted(rng.sample(ms, PER_CLASS[split]), key=lambda m: m.name)
         with tarfile.open(dst, "w:gz", compresslevel=9) as out:

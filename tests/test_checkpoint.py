@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+from conftest import FIXTURES
 
 import chanscope
 from chanscope.checkpoint import save_checkpoint
 from chanscope.errors import ChanscopeError
 from chanscope.models import create_model
 from chanscope.models.official import convert_official_state_dict, official_model_kwargs
-from conftest import FIXTURES
 
 
 @pytest.mark.parametrize("select", ["none", "cifs", "cas"])

@@ -8,11 +8,11 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES
 from PIL import Image
 
 from chanscope.data import BatchLoader, augment_crop_flip, balanced_subset, load_data
 from chanscope.errors import ChanscopeError
-from conftest import FIXTURES
 
 
 def test_embedded_is_real_balanced_cifar(embedded):

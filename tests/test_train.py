@@ -8,13 +8,13 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from chanscope.cli.app import app
 from typer.testing import CliRunner
 
 import chanscope
 from chanscope.errors import ChanscopeError
 from chanscope.train import TrainInterrupted, build_config, train
 from chanscope.train import loop as loop_mod
-from chanscope.cli.app import app
 
 TINY = dict(arch="resnet18", width=0.0625, subset=100, eval_n=20, batch_size=25, epochs=2, steps=1,
             step_size="2/255", eval_steps=1, eval_step_size="2/255")

@@ -6,8 +6,8 @@ mode with frozen parameters for the attack and restored afterwards, even on erro
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn

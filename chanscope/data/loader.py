@@ -7,7 +7,7 @@ permutation, the position inside it and the generator state are the whole state.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -7,7 +7,7 @@ Inputs are images in [0, 1]; the first module normalises them, so attacks work i
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
