@@ -174,9 +174,11 @@ def class_robustness(runs: list[str | Path], out: str | Path, attack: str | None
 def training_curves(runs: list[str | Path], out: str | Path, name: str = "training") -> pd.DataFrame:
     """Loss, training accuracy, test natural and test PGD accuracy per epoch."""
     cols = ["epoch", "train_loss", "train_acc", "test_nat_acc", "test_pgd_acc"]
+    extra = ["train_eval_nat_acc", "train_eval_pgd_acc"]
     frames = []
     for run in runs:
-        m = read_run_csv(run, "metrics.csv", cols)[cols].copy()
+        m = read_run_csv(run, "metrics.csv", cols)
+        m = m[cols + [c for c in extra if c in m.columns]].copy()
         m.insert(0, "model", _label(Path(run)))
         frames.append(m)
     data = pd.concat(frames, ignore_index=True)
@@ -186,11 +188,38 @@ def training_curves(runs: list[str | Path], out: str | Path, name: str = "traini
         axes[0].plot(g.epoch, g.train_loss, color=c, label=model)
         axes[1].plot(g.epoch, g.train_acc, color=c, ls="--", label=f"{model} train")
         axes[1].plot(g.epoch, g.test_nat_acc, color=c, label=f"{model} test")
-        axes[2].plot(g.epoch, g.test_pgd_acc, color=c, label=model)
-    for ax, t in zip(axes, ("training loss", "accuracy % (dashed: training examples)", "test PGD accuracy %")):
+        axes[2].plot(g.epoch, g.test_pgd_acc, color=c, label=f"{model} test")
+        if "train_eval_pgd_acc" in g and g.train_eval_pgd_acc.notna().any():  # as test sees the model
+            axes[1].plot(g.epoch, g.train_eval_nat_acc, color=c, ls=":", label=f"{model} train (eval mode)")
+            axes[2].plot(g.epoch, g.train_eval_pgd_acc, color=c, ls=":", label=f"{model} train (eval mode)")
+    for ax, t in zip(axes, ("training loss", "natural accuracy % (dashed: training batches)",
+                            "PGD accuracy % (dotted: training images)")):
         ax.set_title(t, fontsize=10)
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=7, ncol=2)
+    axes[1].legend(fontsize=6, ncol=2)
+    axes[2].legend(fontsize=6)
     fig.tight_layout()
     return _save(fig, Path(out), name, data)
+
+
+def ablation_plot(df: pd.DataFrame, out: str | Path, name: str = "ablation") -> pd.DataFrame:
+    """Robust accuracy per setting, seeds as points, the AT baseline's mean as a line."""
+    cells = df[df.setting != "AT baseline"]
+    base = df[df.setting == "AT baseline"]
+    settings = list(dict.fromkeys(cells.setting))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(settings) + 2), 3.8))
+    for i, s in enumerate(settings):
+        g = cells[cells.setting == s]
+        ax.scatter([i] * len(g), g.robust_acc, color=PALETTE[0], zorder=3, label="CIFS setting (seeds)" if i == 0
+                   else None)
+        ax.plot([i - 0.2, i + 0.2], [g.robust_acc.mean()] * 2, color=PALETTE[0], lw=2)
+    if len(base):
+        ax.axhline(base.robust_acc.mean(), color=PALETTE[3], ls="--", label=f"AT baseline ({len(base)} seeds)")
+        ax.axhspan(base.robust_acc.min(), base.robust_acc.max(), color=PALETTE[3], alpha=0.12)
+    ax.set_xticks(range(len(settings)), settings, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel(f"robust accuracy % ({df.attack.iloc[0] if len(df) else ''})")
+    ax.legend(fontsize=8)
+    ax.set_title("CIFS design switches vs PGD-AT, same budget", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(out), name, df)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._console import handle_errors
+from .ablate import ablate_command
 from .activations import activations_command
 from .eval import eval_command
 from .plot import app as plot_app
@@ -19,6 +20,7 @@ app.command("eval")(handle_errors(eval_command))
 app.command("activations")(handle_errors(activations_command))
 app.command("reproduce")(handle_errors(reproduce_command))
 app.command("report")(report_command)
+app.command("ablate")(handle_errors(ablate_command))
 app.add_typer(plot_app, name="plot")
 
 

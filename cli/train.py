@@ -36,6 +36,13 @@ def train_command(
     steps: Annotated[Optional[int], typer.Option(help="Training PGD steps (paper 10).")] = None,
     beta: Annotated[Optional[float], typer.Option(help="CIFS/CAS joint-loss beta (paper 2).")] = None,
     probes: Annotated[Optional[str], typer.Option(help="CIFS probe kinds per block, e.g. nonlinear,linear.")] = None,
+    train_label: Annotated[Optional[str], typer.Option(help="CIFS training mask top-1: true (paper), pred, mix:p.")]
+    = None,
+    topk: Annotated[Optional[int], typer.Option(help="CIFS: logits summed for the relevance (paper 2).")] = None,
+    mask: Annotated[Optional[str], typer.Option(help="CIFS mask: softmax, softmax_t:T, softmax_scaled, sigmoid.")]
+    = None,
+    select_stages: Annotated[Optional[str], typer.Option(help="Stages carrying CIFS/CAS, e.g. layer3,layer4.")]
+    = None,
     eval_n: Annotated[Optional[int], typer.Option(help="Test images for the per-epoch check.")] = None,
     init: Annotated[Optional[str], typer.Option(help="Start from this checkpoint's weights.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<method>-<arch>-<time>).")] = None,
@@ -51,7 +58,9 @@ def train_command(
         "download": download, "subset": subset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "milestones": [int(m) for m in milestones.split(",")] if milestones else None, "eps": eps,
         "step_size": step_size, "steps": steps, "beta": beta,
-        "probes": probes.split(",") if probes else None, "eval_n": eval_n, "init": init, "bf16": bf16,
+        "probes": probes.split(",") if probes else None, "train_label": train_label, "topk": topk, "mask": mask,
+        "select_stages": select_stages.split(",") if select_stages else None, "eval_n": eval_n, "init": init,
+        "bf16": bf16,
         "compile": compile, "seed": seed, "device": device,
     }
     if resume:

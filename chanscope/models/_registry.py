@@ -40,7 +40,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         raise ChanscopeError(f"unknown arch {name!r}; known: {', '.join(list_models())}")
     try:
         model = _MODELS[name](**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ChanscopeError(f"bad options for arch {name!r}: {e}") from None
     model.arch = name
     model.model_kwargs = dict(kwargs)

@@ -99,7 +99,8 @@ class CifarResNet(nn.Module):
                  num_classes: int = 10, in_channels: int = 3, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, feature_select: str = "none",
                  select_stages: Sequence[str] | None = None, probes: Sequence[str] = ("nonlinear", "linear"),
-                 probe_hidden: int = 128, topk: int = 2, train_label: str = "true") -> None:
+                 probe_hidden: int = 128, topk: int = 2, train_label: str = "true",
+                 mask: str = "softmax") -> None:
         super().__init__()
         if feature_select not in FEATURE_SELECT:
             raise ValueError(f"unknown feature_select {feature_select!r}; known: {', '.join(FEATURE_SELECT)}")
@@ -127,7 +128,7 @@ class CifarResNet(nn.Module):
                 if name in selected:
                     if feature_select == "cifs":
                         kind = probes[min(bi, len(probes) - 1)]
-                        sel: _Selector = CIFS(cout, num_classes, kind, probe_hidden, topk, train_label)
+                        sel: _Selector = CIFS(cout, num_classes, kind, probe_hidden, topk, train_label, mask)
                     else:
                         sel = CAS(cout, num_classes)
                     blk = SelectBlock(blk, sel)

@@ -14,7 +14,43 @@ import torch.nn.functional as F
 __all__ = ["CIFS", "CAS", "SelectBlock", "PROBES", "TRAIN_LABELS"]
 
 PROBES = ("nonlinear", "linear")
-TRAIN_LABELS = ("true", "pred")
+TRAIN_LABELS = ("true", "pred", "mix:<p>")
+MASKS = ("softmax", "softmax_t:<T>", "softmax_scaled", "sigmoid")
+
+
+def parse_train_label(text: str) -> float:
+    """Probability of using the true label for the training mask: true -> 1, pred -> 0, mix:p -> p."""
+    if text == "true":
+        return 1.0
+    if text == "pred":
+        return 0.0
+    if text.startswith("mix:"):
+        try:
+            p = float(text[4:])
+        except ValueError:
+            p = -1.0
+        if 0.0 <= p <= 1.0:
+            return p
+    raise ValueError(f"unknown train_label {text!r}; known: true, pred, mix:p with 0 <= p <= 1")
+
+
+def mask_function(text: str):
+    """Channel mask from relevance g (N, C): softmax (the paper), softmax_t:T (temperature T),
+    softmax_scaled (softmax x C, keeping the features' scale), sigmoid."""
+    if text == "softmax":
+        return lambda g: F.softmax(g, dim=1)
+    if text == "softmax_scaled":
+        return lambda g: F.softmax(g, dim=1) * g.shape[1]
+    if text == "sigmoid":
+        return torch.sigmoid
+    if text.startswith("softmax_t:"):
+        try:
+            t = float(text[len("softmax_t:"):])
+        except ValueError:
+            t = 0.0
+        if t > 0:
+            return lambda g: F.softmax(g / t, dim=1)
+    raise ValueError(f"unknown mask {text!r}; known: {', '.join(MASKS)}")
 
 
 class GlobalAvgFlatten(nn.Module):
@@ -50,24 +86,33 @@ class CIFS(_Selector):
     """
 
     def __init__(self, channels: int, num_classes: int, probe: str = "nonlinear", hidden: int = 128,
-                 topk: int = 2, train_label: str = "true") -> None:
+                 topk: int = 2, train_label: str = "true", mask: str = "softmax") -> None:
         super().__init__()
-        if train_label not in TRAIN_LABELS:
-            raise ValueError(f"unknown train_label {train_label!r}; known: {', '.join(TRAIN_LABELS)}")
+        self.p_true = parse_train_label(train_label)
+        self.mask_fn = mask_function(mask)
+        if topk < 1:
+            raise ValueError(f"topk={topk} must be at least 1")
         self.probe = make_probe(probe, channels, num_classes, hidden)
-        self.probe_kind, self.topk, self.train_label = probe, topk, train_label
+        self.probe_kind, self.topk, self.train_label, self.mask_kind = probe, topk, train_label, mask
 
     def relevance(self, feat: torch.Tensor, label: torch.Tensor | None = None,
-                  create_graph: bool = False) -> torch.Tensor:
+                  create_graph: bool = False, use_label: torch.Tensor | None = None) -> torch.Tensor:
         """Per-channel relevance g (N, C) on a detached copy of `feat` (the mask is trained through the
-        probe's parameters only, as in the official code)."""
+        probe's parameters only, as in the official code).
+
+        label: top-1 class where `use_label` (bool per sample, default all) is true; the probe's own
+        top-1 prediction elsewhere. The runner-ups are always the probe's predictions 2..k.
+        """
         with torch.enable_grad():  # AutoAttack/RobustBench call forward under no_grad
             f = feat.detach().requires_grad_(True)
             logits = self.probe(f)
             k = min(self.topk, logits.shape[1])
             top = logits.topk(k, dim=1).indices
             if label is not None:
-                chosen = torch.cat([label.view(-1, 1), top[:, 1:k]], dim=1)  # label + runner-ups
+                first = label.view(-1, 1)
+                if use_label is not None:
+                    first = torch.where(use_label.view(-1, 1), first, top[:, :1])
+                chosen = torch.cat([first, top[:, 1:k]], dim=1)  # label + runner-ups (as the official code)
             else:
                 chosen = top
             score = logits.gather(1, chosen).sum()
@@ -75,10 +120,13 @@ class CIFS(_Selector):
         return grad.sum(dim=(2, 3))
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        use_label = self.training and self.label is not None and self.train_label == "true"
-        g = self.relevance(feat, self.label if use_label else None,
-                           create_graph=torch.is_grad_enabled() and self.training)
-        mask = F.softmax(g, dim=1)
+        label, use = None, None
+        if self.training and self.label is not None and self.p_true > 0:
+            label = self.label
+            if self.p_true < 1:  # mix:p, per sample, from the global RNG (saved on resume)
+                use = torch.rand(feat.shape[0], device=feat.device) < self.p_true
+        g = self.relevance(feat, label, create_graph=torch.is_grad_enabled() and self.training, use_label=use)
+        mask = self.mask_fn(g)
         self.last_mask = mask.detach()
         self.last_logits = self.probe(feat)
         return feat * mask[:, :, None, None]

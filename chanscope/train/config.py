@@ -58,7 +58,8 @@ class TrainConfig:
     probes: list[str] = field(default_factory=lambda: ["nonlinear", "linear"])
     select_stages: list[str] | None = None  # None: the last stage
     topk: int = 2  # logits summed for the relevance (paper: top-2)
-    train_label: str = "true"  # top-1 class of the training mask: true label (paper) or prediction
+    train_label: str = "true"  # top-1 class of the training mask: true (paper), pred, or mix:p (true w.p. p)
+    mask: str = "softmax"  # softmax (paper) | softmax_t:T | softmax_scaled (x channels) | sigmoid
     # per-epoch test on a fixed class-balanced subset (paper test: PGD-20, step 0.8/255, no random start)
     eval_n: int = 1000
     eval_steps: int = 20
@@ -93,7 +94,7 @@ class TrainConfig:
     def model_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"width": self.width, "feature_select": self.feature_select}
         if self.feature_select == "cifs":
-            kw.update(probes=list(self.probes), topk=self.topk, train_label=self.train_label)
+            kw.update(probes=list(self.probes), topk=self.topk, train_label=self.train_label, mask=self.mask)
         if self.select_stages:
             kw["select_stages"] = list(self.select_stages)
         return kw
@@ -155,8 +156,18 @@ def validate(cfg: TrainConfig) -> None:
         raise ChanscopeError(f"width={cfg.width} must be positive, e.g. 0.25")
     if cfg.lr <= 0:
         raise ChanscopeError(f"lr={cfg.lr} must be positive")
-    if cfg.train_label not in ("true", "pred"):
-        raise ChanscopeError(f"unknown train label {cfg.train_label!r}; known: true, pred")
+    from chanscope.models.select import PROBES, mask_function, parse_train_label
+
+    try:
+        parse_train_label(cfg.train_label)
+        mask_function(cfg.mask)
+    except ValueError as e:
+        raise ChanscopeError(str(e)) from None
+    if cfg.topk < 1:
+        raise ChanscopeError(f"topk={cfg.topk} must be at least 1")
+    bad = [p for p in cfg.probes if p not in PROBES]
+    if bad or not cfg.probes:
+        raise ChanscopeError(f"unknown probe kinds {bad}; known: {', '.join(PROBES)}")
 
 
 # fields that may differ on --resume without changing the run's arithmetic

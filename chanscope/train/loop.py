@@ -36,7 +36,8 @@ from chanscope.train.config import TrainConfig
 
 __all__ = ["train", "TrainResult", "TrainInterrupted", "evaluate_subset", "versions", "METRIC_COLUMNS"]
 
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_nat_acc", "test_pgd_acc", "seconds"]
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_nat_acc", "test_pgd_acc", "train_eval_nat_acc",
+                  "train_eval_pgd_acc", "seconds"]
 
 
 class TrainInterrupted(Exception):
@@ -237,6 +238,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     eval_idx = balanced_subset(data.y_test, cfg.eval_n, data.num_classes, cfg.seed)
     x_eval = data.x_test[eval_idx].to(device).float().div_(255)
     y_eval = data.y_test[eval_idx].to(device)
+    # the same measurement on training images: eval mode, mask from the prediction (as test sees the model)
+    tr_idx = balanced_subset(data.y_train, min(cfg.eval_n, len(data.y_train)), data.num_classes, cfg.seed)
+    x_tr_eval = data.x_train[tr_idx].to(device).float().div_(255)
+    y_tr_eval = data.y_train[tr_idx].to(device)
 
     rows: list[dict[str, float]] = []
     start_epoch, best_metric, best_epoch = 0, -1.0, 0
@@ -305,9 +310,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             seconds = partial["seconds"] + time.time() - t0
             do_eval = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
             nat, adv = evaluate_subset(model, x_eval, y_eval, cfg) if do_eval else (float("nan"),) * 2
+            tr_nat, tr_adv = (evaluate_subset(model, x_tr_eval, y_tr_eval, cfg) if do_eval
+                              else (float("nan"),) * 2)
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": partial["loss_sum"] / max(1, partial["seen"]),
                    "train_acc": 100.0 * partial["correct"] / max(1, partial["seen"]),
-                   "test_nat_acc": nat, "test_pgd_acc": adv, "seconds": round(seconds, 2)}
+                   "test_nat_acc": nat, "test_pgd_acc": adv, "train_eval_nat_acc": tr_nat,
+                   "train_eval_pgd_acc": tr_adv, "seconds": round(seconds, 2)}
             rows.append(row)
             partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
             metric = row[metric_key]

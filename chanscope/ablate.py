@@ -1,0 +1,149 @@
+"""`chanscope ablate`: a grid of CIFS design switches, each cell and seed trained with the same budget,
+evaluated the same way, beside a PGD-AT baseline. Finished cells are skipped, cut ones resume."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from chanscope.errors import ChanscopeError
+from chanscope.io import atomic_write_csv
+from chanscope.train.config import PRESETS, TrainConfig, validate
+from chanscope.train.loop import train
+
+__all__ = ["parse_vary", "run_ablation", "ABLATION_COLUMNS"]
+
+KEY_ALIASES = {"cifs.train_label": "train_label", "cifs.topk": "topk", "cifs.mask": "mask",
+               "cifs.probes": "probes", "cifs.stages": "select_stages", "cifs.beta": "beta"}
+ABLATION_COLUMNS = ["setting", "seed", "run", "natural_acc", "robust_acc", "attack", "aa_acc",
+                    "train_eval_pgd_acc", "test_pgd_acc"]
+
+
+def _convert(field: str, text: str) -> Any:
+    """Values are comma-separated in --vary; list fields join their items with '+'."""
+    kinds = {f.name: f.type for f in fields(TrainConfig)}
+    t = str(kinds[field])
+    if field in ("probes", "select_stages", "milestones"):
+        items = [v for v in text.split("+") if v]
+        return [int(v) for v in items] if field == "milestones" else items
+    try:
+        if t.startswith("int"):
+            return int(text)
+        if t.startswith("float"):
+            return float(text)
+        if t.startswith("bool"):
+            return text.lower() in ("1", "true", "yes")
+    except ValueError:
+        raise ChanscopeError(f"--vary {field}: {text!r} is not a {t.split()[0]}") from None
+    return text
+
+
+def parse_vary(items: list[str]) -> dict[str, list[Any]]:
+    """['cifs.topk=1,2,3', 'cifs.train_label=true,pred'] -> {'topk': [1, 2, 3], 'train_label': [...]}"""
+    names = {f.name for f in fields(TrainConfig)}
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ChanscopeError(f"--vary {item!r}: write key=value1,value2 (e.g. cifs.topk=1,2,3)")
+        key, values = item.split("=", 1)
+        field = KEY_ALIASES.get(key.strip(), key.strip())
+        if field not in names:
+            raise ChanscopeError(f"--vary: unknown key {key!r}; use {', '.join(KEY_ALIASES)} or a training option")
+        vals = [_convert(field, v.strip()) for v in values.split(",") if v.strip()]
+        if not vals:
+            raise ChanscopeError(f"--vary {key}: no values")
+        out[field] = vals
+    return out
+
+
+def _slug(cell: dict[str, Any]) -> str:
+    def s(v: Any) -> str:
+        return "+".join(map(str, v)) if isinstance(v, list) else str(v)
+    return "_".join(f"{k}={s(v)}" for k, v in cell.items()).replace("/", "-").replace(":", "")
+
+
+def base_config(base: str | Path, scale: str | None = None, data: str | None = None) -> TrainConfig:
+    p = Path(base)
+    p = p / "config.json" if p.is_dir() else p
+    if not p.is_file():
+        raise ChanscopeError(f"--base {base}: no such config.json; give a run folder or its config.json")
+    try:
+        cfg = TrainConfig.from_dict(json.loads(p.read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ChanscopeError(f"--base {p} is not a chanscope config ({e})") from None
+    if scale is not None:
+        from chanscope.pipeline import SCALES
+
+        if scale not in SCALES:
+            raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+        sc = SCALES[scale]
+        cfg = replace(cfg, **{**PRESETS.get(sc.preset, {}), **sc.train}, preset=sc.preset)
+    if data is not None:
+        cfg = replace(cfg, data=data)
+    return cfg
+
+
+def _done(run: Path) -> bool:
+    return (run / "summary.json").is_file() and (run / "eval.json").is_file()
+
+
+def run_ablation(base: str | Path, vary: dict[str, list[Any]], out: str | Path, *, seeds: int = 1,
+                 scale: str | None = None, data: str | None = None, attack: str = "pgd20", n: int | None = None,
+                 aa_n: int = 0, baseline: bool = True, device: str | None = None,
+                 on_cell: Callable[[str, int, str], None] | None = None) -> pd.DataFrame:
+    """Train and evaluate every cell x seed (and the AT baseline); write ablation.csv and ablation.png."""
+    from chanscope.evaluate import run_eval
+    from chanscope.plots import ablation_plot
+
+    out = Path(out)
+    cfg0 = base_config(base, scale, data)
+    if cfg0.method not in ("cifs", "cas"):
+        raise ChanscopeError(f"--base is a {cfg0.method!r} run; the switches act on a cifs (or cas) config")
+    keys = list(vary)
+    cells: list[tuple[str, dict[str, Any]]] = []
+    for combo in itertools.product(*(vary[k] for k in keys)):
+        cell = dict(zip(keys, combo))
+        cells.append((_slug(cell), cell))
+    if baseline:
+        cells.append(("AT baseline", {"method": "at", "init": None}))
+    rows = []
+    for setting, cell in cells:
+        for seed in range(seeds):
+            cfg = replace(cfg0, **cell, seed=cfg0.seed + seed, device=device)
+            validate(cfg)
+            run = out / f"{'at-baseline' if setting == 'AT baseline' else setting}-s{cfg.seed}"
+            if not _done(run):
+                if on_cell:
+                    on_cell(setting, cfg.seed, "training")
+                if not (run / "summary.json").is_file():
+                    train(cfg, run, resume=(run / "last.pt").is_file())
+                if on_cell:
+                    on_cell(setting, cfg.seed, "evaluating")
+                run_eval(str(run / "best.pt"), attack, cfg.eps, n=n, data=cfg.data, data_root=cfg.data_root,
+                         seed=cfg.seed, device=device)
+                if aa_n:
+                    run_eval(str(run / "best.pt"), "aa", cfg.eps, n=aa_n, data=cfg.data, data_root=cfg.data_root,
+                             seed=cfg.seed, device=device, out=str(run / "aa"))
+            elif on_cell:
+                on_cell(setting, cfg.seed, "skipped (complete)")
+            ev = pd.read_csv(run / "eval.csv")
+            row = ev[(ev.attack == attack) & (ev["class"] == "all")].iloc[0]
+            aa = float("nan")
+            if (run / "aa" / "eval.csv").is_file():
+                a = pd.read_csv(run / "aa" / "eval.csv")
+                aa = float(a[a["class"] == "all"].robust_acc.iloc[0])
+            m = pd.read_csv(run / "metrics.csv").iloc[-1]
+            rows.append({"setting": setting, "seed": cfg.seed, "run": run.name, "natural_acc": row.natural_acc,
+                         "robust_acc": row.robust_acc, "attack": attack, "aa_acc": aa,
+                         "train_eval_pgd_acc": m.get("train_eval_pgd_acc", float("nan")),
+                         "test_pgd_acc": m.test_pgd_acc})
+            atomic_write_csv(out / "ablation.csv", pd.DataFrame(rows, columns=ABLATION_COLUMNS))
+    df = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+    ablation_plot(df, out)
+    return df
