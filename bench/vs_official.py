@@ -1,0 +1,165 @@
+"""Our CIFS adversarial training step against the official CIFS code's, at equal arithmetic.
+
+    python bench/vs_official.py --official /path/to/CIFS-checkout [--width 1] [--batch 128] [--repeats 5]
+
+PATH is a checkout of the public CIFS code (GitHub HanshuYAN/CIFS) that you supply; nothing of it is
+vendored here. Both sides run the same step on the same batch with the same weights: ResNet-18 with CIFS
+on layer4 (probes nonlinear, linear), PGD-10 (eps 8/255, step 2/255, random start) on the joint loss
+(beta 2) crafted in eval mode with frozen parameters, then one SGD update on the joint loss in train mode.
+Timings interleave the two sides; peak memory is measured in a fresh subprocess per side (CPU: max RSS;
+CUDA: max allocated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+
+def official_step_factory(path: str, dev: torch.device, batch: torch.Tensor, labels: torch.Tensor):
+    sys.path.insert(0, path)
+    import importlib
+
+    gc = importlib.import_module("torch.autograd.gradcheck")  # the module (the package attribute is a function)
+    if not hasattr(gc, "zero_gradients"):  # removed from torch after 1.9; their advertorch imports it
+        def zero_gradients(x):
+            if isinstance(x, torch.Tensor) and x.grad is not None:
+                x.grad.detach_().zero_()
+        gc.zero_gradients = zero_gradients
+    from advertorch.attacks import LinfPGDAttack  # the official checkout's own advertorch
+    from models.nets.resnet_CIFS import ResNet18_L4
+
+    torch.manual_seed(0)
+    net = ResNet18_L4().to(dev)
+
+    def joint(outputs, target, beta=2.0):  # the official joint_CE_loss (is_joint=True), written out
+        logits, raw = outputs
+        loss = sum(F.cross_entropy(r, target) for r in raw) * (beta / len(raw)) + F.cross_entropy(logits, target)
+        return loss * 3 / (beta + 1)
+
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    adversary = LinfPGDAttack(net, loss_fn=joint, eps=8 / 255, nb_iter=10, eps_iter=2 / 255, rand_init=True,
+                              clip_min=0.0, clip_max=1.0, targeted=False)
+
+    def step() -> None:  # CIFAR10_Classifier._fit_one_epoch, one batch
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad = False
+        data = adversary.perturb(batch, labels)
+        for p in net.parameters():
+            p.requires_grad = True
+        net.train()
+        opt.zero_grad()
+        loss = joint(net(data, labels), labels)
+        loss.backward()
+        opt.step()
+
+    return net, step
+
+
+def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tensor, official_net=None):
+    from chanscope.models import create_model
+    from chanscope.models.official import convert_official_state_dict
+    from chanscope.train.config import build_config
+    from chanscope.train.loop import batch_loss
+
+    cfg = build_config(None, method="cifs", arch="resnet18", steps=10, step_size=2 / 255)
+    model = create_model("resnet18", feature_select="cifs", probes=["nonlinear", "linear"]).to(dev)
+    if official_net is not None:  # same weights, no normalisation, as the official model
+        model.load_state_dict({k: v.to(dev) for k, v in
+                               convert_official_state_dict(official_net.state_dict()).items()})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+
+    def step() -> None:
+        model.train()
+        loss, _ = batch_loss(cfg, model, batch, labels, nullcontext)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return model, step
+
+
+def _batch(n: int, dev: torch.device):
+    from chanscope.data import load_data
+
+    d = load_data("embedded")
+    return (d.x_train[:n].float() / 255).to(dev), d.y_train[:n].to(dev)
+
+
+def _peak(side: str, args) -> float:
+    """Peak memory of one side in a fresh process (MB)."""
+    cmd = [sys.executable, __file__, "--official", args.official, "--batch", str(args.batch), "--only", side,
+           "--repeats", "2"] + (["--device", args.device] if args.device else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mb"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--official", required=True, help="Checkout of github.com/HanshuYAN/CIFS")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--only", choices=["ours", "official"], default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    from chanscope.device import pick_device
+
+    dev = pick_device(args.device)
+    x, y = _batch(args.batch, dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    if args.only:  # weights do not matter for memory: each side builds only its own model
+        floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # libraries and the batch
+        step = (official_step_factory(args.official, dev, x, y)[1] if args.only == "official"
+                else ours_step_factory(dev, x, y)[1])
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(args.repeats):
+            step()
+        sync()
+        peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - floor)
+        print(json.dumps({"peak_mb": peak}))
+        return
+
+    onet, ostep = official_step_factory(args.official, dev, x, y)
+    _, ustep = ours_step_factory(dev, x, y, onet)
+    steps = {"official": ostep, "chanscope": ustep}
+    for f in steps.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(args.repeats):
+        for k, f in steps.items():
+            sync()
+            t = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, ResNet-18 CIFS (layer4), "
+          f"batch {args.batch}, PGD-10 joint loss + joint update, median of {args.repeats}")
+    for k, t in med.items():
+        print(f"  {k:10s} {t * 1000:9.1f} ms/step  {args.batch / t:8.1f} img/s")
+    print(f"  speed ratio chanscope / official = {med['official'] / med['chanscope']:.3f}")
+    po, pu = _peak("official", args), _peak("ours", args)
+    unit = "CUDA max allocated" if dev.type == "cuda" else "max RSS above the process after imports"
+    print(f"  peak memory ({unit}): official {po:.0f} MB, chanscope {pu:.0f} MB, ratio {pu / po:.3f}")
+
+
+if __name__ == "__main__":
+    main()
