@@ -31,8 +31,12 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
                       threshold: float = 1e-2, batch_size: int = 250, beta_atk: float = 2.0, seed: int = 0,
                       progress: Callable[[int, int], None] | None = None) -> tuple[list[LayerResult], float]:
     """Walk (x, y) once in batches: attack, record both kinds, score relevance; return per-layer tables."""
+    from chanscope import distributed as dist_util
+
     t0 = time.time()
     dev = next(model.parameters()).device
+    part = dist_util.shard(len(y))  # each rank a contiguous shard; sums are all-reduced below
+    x, y = x[part], y[part]
     k = len(classes)
     rel = {name: RelevanceAccumulator(k) for name in layers}
     nat_ok = torch.zeros(k, dtype=torch.float64)
@@ -61,6 +65,14 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
                     progress(min(len(y), i + batch_size), len(y))
     finally:
         model.train(was_training)
+    for name in layers:
+        for kind in ("natural", "adversarial"):
+            st = rec.stats[name].get(kind)
+            if st is None:  # an empty shard: zeros of the right shape from another rank's statistics
+                raise RuntimeError("a rank received no images; use fewer ranks than test images")
+            dist_util.all_reduce_sum(st.tensors())
+        dist_util.all_reduce_sum(rel[name].tensors())
+    dist_util.all_reduce_sum([nat_ok, adv_ok, count])
     n = count.clamp_min(1)
     nat_acc = {c: 100.0 * float(nat_ok[c] / n[c]) for c in range(k) if count[c] > 0}
     adv_acc = {c: 100.0 * float(adv_ok[c] / n[c]) for c in range(k) if count[c] > 0}
@@ -83,9 +95,11 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
                     on_ready: Callable[[dict], None] | None = None) -> tuple[list[LayerResult], dict]:
     """Record a checkpoint's channel statistics and write channels.csv, classes.csv, activations.json
     (suffixed `-<layer>` when several layers are asked for) atomically."""
+    from chanscope import distributed as dist_util
     from chanscope.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
     from chanscope.attacks.suite import parse_attacks
     from chanscope.checkpoint import load_model
+    from chanscope.device import pick_device
     from chanscope.errors import ChanscopeError, check_positive_int
     from chanscope.hooks import default_layer, resolve_layers
     from chanscope.io import atomic_write_csv, atomic_write_json
@@ -94,6 +108,8 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     from chanscope.train.loop import versions
 
     t0 = time.time()
+    if dist_util.setup(pick_device(device)) and pick_device(device).type == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
     if relevance not in RELEVANCE_METHODS:
         raise ChanscopeError(f"unknown relevance {relevance!r}; known: {', '.join(RELEVANCE_METHODS)}")
     if relevance_on not in ("natural", "adversarial"):
@@ -114,6 +130,10 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     results, seconds = study_activations(net, x, y, ds.classes, layers, specs[0], relevance=relevance,
                                          relevance_on=relevance_on, threshold=threshold, batch_size=batch_size,
                                          beta_atk=beta_atk, seed=seed, progress=progress)
+    from chanscope import distributed as dist_util
+
+    if not dist_util.is_main():
+        return results, {"out": str(out_dir), "wall_seconds": round(time.time() - t0, 1)}
     meta = {"attack": specs[0].to_dict(), "relevance": relevance, "relevance_on": relevance_on,
             "threshold": threshold, "data": ds.describe() | {"n_used": len(y)}, "model": str(model_path),
             "arch": getattr(net, "arch", None), "model_kwargs": getattr(net, "model_kwargs", None), "seed": seed,

@@ -67,10 +67,16 @@ def natural_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str], specs: list[AttackSpec], *,
              batch_size: int = 250, beta_atk: float = 2.0, seed: int = 0,
              progress: Progress | None = None) -> EvalResult:
-    """Run every attack on (x, y); one row per attack and class plus an `all` row."""
+    """Run every attack on (x, y); one row per attack and class plus an `all` row.
+
+    Under torchrun each rank attacks a contiguous shard and the per-example results are gathered."""
+    from chanscope import distributed as dist_util
+
     dev = next(model.parameters()).device
-    x, y = x.to(dev), y.to(dev)
-    nat = natural_correct(model, x, y, batch_size)
+    y_all = y.to(dev)
+    part = dist_util.shard(len(y))
+    x, y = x[part].to(dev), y[part].to(dev)
+    nat = dist_util.gather_cat(natural_correct(model, x, y, batch_size))
     rows: list[dict] = []
     max_linf: dict[str, float] = {}
     seconds: dict[str, float] = {}
@@ -85,12 +91,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[s
             worst = max(worst, w)
             for k, v in details.items():
                 comps.setdefault(k, []).append(v)
-            if progress:
-                progress(spec.name, s.stop, len(y))
-        rob_all = torch.cat(rob)
-        rows += _rows(spec.name, spec, nat, rob_all, y, classes)
+            if progress and dist_util.is_main():
+                progress(spec.name, s.stop * dist_util.world_size(), len(y_all))
+        rob_all = dist_util.gather_cat(torch.cat(rob))
+        rows += _rows(spec.name, spec, nat, rob_all, y_all, classes)
         for k, v in comps.items():
-            rows += _rows(f"{spec.name}:{k}", spec, nat, torch.cat(v), y, classes, loss=k)
+            rows += _rows(f"{spec.name}:{k}", spec, nat, dist_util.gather_cat(torch.cat(v)), y_all, classes, loss=k)
         max_linf[spec.name] = worst
         seconds[spec.name] = round(time.time() - t0, 2)
     return EvalResult(pd.DataFrame(rows, columns=EVAL_COLUMNS), max_linf, seconds)
@@ -189,8 +195,10 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
     """Evaluate a checkpoint and write eval.csv and eval.json (atomically) into `out` or the run folder."""
     import json
 
+    from chanscope import distributed as dist_util
     from chanscope.attacks.suite import has_probes
     from chanscope.checkpoint import load_model
+    from chanscope.device import pick_device
     from chanscope.errors import check_positive_int
     from chanscope.io import atomic_write_csv, atomic_write_json
     from chanscope.runs import data_of_run, run_dir_of, test_subset, writable_dir
@@ -199,6 +207,8 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
     t0 = time.time()
     specs = parse_attacks(attacks, eps, step_size=step_size, restarts=restarts, random_start=random_start,
                           square_queries=square_queries)
+    if dist_util.setup(pick_device(device)) and pick_device(device).type == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
     check_positive_int(batch_size, "batch size")
     net = load_model(model_path, device)
     sur = load_model(surrogate, device) if surrogate else None
@@ -225,6 +235,9 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
         "verdict": verdict(result.sanity) if sanity else None, "surrogate": str(surrogate) if surrogate else None,
         "wall_seconds": round(time.time() - t0, 1), "versions": versions(), "out": str(out_dir),
     }
-    atomic_write_csv(out_dir / "eval.csv", result.table)
-    atomic_write_json(out_dir / "eval.json", summary)
+    from chanscope import distributed as dist_util
+
+    if dist_util.is_main():
+        atomic_write_csv(out_dir / "eval.csv", result.table)
+        atomic_write_json(out_dir / "eval.json", summary)
     return result, summary

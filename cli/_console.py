@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console()
+console = Console(quiet=os.environ.get("RANK", "0") != "0")  # under torchrun only rank 0 prints
 err_console = Console(stderr=True)
 
 

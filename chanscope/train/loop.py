@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from chanscope import distributed as dist_util
 from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
 from chanscope.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from chanscope.data import BatchLoader, ImageData, balanced_subset, load_data
@@ -65,12 +66,13 @@ def versions() -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------ the methods
 def batch_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-               autocast: Callable[[], Any]) -> tuple[torch.Tensor, torch.Tensor]:
+               autocast: Callable[[], Any], update_model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss to minimise and the logits it came from, for one batch, by method.
 
-    Adversarial examples are crafted in eval mode with frozen parameters (as the official code);
-    the update then runs in train mode.
+    Adversarial examples are crafted in eval mode with frozen parameters (as the official code) on
+    `model`; the update's forward runs in train mode through `update_model` (the DDP wrapper, if any).
     """
+    net = update_model or model
     selects = cfg.feature_select != "none"
     if cfg.adversarial and cfg.loss == "trades":
         with torch.no_grad(), frozen_eval(model):
@@ -79,8 +81,8 @@ def batch_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Ten
         x_in = pgd(model, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
                    loss=attack_loss("trades", x_nat_logits=nat_logits), init=start)
         with autocast():
-            logits_nat = model(x, y)
-            logits_adv = model(x_in, y)
+            logits_nat = net(x, y)
+            logits_adv = net(x_in, y)
             loss = F.cross_entropy(logits_nat, y) + cfg.trades_beta * trades_kl(logits_adv, logits_nat).mean()
         return loss, logits_adv
     if cfg.adversarial:
@@ -90,10 +92,10 @@ def batch_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Ten
         x_in = x
     with autocast():
         if selects:
-            logits, aux = model(x_in, y, return_aux=True)
+            logits, aux = net(x_in, y, return_aux=True)
             loss = joint_ce(logits.float(), [a.float() for a in aux], y, cfg.beta)
         else:
-            logits = model(x_in, y)
+            logits = net(x_in, y)
             loss = F.cross_entropy(logits.float(), y)
     return loss, logits
 
@@ -103,6 +105,9 @@ def evaluate_subset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tra
                     batch_size: int = 250, adversarial: bool = True) -> tuple[float, float]:
     """Natural and PGD accuracy (%) on a fixed set: PGD on the joint loss for CIFS/CAS models."""
     loss = "joint" if cfg.feature_select != "none" else "ce"
+    total = len(y)
+    part = dist_util.shard(total)
+    x, y = x[part], y[part]
     nat = adv = 0
     with frozen_eval(model):
         for i in range(0, len(y), batch_size):
@@ -114,8 +119,10 @@ def evaluate_subset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tra
                          loss=loss, beta=cfg.beta_atk, random_start=False)
                 with torch.no_grad():
                     adv += (model(xa).argmax(1) == yb).sum().item()
-    n = max(1, len(y))
-    return 100.0 * nat / n, (100.0 * adv / n if adversarial else float("nan"))
+    counts = torch.tensor([nat, adv], dtype=torch.float64)
+    dist_util.all_reduce_sum([counts])
+    n = max(1, total)
+    return 100.0 * float(counts[0]) / n, (100.0 * float(counts[1]) / n if adversarial else float("nan"))
 
 
 # ----------------------------------------------------------------------------------------------- Ctrl-C
@@ -212,7 +219,11 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
         raise ChanscopeError(f"cannot create run folder {str(out)!r} ({e.strerror}); pick another --out") from None
 
     device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    distributed = dist_util.setup(device)
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    main_rank = dist_util.is_main()
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
     data = prepare_data(cfg)
     augment = data.augment if cfg.augment is None else cfg.augment
     if cfg.eval_n > len(data.y_test):
@@ -227,6 +238,14 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
     fwd_model = torch.compile(model) if cfg.compile else model
+    update_model = fwd_model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if cuda:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # CPU/gloo: BN statistics stay per rank
+            fwd_model = update_model = model
+        update_model = DDP(fwd_model, device_ids=[device.index] if cuda else None)
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.bf16) else nullcontext()
@@ -234,7 +253,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.resolved_milestones(), gamma=0.1)
     loader = BatchLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, augment=augment,
-                         seed=cfg.seed, device=device)
+                         seed=cfg.seed, device=device, rank=dist_util.rank(), world_size=dist_util.world_size())
     eval_idx = balanced_subset(data.y_test, cfg.eval_n, data.num_classes, cfg.seed)
     x_eval = data.x_test[eval_idx].to(device).float().div_(255)
     y_eval = data.y_test[eval_idx].to(device)
@@ -263,7 +282,11 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
                      "loss": cfg.loss, "augment": augment, "device": str(device)},
                      "model": {"arch": cfg.arch, "model_kwargs": model.model_kwargs},
                      "data": data.describe(), "versions": versions()}
-    atomic_write_json(out / "config.json", config_record)
+    if main_rank:
+        atomic_write_json(out / "config.json", config_record)
+    else:  # progress and files belong to rank 0
+        on_start = on_batch = on_epoch = None
+    config_record["resolved"]["world_size"] = dist_util.world_size()
     if on_start:
         on_start({"device": str(device), "n_train": len(data.y_train), "batches": len(loader),
                   "start_epoch": start_epoch, "params": sum(p.numel() for p in model.parameters())})
@@ -274,7 +297,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
                 "best_metric": best_metric, "best_epoch": best_epoch, "partial": dict(partial)}
 
     def save_last(epoch: int) -> None:
-        save_checkpoint(last_path, model, config=cfg.to_dict(), train_state=snapshot(epoch))
+        if main_rank:
+            save_checkpoint(last_path, model, config=cfg.to_dict(), train_state=snapshot(epoch))
+        dist_util.barrier()
 
     metric_key = "test_pgd_acc" if cfg.adversarial else "test_nat_acc"
     with _sigint_flag() as flag:
@@ -287,7 +312,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             for xb, yb in loader:
                 if cuda and cfg.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                loss, logits = batch_loss(cfg, fwd_model, xb, yb, autocast)
+                loss, logits = batch_loss(cfg, fwd_model, xb, yb, autocast, update_model)
                 if not math.isfinite(loss.item()):
                     raise ChanscopeError(
                         f"loss became {loss.item()} in epoch {epoch + 1}; stopped, {last_path} keeps the last "
@@ -299,7 +324,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
                 partial["correct"] += (logits.argmax(1) == yb).sum().item()
                 partial["seen"] += len(yb)
                 if on_batch:
-                    on_batch(epoch, -(-partial["seen"] // cfg.batch_size), n_batches, loss.item())
+                    on_batch(epoch, -(-partial["seen"] * dist_util.world_size() // cfg.batch_size), n_batches,
+                             loss.item())
+                if distributed:  # every rank stops at the same batch
+                    stop = torch.tensor([float(flag["stop"])])
+                    dist_util.all_reduce_sum([stop])
+                    flag["stop"] = bool(stop.item())
                 if flag["stop"]:
                     partial["seconds"] += time.time() - t0
                     save_last(epoch)
@@ -312,8 +342,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             nat, adv = evaluate_subset(model, x_eval, y_eval, cfg) if do_eval else (float("nan"),) * 2
             tr_nat, tr_adv = (evaluate_subset(model, x_tr_eval, y_tr_eval, cfg) if do_eval
                               else (float("nan"),) * 2)
-            row = {"epoch": epoch + 1, "lr": lr, "train_loss": partial["loss_sum"] / max(1, partial["seen"]),
-                   "train_acc": 100.0 * partial["correct"] / max(1, partial["seen"]),
+            sums = torch.tensor([partial["loss_sum"], partial["correct"], partial["seen"]], dtype=torch.float64)
+            dist_util.all_reduce_sum([sums])
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0] / sums[2].clamp_min(1)),
+                   "train_acc": 100.0 * float(sums[1] / sums[2].clamp_min(1)),
                    "test_nat_acc": nat, "test_pgd_acc": adv, "train_eval_nat_acc": tr_nat,
                    "train_eval_pgd_acc": tr_adv, "seconds": round(seconds, 2)}
             rows.append(row)
@@ -321,16 +353,18 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             metric = row[metric_key]
             if do_eval and metric > best_metric:
                 best_metric, best_epoch = metric, epoch + 1
-                save_checkpoint(out / "best.pt", model, config=cfg.to_dict(), epoch=epoch + 1,
-                                metrics=row)
+                if main_rank:
+                    save_checkpoint(out / "best.pt", model, config=cfg.to_dict(), epoch=epoch + 1, metrics=row)
             save_last(epoch + 1)
-            atomic_write_csv(out / "metrics.csv", pd.DataFrame(rows, columns=METRIC_COLUMNS))
+            if main_rank:
+                atomic_write_csv(out / "metrics.csv", pd.DataFrame(rows, columns=METRIC_COLUMNS))
             if on_epoch:
                 on_epoch(row)
     total = time.time() - t_start
     summary = {"best_epoch": best_epoch, "best_" + metric_key: best_metric, "epochs": len(rows),
                "wall_seconds_this_invocation": round(total, 1)}
-    atomic_write_json(out / "summary.json", summary)
+    if main_rank:
+        atomic_write_json(out / "summary.json", summary)
     return TrainResult(out, pd.DataFrame(rows, columns=METRIC_COLUMNS), best_epoch, best_metric, cfg, total)
 
 
