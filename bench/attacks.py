@@ -8,10 +8,9 @@ Prints images/s of each and the ratio ours / torchattacks (goal: >= 1.0).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import interleaved_medians  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from chanscope.attacks import pgd
 from chanscope.data import load_data
@@ -39,25 +38,11 @@ def main() -> None:
     eps, alpha = 8 / 255, 0.8 / 255
     theirs = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=args.steps, random_start=False)
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     runs = {
         "chanscope": lambda: pgd(model, x, y, eps=eps, alpha=alpha, steps=args.steps, random_start=False),
         "torchattacks": lambda: theirs(x, y),
     }
-    for f in runs.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.repeats):
-        for k, f in runs.items():
-            sync()
-            t = time.perf_counter()
-            f()
-            sync()
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(runs, args.repeats, dev)
     print(f"device {dev}, torch {torch.__version__}, {args.arch} width {args.width}, batch {args.batch}, "
           f"PGD-{args.steps}, median of {args.repeats}")
     for k, t in med.items():

@@ -11,11 +11,10 @@ hits all of them alike.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from contextlib import nullcontext
 
 import torch
+from _timing import interleaved_medians  # bench/ is on sys.path when run as a script
 
 from chanscope.data import load_data
 from chanscope.device import pick_device
@@ -46,27 +45,15 @@ def main() -> None:
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         runs[method] = (cfg, model, opt)
 
-    def step(method: str) -> float:
+    def step(method: str) -> None:
         cfg, model, opt = runs[method]
         model.train()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
         loss, _ = batch_loss(cfg, model, x, y, nullcontext)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
 
-    for m in runs:  # warm-up
-        step(m)
-    times: dict[str, list[float]] = {m: [] for m in runs}
-    for _ in range(args.repeats):
-        for m in runs:
-            times[m].append(step(m))
-    med = {m: statistics.median(v) for m, v in times.items()}
+    med = interleaved_medians({m: (lambda m=m: step(m)) for m in runs}, args.repeats, dev)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.arch} width "
           f"{args.width}, batch {args.batch}, PGD-{args.steps}, median of {args.repeats}")
     for m, t in med.items():

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_medians, sync  # bench/ is on sys.path when run as a script
 
 
 def official_step_factory(path: str, dev: torch.device, batch: torch.Tensor, labels: torch.Tensor):
@@ -119,10 +118,6 @@ def main() -> None:
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     if args.only:  # weights do not matter for memory: each side builds only its own model
         floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # libraries and the batch
         step = (official_step_factory(args.official, dev, x, y)[1] if args.only == "official"
@@ -131,7 +126,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         for _ in range(args.repeats):
             step()
-        sync()
+        sync(dev)
         peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - floor)
         print(json.dumps({"peak_mb": peak}))
@@ -139,18 +134,7 @@ def main() -> None:
 
     onet, ostep = official_step_factory(args.official, dev, x, y)
     _, ustep = ours_step_factory(dev, x, y, onet)
-    steps = {"official": ostep, "chanscope": ustep}
-    for f in steps.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(args.repeats):
-        for k, f in steps.items():
-            sync()
-            t = time.perf_counter()
-            f()
-            sync()
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians({"official": ostep, "chanscope": ustep}, args.repeats, dev)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, ResNet-18 CIFS (layer4), "
           f"batch {args.batch}, PGD-10 joint loss + joint update, median of {args.repeats}")
     for k, t in med.items():

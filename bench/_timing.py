@@ -1,0 +1,30 @@
+"""Side-by-side timing shared by the bench scripts: warm up every function, then run them round robin
+so machine noise hits all of them alike, and report medians."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, dev: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function, measured interleaved after one warm-up call each."""
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            sync(dev)
+            t = time.perf_counter()
+            f()
+            sync(dev)
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
