@@ -20,7 +20,7 @@ import pandas as pd
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_json
 from chanscope.train.config import build_config
-from chanscope.train.loop import TrainInterrupted, train
+from chanscope.train.loop import train
 
 __all__ = ["SCALES", "Scale", "plan", "reproduce", "Stage"]
 
@@ -106,10 +106,7 @@ def plan(out: Path, scale: str, *, data: str | None = None, data_root: str | Non
             resume = (run / "last.pt").is_file()
             cb = (lambda e, i, n, loss: progress(f"train {name} epoch {e + 1}/{cfg.epochs}", i, n)) if progress \
                 else None
-            try:
-                train(cfg, run, resume=resume, on_batch=cb)
-            except TrainInterrupted:
-                raise
+            train(cfg, run, resume=resume, on_batch=cb)
 
         opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in method.items() if k != "natural")
         stages.append(Stage(f"train {name}", name, "train", lambda run=run, e=cfg.epochs: _train_done(run, e),
@@ -179,6 +176,8 @@ def reproduce(out: str | Path, scale: str = "smoke", *, data: str | None = None,
               progress: Callable[[str, int, int], None] | None = None,
               on_stage: Callable[[str, str, float], None] | None = None) -> dict:
     """Run (or continue) the whole study into `out`; returns the pipeline record (also pipeline.json)."""
+    if scale not in SCALES:
+        raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "pipeline.json"
