@@ -176,3 +176,24 @@ def test_parse_attacks_rejects_bad_values():
         parse_attacks("pgd20", EPS, restarts=0)
     specs = parse_attacks("fgsm,pgd20,cw20", EPS)
     assert [s.steps for s in specs] == [1, 20, 20] and specs[1].step_size == pytest.approx(0.8 / 255)
+
+
+@pytest.mark.parametrize("select", ["none", "cifs", "cas"])
+def test_folded_batchnorm_copy_is_the_same_function(select, batch):
+    from chanscope.attacks.fold import folded_copy
+
+    torch.manual_seed(0)
+    m = create_model("resnet18", width=0.125, feature_select=select).train()
+    m(batch[0], batch[1])  # non-trivial running statistics
+    m.eval()
+    f = folded_copy(m)
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in f.modules())
+    assert any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())  # the original is untouched
+    x, y = batch
+    with torch.no_grad():
+        assert torch.allclose(f(x), m(x), atol=1e-4, rtol=1e-4)
+    a = pgd(m, x, y, eps=EPS, alpha=2 / 255, steps=5, random_start=False, loss="joint" if select != "none" else "ce")
+    b = pgd(f, x, y, eps=EPS, alpha=2 / 255, steps=5, random_start=False, loss="joint" if select != "none" else "ce")
+    assert (a != b).float().mean() < 0.01  # sign flips only where a gradient is within rounding of 0
+    pre = create_model("preact_resnet18", width=0.125)
+    assert folded_copy(pre) is pre

@@ -71,6 +71,7 @@ class TrainConfig:
     bf16: bool = False  # CUDA only: bf16 autocast
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (CUDA)
+    fold_bn: bool = True  # craft training attacks on a copy with BatchNorm folded into the convolutions
     init: str | None = None  # start from another checkpoint's weights
     preset: str | None = None
 

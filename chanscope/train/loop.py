@@ -73,6 +73,10 @@ def batch_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Ten
     `model`; the update's forward runs in train mode through `update_model` (the DDP wrapper, if any).
     """
     net = update_model or model
+    if cfg.adversarial and cfg.fold_bn and not cfg.compile:  # the attack sees eval-mode BN: fold it once
+        from chanscope.attacks.fold import folded_copy
+
+        model = folded_copy(model)
     selects = cfg.feature_select != "none"
     if cfg.adversarial and cfg.loss == "trades":
         with torch.no_grad(), frozen_eval(model):

@@ -1,0 +1,58 @@
+"""Where the time of one CIFS adversarial training step goes (torch.profiler, CPU or CUDA).
+
+    python bench/profile_step.py --width 0.25 --batch 64 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import nullcontext
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from chanscope.data import load_data
+from chanscope.device import pick_device
+from chanscope.models import create_model
+from chanscope.train.config import build_config
+from chanscope.train.loop import batch_loss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    dev = pick_device(args.device)
+    d = load_data("embedded")
+    x, y = (d.x_train[: args.batch].float() / 255).to(dev), d.y_train[: args.batch].to(dev)
+    cfg = build_config(None, method="cifs", width=args.width, steps=args.steps)
+    model = create_model("resnet18", **cfg.model_kwargs()).to(dev).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sel = [m for _, m in model.selectors]
+    orig = [m.relevance for m in sel]
+    for m, f in zip(sel, orig):  # label the relevance computation in the trace
+        def wrapped(*a, f=f, **k):
+            with record_function("cifs_relevance"):
+                return f(*a, **k)
+        m.relevance = wrapped
+
+    def step() -> None:
+        with record_function("attack+update"):
+            loss, _ = batch_loss(cfg, model, x, y, nullcontext)
+        with record_function("update_backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    step()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=18))
+
+
+if __name__ == "__main__":
+    main()
