@@ -140,7 +140,8 @@ def write_report(runs: list[Path], out: Path, figures: Path | None = None, recor
     for r in runs:
         o = _overall(r)
         if o:
-            ev_rows.append({"model": r.name, **{k: v for k, v in o.items() if not k.startswith("n:")}})
+            ev_rows.append({"model": r.name, "natural": o.get("natural"),
+                            **{k: v for k, v in o.items() if not k.startswith("n:") and k != "natural"}})
     if ev_rows:
         ev = pd.DataFrame(ev_rows)
         lines += ["## Robust accuracy (%, all classes)", "", _md(ev), ""]
