@@ -95,6 +95,32 @@ def _batch(n: int, dev: torch.device):
     return (d.x_train[:n].float() / 255).to(dev), d.y_train[:n].to(dev)
 
 
+def _proc_kb(key: str) -> float | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> float:
+    """Reset the kernel's resident-set high-water mark (Linux) and return the current RSS in MB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    rss = _proc_kb("VmRSS")
+    return rss / 1024 if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_now() -> float:
+    hwm = _proc_kb("VmHWM")
+    return hwm / 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _peak(side: str, args) -> float:
     """Peak memory of one side in a fresh process (MB)."""
     cmd = [sys.executable, __file__, "--official", args.official, "--batch", str(args.batch), "--only", side,
@@ -110,6 +136,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", choices=["ours", "official"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-only", action="store_true", help="Skip the timing; measure peak memory only.")
     args = ap.parse_args()
     from chanscope.device import pick_device
 
@@ -119,7 +146,7 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
 
     if args.only:  # weights do not matter for memory: each side builds only its own model
-        floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # libraries and the batch
+        floor = _reset_peak()  # libraries, data and the batch are below this line
         step = (official_step_factory(args.official, dev, x, y)[1] if args.only == "official"
                 else ours_step_factory(dev, x, y)[1])
         if dev.type == "cuda":
@@ -128,10 +155,13 @@ def main() -> None:
             step()
         sync(dev)
         peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - floor)
+                else _peak_now() - floor)
         print(json.dumps({"peak_mb": peak}))
         return
 
+    if args.memory_only:
+        _print_memory(args, dev)
+        return
     onet, ostep = official_step_factory(args.official, dev, x, y)
     _, ustep = ours_step_factory(dev, x, y, onet)
     med = interleaved_medians({"official": ostep, "chanscope": ustep}, args.repeats, dev)
@@ -140,9 +170,13 @@ def main() -> None:
     for k, t in med.items():
         print(f"  {k:10s} {t * 1000:9.1f} ms/step  {args.batch / t:8.1f} img/s")
     print(f"  speed ratio chanscope / official = {med['official'] / med['chanscope']:.3f}")
+    _print_memory(args, dev)
+
+
+def _print_memory(args, dev: torch.device) -> None:
     po, pu = _peak("official", args), _peak("ours", args)
-    unit = "CUDA max allocated" if dev.type == "cuda" else "max RSS above the process after imports"
-    print(f"  peak memory ({unit}): official {po:.0f} MB, chanscope {pu:.0f} MB, ratio {pu / po:.3f}")
+    unit = "CUDA max allocated" if dev.type == "cuda" else "peak RSS above the process before the model"
+    print(f"  peak memory ({unit}): official {po:.0f} MB, chanscope {pu:.0f} MB, ratio {pu / max(po, 1e-9):.3f}")
 
 
 if __name__ == "__main__":
