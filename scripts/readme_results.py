@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from chanscope.report import _md, _overall, observations
+from chanscope.report import _md, _overall, _relgap, observations
 
 
 def main(study: str, ablation: str | None = None) -> None:
@@ -36,9 +36,9 @@ def main(study: str, ablation: str | None = None) -> None:
         if (out / m / "classes.csv").is_file():
             c = pd.read_csv(out / m / "classes.csv")
             al.append({"model": m, "cosine(adv, nat)": c.cosine_adv_nat.mean(),
-                       "mean abs gap / mean nat": float((pd.read_csv(out / m / "channels.csv").eval(
-                           "abs(mag_adv - mag_nat)").mean()) / pd.read_csv(out / m / "channels.csv").mag_nat.mean()),
-                       "NR over-activation (rel)": c.nr_over_rel.mean(), "PR under-activation (rel)": c.pr_under_rel.mean(),
+                       "mean abs gap / mean nat": _relgap(out / m),
+                       "NR over-activation (rel)": c.nr_over_rel.mean(),
+                       "PR under-activation (rel)": c.pr_under_rel.mean(),
                        "Spearman nat": c.spearman_nat.mean(), "Spearman adv": c.spearman_adv.mean(),
                        "NR channels": c.n_nr.mean()})
     print("### Alignment (penultimate layer, means over classes, 1,000 test images, PGD-20)\n")
