@@ -106,7 +106,7 @@ def batch_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Ten
 
 # ------------------------------------------------------------------------------------------- evaluation
 def evaluate_subset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                    batch_size: int = 250, adversarial: bool = True) -> tuple[float, float]:
+                    batch_size: int = 250) -> tuple[float, float]:
     """Natural and PGD accuracy (%) on a fixed set: PGD on the joint loss for CIFS/CAS models."""
     loss = "joint" if cfg.feature_select != "none" else "ce"
     total = len(y)
@@ -118,15 +118,14 @@ def evaluate_subset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tra
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
             with torch.no_grad():
                 nat += (model(xb).argmax(1) == yb).sum().item()
-            if adversarial:
-                xa = pgd(model, xb, yb, eps=cfg.eps, alpha=cfg.eval_step_size, steps=cfg.eval_steps,
-                         loss=loss, beta=cfg.beta_atk, random_start=False)
-                with torch.no_grad():
-                    adv += (model(xa).argmax(1) == yb).sum().item()
+            xa = pgd(model, xb, yb, eps=cfg.eps, alpha=cfg.eval_step_size, steps=cfg.eval_steps,
+                     loss=loss, beta=cfg.beta_atk, random_start=False)
+            with torch.no_grad():
+                adv += (model(xa).argmax(1) == yb).sum().item()
     counts = torch.tensor([nat, adv], dtype=torch.float64)
     dist_util.all_reduce_sum([counts])
     n = max(1, total)
-    return 100.0 * float(counts[0]) / n, (100.0 * float(counts[1]) / n if adversarial else float("nan"))
+    return 100.0 * float(counts[0]) / n, 100.0 * float(counts[1]) / n
 
 
 # ----------------------------------------------------------------------------------------------- Ctrl-C
