@@ -15,10 +15,13 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, dev: torch.device) -> dict[str, float]:
-    """Median seconds per call of each function, measured interleaved after one warm-up call each."""
-    for f in fns.values():
-        f()
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, dev: torch.device,
+                        warmup: int | None = None) -> dict[str, float]:
+    """Median seconds per call of each function, measured interleaved after warm-up calls (CUDA: 2, for
+    cudnn.benchmark's autotuning; else 1)."""
+    for _ in range(warmup if warmup is not None else (2 if dev.type == "cuda" else 1)):
+        for f in fns.values():
+            f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():

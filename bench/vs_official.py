@@ -7,7 +7,8 @@ vendored here. Both sides run the same step on the same batch with the same weig
 on layer4 (probes nonlinear, linear), PGD-10 (eps 8/255, step 2/255, random start) on the joint loss
 (beta 2) crafted in eval mode with frozen parameters, then one SGD update on the joint loss in train mode.
 Timings interleave the two sides; peak memory is measured in a fresh subprocess per side (CPU: max RSS;
-CUDA: max allocated).
+CUDA: max allocated). On CUDA a third side runs ours with its training defaults (bf16 autocast of every
+pass, channels_last): the issue's "2x with our defaults" figure; the float32 side is the equal-math one.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def official_step_factory(path: str, dev: torch.device, batch: torch.Tensor, lab
     return net, step
 
 
-def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tensor, official_net=None):
+def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tensor, official_net=None,
+                      defaults: bool = False):
     from chanscope.models import create_model
     from chanscope.models.official import convert_official_state_dict
     from chanscope.train.config import build_config
@@ -77,10 +79,17 @@ def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tens
         model.load_state_dict({k: v.to(dev) for k, v in
                                convert_official_state_dict(official_net.state_dict()).items()})
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    autocast = nullcontext
+    if defaults and dev.type == "cuda":  # what `chanscope train` does on CUDA
+        model.to(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+
+        def autocast():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
 
     def step() -> None:
         model.train()
-        loss, _ = batch_loss(cfg, model, batch, labels, nullcontext)
+        loss, _ = batch_loss(cfg, model, batch, labels, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -135,7 +144,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--only", choices=["ours", "official"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=["ours", "official", "defaults"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--memory-only", action="store_true", help="Skip the timing; measure peak memory only.")
     args = ap.parse_args()
     from chanscope.device import pick_device
@@ -148,7 +157,7 @@ def main() -> None:
     if args.only:  # weights do not matter for memory: each side builds only its own model
         floor = _reset_peak()  # libraries, data and the batch are below this line
         step = (official_step_factory(args.official, dev, x, y)[1] if args.only == "official"
-                else ours_step_factory(dev, x, y)[1])
+                else ours_step_factory(dev, x, y, defaults=args.only == "defaults")[1])
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         for _ in range(args.repeats):
@@ -164,12 +173,18 @@ def main() -> None:
         return
     onet, ostep = official_step_factory(args.official, dev, x, y)
     _, ustep = ours_step_factory(dev, x, y, onet)
-    med = interleaved_medians({"official": ostep, "chanscope": ustep}, args.repeats, dev)
+    sides = {"official": ostep, "chanscope": ustep}
+    if dev.type == "cuda":
+        sides["defaults"] = ours_step_factory(dev, x, y, onet, defaults=True)[1]
+    med = interleaved_medians(sides, args.repeats, dev)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, ResNet-18 CIFS (layer4), "
           f"batch {args.batch}, PGD-10 joint loss + joint update, median of {args.repeats}")
     for k, t in med.items():
         print(f"  {k:10s} {t * 1000:9.1f} ms/step  {args.batch / t:8.1f} img/s")
-    print(f"  speed ratio chanscope / official = {med['official'] / med['chanscope']:.3f}")
+    print(f"  speed ratio chanscope / official = {med['official'] / med['chanscope']:.3f} (equal math, float32)")
+    if "defaults" in med:
+        print(f"  speed ratio chanscope defaults (bf16, channels_last) / official = "
+              f"{med['official'] / med['defaults']:.3f}")
     _print_memory(args, dev)
 
 
@@ -177,6 +192,9 @@ def _print_memory(args, dev: torch.device) -> None:
     po, pu = _peak("official", args), _peak("ours", args)
     unit = "CUDA max allocated" if dev.type == "cuda" else "peak RSS above the process before the model"
     print(f"  peak memory ({unit}): official {po:.0f} MB, chanscope {pu:.0f} MB, ratio {pu / max(po, 1e-9):.3f}")
+    if dev.type == "cuda":
+        pd_ = _peak("defaults", args)
+        print(f"  peak memory chanscope defaults {pd_:.0f} MB, ratio {pd_ / max(po, 1e-9):.3f}")
 
 
 if __name__ == "__main__":

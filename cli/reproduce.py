@@ -21,6 +21,8 @@ def reproduce_command(
     with_cas: Annotated[bool, typer.Option("--with-cas", help="Also train and study CAS.")] = False,
     cifs_scratch: Annotated[bool, typer.Option(help="Also report CIFS trained from scratch.")] = True,
     out: Annotated[Optional[Path], typer.Option(help="Study folder (default runs/reproduce-<scale>).")] = None,
+    time_limit: Annotated[Optional[float], typer.Option(
+        help="Minutes: start no new stage after this; the report covers what is done, a rerun continues.")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -40,6 +42,7 @@ def reproduce_command(
 
     with bar:
         record = reproduce(out, scale, data=data, data_root=data_root, with_cas=with_cas, cifs_scratch=cifs_scratch,
-                           seed=seed or 0, device=device, progress=on_progress, on_stage=on_stage)
+                           seed=seed or 0, device=device, progress=on_progress, on_stage=on_stage,
+                           time_limit=time_limit * 60 if time_limit is not None else None)
     console.print(f"study in {out}: report.md, figures/, results/ ({time.time() - t0:.0f}s this invocation; "
                   f"{sum(s['seconds'] for s in record['stages'].values()):.0f}s of stages in all)")

@@ -47,8 +47,10 @@ def train_command(
     init: Annotated[Optional[str], typer.Option(help="Start from this checkpoint's weights.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<method>-<arch>-<time>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
-    bf16: Annotated[Optional[bool], typer.Option("--bf16", help="bf16 autocast on CUDA.")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model.")] = None,
+    bf16: Annotated[Optional[bool], typer.Option(
+        "--bf16/--no-bf16", help="bf16 autocast of training passes on CUDA (default on; eval stays float32).")] = None,
+    compile: Annotated[Optional[bool], typer.Option(
+        "--compile/--no-compile", help="torch.compile the model (CUDA).")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
 ) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ from chanscope.data import load_data
 FIXTURES = Path(__file__).parent / "fixtures"
 
 torch.set_num_threads(2)
+# decoded-archive cache of the test session: never the user's ~/.cache
+os.environ["CHANSCOPE_CACHE"] = tempfile.mkdtemp(prefix="chanscope-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,37 @@ def test_imagefolder_folder_tar_and_zip_agree(tmp_path, embedded):
         assert torch.equal(other.x_train, from_dir.x_train) and torch.equal(other.y_test, from_dir.y_test)
 
 
+def test_archive_cache_is_exact_and_follows_the_archive(tmp_path, embedded, monkeypatch):
+    import os
+
+    from chanscope.data.sources import cache_dir
+
+    monkeypatch.setenv("CHANSCOPE_CACHE", str(tmp_path / "cache"))
+    tree = tmp_path / "t"
+    _write_tree(tree, embedded, per_class=2)
+    tgz = tmp_path / "t.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        tf.add(tree, arcname="t")
+    first = load_data(str(tgz))
+    files = list((cache_dir() / "decoded").glob("*.pt"))
+    assert len(files) == 1
+    again = load_data(str(tgz))  # from the cache
+    assert torch.equal(again.x_train, first.x_train) and torch.equal(again.y_test, first.y_test)
+    assert again.classes == first.classes and again.augment == first.augment
+    files[0].write_bytes(b"corrupt")  # a broken cache file is decoded again, not an error
+    assert torch.equal(load_data(str(tgz)).x_test, first.x_test)
+    # a changed archive (another size and time) is decoded again, not served stale
+    for split in ("train", "test"):
+        shutil.rmtree(tree / split / embedded.classes[0])
+    with tarfile.open(tgz, "w:gz") as tf:
+        tf.add(tree, arcname="t")
+    os.utime(tgz, ns=(1, 1))
+    changed = load_data(str(tgz))
+    assert changed.classes == embedded.classes[1:3] and len(changed.y_train) == 4
+    monkeypatch.setenv("CHANSCOPE_CACHE", "off")
+    assert cache_dir() is None and torch.equal(load_data(str(tgz)).x_train, changed.x_train)
+
+
 def test_bad_sources_give_clear_errors(tmp_path):
     with pytest.raises(ChanscopeError, match="neither a known source"):
         load_data(str(tmp_path / "nope"))

@@ -55,6 +55,25 @@ def test_every_attack_stays_in_the_threat_model(trained, batch):
     assert _in_ball(pgd(cifs, x, y, eps=EPS, alpha=2 / 255, steps=3, loss="joint"), x)
 
 
+def test_pgd_under_bf16_autocast_stays_in_the_ball_and_still_attacks(trained, batch):
+    """Training attacks run under the training autocast (bf16 on CUDA; CPU bf16 here checks the same path)."""
+    model, _ = trained
+    x, y = batch
+    entered = []
+
+    def bf16():
+        entered.append(1)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    xa = pgd(model, x, y, eps=EPS, alpha=2 / 255, steps=5, random_start=False, autocast=bf16)
+    assert len(entered) == 5 and xa.dtype == torch.float32 and _in_ball(xa, x)
+    with torch.no_grad():
+        nat, adv = (F.cross_entropy(model(v), y).item() for v in (x, xa))
+    assert adv > nat + 0.5  # the bf16 gradient still points uphill
+    cifs = create_model("resnet10", width=0.125, feature_select="cifs").eval()
+    assert _in_ball(pgd(cifs, x[:8], y[:8], eps=EPS, alpha=2 / 255, steps=2, loss="joint", autocast=bf16), x[:8])
+
+
 def test_attack_restores_train_flag_and_requires_grad(trained, batch):
     model, _ = trained
     model.train()

@@ -123,3 +123,17 @@ def test_second_run_skips_finished_stages_and_resumes_a_cut_one(study, monkeypat
     after = pd.read_csv(out / "cifs" / "metrics.csv")
     pd.testing.assert_frame_equal(after, metrics_before)
     assert (out / "cifs" / "eval.json").is_file()
+
+
+def test_time_limit_starts_no_new_stage_and_a_rerun_continues(study, monkeypatch):
+    out, _ = study
+    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
+    (out / "cifs" / "eval.json").unlink()
+    (out / "report.md").unlink()
+    seen = []
+    pipeline.reproduce(out, "micro", cifs_scratch=False, time_limit=0.0,
+                       on_stage=lambda name, status, secs: seen.append((name, status)))
+    assert ("eval cifs", "not started (time limit; run again to continue)") in seen
+    assert not (out / "cifs" / "eval.json").is_file() and (out / "report.md").is_file()
+    pipeline.reproduce(out, "micro", cifs_scratch=False)
+    assert (out / "cifs" / "eval.json").is_file()

@@ -7,7 +7,7 @@ mode with frozen parameters for the attack and restored afterwards, even on erro
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
@@ -61,7 +61,8 @@ def attack_loss(kind: str, beta: float = 2.0, x_nat_logits: torch.Tensor | None 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
         loss: str | LossFn = "ce", random_start: bool = True, beta: float = 2.0,
-        init: torch.Tensor | None = None) -> torch.Tensor:
+        init: torch.Tensor | None = None,
+        autocast: Callable[[], AbstractContextManager] = nullcontext) -> torch.Tensor:
     """L-inf PGD: x_{t+1} = clip_{x, eps}(x_t + alpha * sign(grad loss)).
 
     Args:
@@ -71,6 +72,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
         loss: a name of LOSSES or a callable (model, x, y) -> per-example loss.
         random_start: uniform start in the eps-ball (global torch RNG); otherwise start at x.
         init: explicit start point (e.g. TRADES' small Gaussian start), projected into the ball.
+        autocast: context for the forward passes (training uses bf16 on CUDA: the attack is 10 of 11
+            passes of a PGD-10 step); evaluation keeps the default float32, so no precision loss can
+            weaken a reported attack. The iterate itself always stays float32.
     Returns:
         x_adv with |x_adv - x|_inf <= eps and 0 <= x_adv <= 1, detached.
     """
@@ -86,7 +90,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
     with frozen_eval(model), torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            (grad,) = torch.autograd.grad(loss_fn(model, x_adv, y).sum(), x_adv)
+            with autocast():
+                obj = loss_fn(model, x_adv, y).float().sum()
+            (grad,) = torch.autograd.grad(obj, x_adv)
             x_adv = x_adv.detach() + alpha * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
     return x_adv.detach()

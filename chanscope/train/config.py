@@ -68,7 +68,7 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str | None = None  # None: cuda if available, else cpu
-    bf16: bool = False  # CUDA only: bf16 autocast
+    bf16: bool = True  # CUDA only: bf16 autocast of training forwards (attack included); eval stays float32
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the model (CUDA)
     fold_bn: bool = True  # craft training attacks on a copy with BatchNorm folded into the convolutions

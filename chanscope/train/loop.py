@@ -79,11 +79,11 @@ def batch_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Ten
         model = folded_copy(model)
     selects = cfg.feature_select != "none"
     if cfg.adversarial and cfg.loss == "trades":
-        with torch.no_grad(), frozen_eval(model):
-            nat_logits = model(x)
+        with torch.no_grad(), frozen_eval(model), autocast():
+            nat_logits = model(x).float()
         start = x + 0.001 * torch.randn_like(x)
         x_in = pgd(model, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
-                   loss=attack_loss("trades", x_nat_logits=nat_logits), init=start)
+                   loss=attack_loss("trades", x_nat_logits=nat_logits), init=start, autocast=autocast)
         with autocast():
             logits_nat = net(x, y)
             logits_adv = net(x_in, y)
@@ -91,7 +91,8 @@ def batch_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Ten
         return loss, logits_adv
     if cfg.adversarial:
         x_in = pgd(model, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
-                   loss="joint" if selects else "ce", beta=cfg.beta_atk, random_start=cfg.random_start)
+                   loss="joint" if selects else "ce", beta=cfg.beta_atk, random_start=cfg.random_start,
+                   autocast=autocast)
     else:
         x_in = x
     with autocast():
