@@ -95,9 +95,14 @@ def _done(run: Path) -> bool:
 
 def run_ablation(base: str | Path, vary: dict[str, list[Any]], out: str | Path, *, seeds: int = 1,
                  scale: str | None = None, data: str | None = None, attack: str = "pgd20", n: int | None = None,
-                 aa_n: int = 0, baseline: bool = True, device: str | None = None,
+                 aa_n: int = 0, baseline: bool = True, baseline_init: str | None = None, device: str | None = None,
                  on_cell: Callable[[str, int, str], None] | None = None) -> pd.DataFrame:
-    """Train and evaluate every cell x seed (and the AT baseline); write ablation.csv and ablation.png."""
+    """Train and evaluate every cell x seed (and the AT baseline); write ablation.csv and ablation.png.
+
+    A base config with `init` warm-starts every CIFS cell from that checkpoint; the AT baseline then needs
+    its own architecture's warm start (`baseline_init`, e.g. the naturally trained standard model), so both
+    sides get the same recipe. Without `init` both train from scratch.
+    """
     from chanscope.evaluate import run_eval
     from chanscope.plots import ablation_plot
 
@@ -111,7 +116,10 @@ def run_ablation(base: str | Path, vary: dict[str, list[Any]], out: str | Path, 
         cell = dict(zip(keys, combo))
         cells.append((_slug(cell), cell))
     if baseline:
-        cells.append(("AT baseline", {"method": "at", "init": None}))
+        if cfg0.init and not baseline_init:
+            raise ChanscopeError("--base warm-starts CIFS (init); give the AT baseline its own warm start with "
+                                 "--baseline-init (a naturally trained standard model), or --no-baseline")
+        cells.append(("AT baseline", {"method": "at", "init": baseline_init}))
     rows = []
     for setting, cell in cells:
         for seed in range(seeds):

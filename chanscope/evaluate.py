@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from chanscope.attacks.pgd import frozen_eval, pgd
-from chanscope.attacks.suite import AttackSpec, parse_attacks, run_attack
+from chanscope.attacks.suite import AttackSpec, correct, parse_attacks, run_attack
 from chanscope.errors import ChanscopeError
 
 __all__ = ["evaluate", "sanity_checks", "EvalResult", "EVAL_COLUMNS", "accuracy_under"]
@@ -57,11 +57,7 @@ def _rows(name: str, spec: AttackSpec, nat: torch.Tensor, rob: torch.Tensor, y: 
 
 
 def natural_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
-    out = []
-    with torch.no_grad(), frozen_eval(model):
-        for s in _batches(len(y), batch_size):
-            out.append(model(x[s]).argmax(1) == y[s])
-    return torch.cat(out)
+    return torch.cat([correct(model, x[s], y[s]) for s in _batches(len(y), batch_size)])
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str], specs: list[AttackSpec], *,
@@ -111,13 +107,11 @@ def accuracy_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     ok = []
     for s in _batches(len(y), batch_size):
         xb, yb = x[s], y[s]
-        with torch.no_grad(), frozen_eval(model):
-            r = model(xb).argmax(1) == yb
+        r = correct(model, xb, yb)
         for k in range(restarts):
             xa = pgd(src, xb, yb, eps=eps, alpha=alpha, steps=steps, loss=loss,
                      random_start=random_start or k > 0)
-            with torch.no_grad(), frozen_eval(model):
-                r &= model(xa).argmax(1) == yb
+            r &= correct(model, xa, yb)
         ok.append(r)
     return 100.0 * float(torch.cat(ok).float().mean())
 

@@ -19,11 +19,13 @@ def ablate_command(
     vary: Annotated[list[str], typer.Option(help="key=v1,v2 (repeat): cifs.train_label, cifs.topk, cifs.mask, "
                                                  "cifs.probes (a+b), cifs.stages (a+b), cifs.beta, or any option.")],
     seeds: Annotated[int, typer.Option(help="Seeds per cell.")] = 1,
-    scale: Annotated[Optional[str], typer.Option(help="Budget of a reproduce scale (smoke, cpu, paper).")] = None,
+    scale: Annotated[Optional[str], typer.Option(help="Budget of a reproduce scale (smoke, cpu, gpu, paper).")] = None,
     attack: Annotated[str, typer.Option(help="Evaluation attack.")] = "pgd20",
     n: Annotated[Optional[int], typer.Option(help="Test images for the attack.")] = None,
     aa_n: Annotated[int, typer.Option(help="AutoAttack on this many fixed test images (0: skip).")] = 0,
     baseline: Annotated[bool, typer.Option(help="Also train the PGD-AT baseline with the same budget.")] = True,
+    baseline_init: Annotated[Optional[str], typer.Option(
+        help="Warm start of the AT baseline (needed when --base has init), e.g. a natural standard model.")] = None,
     data: DataOpt = None,
     out: Annotated[Path, typer.Option(help="Ablation folder.")] = Path("runs/ablation"),
     device: DeviceOpt = None,
@@ -31,7 +33,7 @@ def ablate_command(
     """Train and evaluate a grid of CIFS switches (same budget, several seeds) beside PGD-AT."""
     grid = parse_vary(vary)
     df = run_ablation(base, grid, out, seeds=seeds, scale=scale, data=data, attack=attack, n=n, aa_n=aa_n,
-                      baseline=baseline, device=device,
+                      baseline=baseline, baseline_init=baseline_init, device=device,
                       on_cell=lambda s, seed, what: console.print(f"{s} seed {seed}: {what}", highlight=False))
     summary = df.groupby("setting", sort=False).agg(natural=("natural_acc", "mean"), robust=("robust_acc", "mean"),
                                                     spread=("robust_acc", lambda v: v.max() - v.min()),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's GPU session: everything one lent H100/H200 call runs, inside 9.5 minutes.
+# The README's GPU session: everything one lent H100/H200 call runs, inside 9.5 minutes (gpu scale: ~6 min).
 #   bash scripts/gpu_session.sh
 # Needs, in device_carry/ (git-ignored; copied there by the user): cifar10-jpeg.tar.gz, cifs_official/ (a
 # checkout of github.com/HanshuYAN/CIFS, for the side-by-side benchmark), whl/torchattacks-*.whl (AutoAttack).

@@ -216,3 +216,30 @@ def test_folded_batchnorm_copy_is_the_same_function(select, batch):
     assert (a != b).float().mean() < 0.01  # sign flips only where a gradient is within rounding of 0
     pre = create_model("preact_resnet18", width=0.125)
     assert folded_copy(pre) is pre
+
+
+def test_folded_twin_is_cached_and_follows_training_and_device_moves(batch):
+    """The twin is built once, shares unfolded tensors, and always computes the model's current function."""
+    from chanscope.attacks.fold import folded_copy
+
+    torch.manual_seed(1)
+    x, y = batch
+    m = create_model("resnet18", width=0.125, feature_select="cifs")
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    first = folded_copy(m)
+    assert first.linear.weight is m.linear.weight  # shared, not copied
+    for _ in range(2):  # weights and running statistics change under training
+        m.train()
+        F.cross_entropy(m(x, y), y).backward()
+        opt.step()
+        opt.zero_grad()
+        f = folded_copy(m)
+        assert f is first and not f.training and m.training
+        m.eval()
+        with torch.no_grad():
+            assert torch.allclose(f(x), m(x), atol=1e-4, rtol=1e-4)
+    m.double()  # new tensors (as after .to(device)): a new twin, equal again
+    f = folded_copy(m)
+    assert f is not first and f.conv1.weight.dtype == torch.float64
+    with torch.no_grad():
+        assert torch.allclose(f(x.double()), m(x.double()), atol=1e-8)

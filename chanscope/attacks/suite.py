@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
 from chanscope.errors import ChanscopeError, check_eps, check_positive_int
 
-__all__ = ["AttackSpec", "parse_attacks", "run_attack", "ATTACK_NAMES", "has_probes"]
+__all__ = ["AttackSpec", "parse_attacks", "run_attack", "ATTACK_NAMES", "has_probes", "correct"]
 
 ATTACK_NAMES = ("fgsm", "pgd<K> (pgd20, pgd100, ...)", "cw<K> (cw20, ...)", "aa", "square", "adaptive")
 
@@ -75,7 +75,8 @@ def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None
     return specs
 
 
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example correctness of the model's prediction, in eval mode with frozen parameters."""
     with torch.no_grad(), frozen_eval(model):
         return model(x).argmax(1) == y
 
@@ -106,7 +107,7 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
     batch holds, per example, the first candidate that fooled the model, else the last candidate.
     details, if given, receives per-component masks for the adaptive attack.
     """
-    robust = _correct(model, x, y)
+    robust = correct(model, x, y)
     worst = 0.0
     chosen = x.clone()
     settled = torch.zeros_like(robust)  # a candidate already fooled the model on this example
@@ -116,7 +117,7 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
         worst = max(worst, float((x_adv - x).abs().amax()))
         if (x_adv < 0).any() or (x_adv > 1).any() or worst > spec.eps + 1e-6:
             raise RuntimeError(f"{spec.name} left the threat model (linf {worst:.6f}, eps {spec.eps:.6f})")
-        ok = _correct(model, x_adv, y)
+        ok = correct(model, x_adv, y)
         chosen = torch.where(settled[:, None, None, None], chosen, x_adv)
         settled.logical_or_(~ok)
         return ok
@@ -129,7 +130,7 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
                                   loss=loss, beta=beta_atk, random_start=rs))
     elif spec.kind == "adaptive":
         for cname, lfn in adaptive_losses(model, beta_atk).items():
-            comp = _correct(model, x, y)
+            comp = correct(model, x, y)
             for r in range(spec.restarts):
                 comp &= account(pgd(model, x, y, eps=spec.eps, alpha=spec.step_size, steps=spec.steps,
                                     loss=lfn, random_start=spec.random_start or r > 0))
