@@ -89,6 +89,22 @@ def base_config(base: str | Path, scale: str | None = None, data: str | None = N
     return cfg
 
 
+def grid_cells(cfg0: TrainConfig, vary: dict[str, list[Any]], baseline: bool = True,
+               baseline_init: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(setting name, config overrides) of every cell, the AT baseline last."""
+    keys = list(vary)
+    cells: list[tuple[str, dict[str, Any]]] = []
+    for combo in itertools.product(*(vary[k] for k in keys)):
+        cell = dict(zip(keys, combo))
+        cells.append((_slug(cell), cell))
+    if baseline:
+        if cfg0.init and not baseline_init:
+            raise ChanscopeError("--base warm-starts CIFS (init); give the AT baseline its own warm start with "
+                                 "--baseline-init (a naturally trained standard model), or --no-baseline")
+        cells.append(("AT baseline", {"method": "at", "init": baseline_init}))
+    return cells
+
+
 def _done(run: Path) -> bool:
     return (run / "summary.json").is_file() and (run / "eval.json").is_file()
 
@@ -110,16 +126,7 @@ def run_ablation(base: str | Path, vary: dict[str, list[Any]], out: str | Path, 
     cfg0 = base_config(base, scale, data)
     if cfg0.method not in ("cifs", "cas"):
         raise ChanscopeError(f"--base is a {cfg0.method!r} run; the switches act on a cifs (or cas) config")
-    keys = list(vary)
-    cells: list[tuple[str, dict[str, Any]]] = []
-    for combo in itertools.product(*(vary[k] for k in keys)):
-        cell = dict(zip(keys, combo))
-        cells.append((_slug(cell), cell))
-    if baseline:
-        if cfg0.init and not baseline_init:
-            raise ChanscopeError("--base warm-starts CIFS (init); give the AT baseline its own warm start with "
-                                 "--baseline-init (a naturally trained standard model), or --no-baseline")
-        cells.append(("AT baseline", {"method": "at", "init": baseline_init}))
+    cells = grid_cells(cfg0, vary, baseline, baseline_init)
     rows = []
     for setting, cell in cells:
         for seed in range(seeds):

@@ -138,3 +138,13 @@ def test_ablate_skips_finished_cells_and_writes_one_row_per_cell_and_seed(tmp_pa
     assert cell.model_kwargs["train_label"] == "pred" and cell.model_kwargs["topk"] == 1
     with pytest.raises(ChanscopeError, match="unknown key"):
         parse_vary(["cifs.colour=red"])
+    # a warm-started base: the AT baseline must get its own warm start, and then uses it
+    from dataclasses import replace
+
+    warm = replace(cfg, init="natural-cifs.pt")
+    with pytest.raises(ChanscopeError, match="--baseline-init"):
+        ab.grid_cells(warm, {"topk": [2]})
+    cells = ab.grid_cells(warm, {"topk": [1, 2]}, baseline_init="natural-standard.pt")
+    assert cells == [("topk=1", {"topk": 1}), ("topk=2", {"topk": 2}),
+                     ("AT baseline", {"method": "at", "init": "natural-standard.pt"})]
+    assert ab.grid_cells(cfg, {"topk": [2]})[-1] == ("AT baseline", {"method": "at", "init": None})
