@@ -31,3 +31,18 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, dev:
             sync(dev)
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def training_step(cfg, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                  autocast: Callable[[], object], forward: torch.nn.Module | None = None) -> Callable[[], None]:
+    """One `chanscope train` step of `cfg`'s method on a fixed batch (the loop's batch_loss, then the update)."""
+    from chanscope.train.loop import batch_loss
+
+    def step() -> None:
+        model.train()
+        loss, _ = batch_loss(cfg, forward or model, x, y, autocast)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step

@@ -17,13 +17,12 @@ import time
 from contextlib import nullcontext
 
 import torch
-from _timing import interleaved_medians, sync  # bench/ is on sys.path when run as a script
+from _timing import interleaved_medians, sync, training_step  # bench/ is on sys.path when run as a script
 
 from chanscope.attacks import pgd
 from chanscope.device import pick_device
 from chanscope.models import create_model
 from chanscope.train.config import build_config
-from chanscope.train.loop import batch_loss
 
 METHODS = ("standard", "at", "cifs")
 
@@ -43,14 +42,7 @@ def make_step(method: str, setting: str, x: torch.Tensor, y: torch.Tensor, args,
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if fast else nullcontext()
 
-    def step() -> None:
-        model.train()
-        loss, _ = batch_loss(cfg, fwd, x, y, autocast)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+    return training_step(cfg, model, opt, x, y, autocast, forward=fwd)
 
 
 def main() -> None:

@@ -14,13 +14,12 @@ import argparse
 from contextlib import nullcontext
 
 import torch
-from _timing import interleaved_medians  # bench/ is on sys.path when run as a script
+from _timing import interleaved_medians, training_step  # bench/ is on sys.path when run as a script
 
 from chanscope.data import load_data
 from chanscope.device import pick_device
 from chanscope.models import create_model
 from chanscope.train.config import build_config
-from chanscope.train.loop import batch_loss
 
 
 def main() -> None:
@@ -43,17 +42,9 @@ def main() -> None:
         model = create_model(args.arch, width=args.width, **{k: v for k, v in cfg.model_kwargs().items()
                                                              if k != "width"}).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        runs[method] = (cfg, model, opt)
+        runs[method] = training_step(cfg, model, opt, x, y, nullcontext)
 
-    def step(method: str) -> None:
-        cfg, model, opt = runs[method]
-        model.train()
-        loss, _ = batch_loss(cfg, model, x, y, nullcontext)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    med = interleaved_medians({m: (lambda m=m: step(m)) for m in runs}, args.repeats, dev)
+    med = interleaved_medians(runs, args.repeats, dev)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.arch} width "
           f"{args.width}, batch {args.batch}, PGD-{args.steps}, median of {args.repeats}")
     for m, t in med.items():

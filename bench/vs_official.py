@@ -22,7 +22,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from _timing import interleaved_medians, sync  # bench/ is on sys.path when run as a script
+from _timing import interleaved_medians, sync, training_step  # bench/ is on sys.path when run as a script
 
 
 def official_step_factory(path: str, dev: torch.device, batch: torch.Tensor, labels: torch.Tensor):
@@ -71,7 +71,6 @@ def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tens
     from chanscope.models import create_model
     from chanscope.models.official import convert_official_state_dict
     from chanscope.train.config import build_config
-    from chanscope.train.loop import batch_loss
 
     cfg = build_config(None, method="cifs", arch="resnet18", steps=10, step_size=2 / 255)
     model = create_model("resnet18", feature_select="cifs", probes=["nonlinear", "linear"]).to(dev)
@@ -87,14 +86,7 @@ def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tens
         def autocast():
             return torch.autocast("cuda", dtype=torch.bfloat16)
 
-    def step() -> None:
-        model.train()
-        loss, _ = batch_loss(cfg, model, batch, labels, autocast)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return model, step
+    return model, training_step(cfg, model, opt, batch, labels, autocast)
 
 
 def _batch(n: int, dev: torch.device):

@@ -1,6 +1,6 @@
-"""Print the README's Results tables from a reproduction folder and an ablation folder (no training).
+"""Print the README's Results tables from a reproduction folder and ablation folders (no training).
 
-    python scripts/readme_results.py runs/reproduce-cpu runs/ablation-cpu
+    python scripts/readme_results.py runs/reproduce-cpu runs/ablation-warm runs/ablation-warm-topk ...
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 from chanscope.report import _md, _overall, _relgap, observations
 
 
-def main(study: str, ablation: str | None = None) -> None:
+def main(study: str, *ablations: str) -> None:
     out = Path(study)
     rec = json.loads((out / "pipeline.json").read_text())
     models = [m for m in ("standard", "at", "cifs", "cas", "cifs-scratch") if (out / m / "eval.csv").is_file()]
@@ -51,15 +51,28 @@ def main(study: str, ablation: str | None = None) -> None:
     print(f"### Wall time per stage (total {st.minutes.sum():.0f} min)\n")
     print(_md(st, 1))
     print()
-    if ablation and (Path(ablation) / "ablation.csv").is_file():
-        df = pd.read_csv(Path(ablation) / "ablation.csv")
-        g = df.groupby("setting", sort=False).agg(
-            natural=("natural_acc", "mean"), robust=("robust_acc", "mean"),
-            robust_min=("robust_acc", "min"), robust_max=("robust_acc", "max"),
-            train_eval_pgd=("train_eval_pgd_acc", "mean"), seeds=("seed", "count")).reset_index()
-        print("### Ablation (PGD-20 on 500 test images, mean over seeds, min-max)\n")
-        print(_md(g))
+    for ablation in ablations:
+        _ablation(Path(ablation))
 
+
+def _ablation(folder: Path) -> None:
+    """One row per cell and seed: the evaluated best.pt, its epoch, and the last epoch's training numbers."""
+    df = pd.read_csv(folder / "ablation.csv")
+    rows = []
+    for r in df.itertuples():
+        run = folder / r.run
+        last = pd.read_csv(run / "metrics.csv").iloc[-1]
+        best = json.loads((run / "summary.json").read_text())["best_epoch"]
+        rows.append({"setting": r.setting, "seed": r.seed, "natural %": r.natural_acc,
+                     f"{r.attack} %": r.robust_acc, "best epoch": best,
+                     "last epoch: acc on training batches %": last.train_acc,
+                     "last epoch: test natural %": last.test_nat_acc})
+    print(f"### {folder.name}\n")
+    print(_md(pd.DataFrame(rows)))
+    g = df.groupby("setting", sort=False).robust_acc.agg(["mean", "min", "max", "count"]).reset_index()
+    print()
+    print(_md(g.rename(columns={"mean": "robust mean", "min": "min", "max": "max", "count": "seeds"})))
+    print()
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:])
