@@ -68,7 +68,7 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
     for name in layers:
         for kind in ("natural", "adversarial"):
             st = rec.stats[name].get(kind)
-            if st is None:  # an empty shard: zeros of the right shape from another rank's statistics
+            if st is None:  # this rank's shard was empty: it has no statistics to add
                 raise RuntimeError("a rank received no images; use fewer ranks than test images")
             dist_util.all_reduce_sum(st.tensors())
         dist_util.all_reduce_sum(rel[name].tensors())
@@ -99,7 +99,6 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     from chanscope.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
     from chanscope.attacks.suite import parse_attacks
     from chanscope.checkpoint import load_model
-    from chanscope.device import pick_device
     from chanscope.errors import ChanscopeError, check_positive_int
     from chanscope.hooks import default_layer, resolve_layers
     from chanscope.io import atomic_write_csv, atomic_write_json
@@ -108,8 +107,7 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     from chanscope.train.loop import versions
 
     t0 = time.time()
-    if dist_util.setup(pick_device(device)) and pick_device(device).type == "cuda":
-        device = f"cuda:{torch.cuda.current_device()}"
+    device = str(dist_util.setup_device(device)[0])
     if relevance not in RELEVANCE_METHODS:
         raise ChanscopeError(f"unknown relevance {relevance!r}; known: {', '.join(RELEVANCE_METHODS)}")
     if relevance_on not in ("natural", "adversarial"):
@@ -130,8 +128,6 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     results, seconds = study_activations(net, x, y, ds.classes, layers, specs[0], relevance=relevance,
                                          relevance_on=relevance_on, threshold=threshold, batch_size=batch_size,
                                          beta_atk=beta_atk, seed=seed, progress=progress)
-    from chanscope import distributed as dist_util
-
     if not dist_util.is_main():
         return results, {"out": str(out_dir), "wall_seconds": round(time.time() - t0, 1)}
     meta = {"attack": specs[0].to_dict(), "relevance": relevance, "relevance_on": relevance_on,

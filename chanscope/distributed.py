@@ -12,7 +12,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["setup", "rank", "world_size", "is_main", "all_reduce_sum", "shard", "gather_cat", "barrier"]
+__all__ = ["setup", "setup_device", "rank", "world_size", "is_main", "all_reduce_sum", "shard", "gather_cat", "barrier"]
 
 
 def setup(device: torch.device | None = None) -> bool:
@@ -25,6 +25,18 @@ def setup(device: torch.device | None = None) -> bool:
         if device is not None and device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return True
+
+
+def setup_device(name: str | None) -> tuple[torch.device, bool]:
+    """The device of this process (under torchrun on CUDA: its LOCAL_RANK GPU) and whether it is one of
+    several ranks; `name` as `--device` takes it."""
+    from chanscope.device import pick_device
+
+    device = pick_device(name)
+    distributed = setup(device)
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device, distributed
 
 
 def active() -> bool:

@@ -192,7 +192,6 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
     from chanscope import distributed as dist_util
     from chanscope.attacks.suite import has_probes
     from chanscope.checkpoint import load_model
-    from chanscope.device import pick_device
     from chanscope.errors import check_positive_int
     from chanscope.io import atomic_write_csv, atomic_write_json
     from chanscope.runs import data_of_run, run_dir_of, test_subset, writable_dir
@@ -201,8 +200,7 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
     t0 = time.time()
     specs = parse_attacks(attacks, eps, step_size=step_size, restarts=restarts, random_start=random_start,
                           square_queries=square_queries)
-    if dist_util.setup(pick_device(device)) and pick_device(device).type == "cuda":
-        device = f"cuda:{torch.cuda.current_device()}"
+    device = str(dist_util.setup_device(device)[0])
     check_positive_int(batch_size, "batch size")
     net = load_model(model_path, device)
     sur = load_model(surrogate, device) if surrogate else None
@@ -229,8 +227,6 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
         "verdict": verdict(result.sanity) if sanity else None, "surrogate": str(surrogate) if surrogate else None,
         "wall_seconds": round(time.time() - t0, 1), "versions": versions(), "out": str(out_dir),
     }
-    from chanscope import distributed as dist_util
-
     if dist_util.is_main():
         atomic_write_csv(out_dir / "eval.csv", result.table)
         atomic_write_json(out_dir / "eval.json", summary)

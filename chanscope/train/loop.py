@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from chanscope import distributed as dist_util
 from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
+from chanscope.attacks.suite import correct
 from chanscope.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from chanscope.data import BatchLoader, ImageData, balanced_subset, load_data
-from chanscope.device import pick_device
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_csv, atomic_write_json
 from chanscope.losses import joint_ce, trades_kl
@@ -117,12 +117,10 @@ def evaluate_subset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tra
     with frozen_eval(model):
         for i in range(0, len(y), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            with torch.no_grad():
-                nat += (model(xb).argmax(1) == yb).sum().item()
+            nat += correct(model, xb, yb).sum().item()
             xa = pgd(model, xb, yb, eps=cfg.eps, alpha=cfg.eval_step_size, steps=cfg.eval_steps,
                      loss=loss, beta=cfg.beta_atk, random_start=False)
-            with torch.no_grad():
-                adv += (model(xa).argmax(1) == yb).sum().item()
+            adv += correct(model, xa, yb).sum().item()
     counts = torch.tensor([nat, adv], dtype=torch.float64)
     dist_util.all_reduce_sum([counts])
     n = max(1, total)
@@ -222,10 +220,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     except OSError as e:
         raise ChanscopeError(f"cannot create run folder {str(out)!r} ({e.strerror}); pick another --out") from None
 
-    device = pick_device(cfg.device)
-    distributed = dist_util.setup(device)
-    if distributed and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
+    device, distributed = dist_util.setup_device(cfg.device)
     main_rank = dist_util.is_main()
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
     data = prepare_data(cfg)
@@ -286,11 +281,11 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
                      "loss": cfg.loss, "augment": augment, "device": str(device)},
                      "model": {"arch": cfg.arch, "model_kwargs": model.model_kwargs},
                      "data": data.describe(), "versions": versions()}
+    config_record["resolved"]["world_size"] = dist_util.world_size()
     if main_rank:
         atomic_write_json(out / "config.json", config_record)
     else:  # progress and files belong to rank 0
         on_start = on_batch = on_epoch = None
-    config_record["resolved"]["world_size"] = dist_util.world_size()
     if on_start:
         on_start({"device": str(device), "n_train": len(data.y_train), "batches": len(loader),
                   "start_epoch": start_epoch, "params": sum(p.numel() for p in model.parameters())})
