@@ -1,13 +1,30 @@
-"""Side-by-side timing shared by the bench scripts: warm up every function, then run them round robin
-so machine noise hits all of them alike, and report medians."""
+"""What the bench scripts share: side-by-side timing (warm up every function, then run them round robin so
+machine noise hits all of them alike, and report medians), a real batch, and one training step."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+
+
+@functools.cache
+def embedded():
+    """The embedded real CIFAR-10 subset, decoded once per process."""
+    from chanscope.data import load_data
+
+    return load_data("embedded")
+
+
+def embedded_batch(n: int, dev: torch.device, split: str = "train",
+                   start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [start, start + n) of the embedded subset, in [0, 1] on `dev`, and their labels."""
+    d = embedded()
+    x, y = (d.x_train, d.y_train) if split == "train" else (d.x_test, d.y_test)
+    return (x[start:start + n].float() / 255).to(dev), y[start:start + n].to(dev)
 
 
 def sync(dev: torch.device) -> None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _timing import interleaved_medians  # noqa: E402  (bench/ is on sys.path when run as a script)
+from _timing import embedded_batch, interleaved_medians  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from chanscope.attacks import pgd
-from chanscope.data import load_data
 from chanscope.device import pick_device
 from chanscope.models import create_model
 
@@ -30,9 +29,7 @@ def main() -> None:
     import torchattacks
 
     dev = pick_device(args.device)
-    data = load_data("embedded")
-    x = (data.x_test[: args.batch].float() / 255).to(dev)
-    y = data.y_test[: args.batch].to(dev)
+    x, y = embedded_batch(args.batch, dev, "test")
     torch.manual_seed(0)
     model = create_model(args.arch, width=args.width).to(dev).eval()
     eps, alpha = 8 / 255, 0.8 / 255

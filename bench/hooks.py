@@ -12,9 +12,9 @@ import statistics
 import time
 
 import torch
+from _timing import embedded_batch, sync  # bench/ is on sys.path when run as a script
 
 from chanscope.attacks import pgd
-from chanscope.data import load_data
 from chanscope.device import pick_device
 from chanscope.hooks import ActivationRecorder
 from chanscope.models import create_model
@@ -31,16 +31,13 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     dev = pick_device(args.device)
-    data = load_data("embedded")
     n = args.batch * args.batches
-    x = (data.x_test[:n].float() / 255).to(dev)
-    y = data.y_test[:n].to(dev)
+    x, y = embedded_batch(n, dev, "test")
     torch.manual_seed(0)
     model = create_model(args.arch, width=args.width).to(dev).eval()
 
     def one_pass(record: bool) -> float:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        sync(dev)
         t = time.perf_counter()
         rec = ActivationRecorder(model, [model.feature_layer], 10)
         with rec if record else _Null():
@@ -55,8 +52,7 @@ def main() -> None:
                     with torch.no_grad():
                         model(xb)
                         model(xa)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        sync(dev)
         return time.perf_counter() - t
 
     one_pass(True)

@@ -9,9 +9,9 @@ import argparse
 from contextlib import nullcontext
 
 import torch
+from _timing import embedded_batch  # bench/ is on sys.path when run as a script
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from chanscope.data import load_data
 from chanscope.device import pick_device
 from chanscope.models import create_model
 from chanscope.train.config import build_config
@@ -26,8 +26,7 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     dev = pick_device(args.device)
-    d = load_data("embedded")
-    x, y = (d.x_train[: args.batch].float() / 255).to(dev), d.y_train[: args.batch].to(dev)
+    x, y = embedded_batch(args.batch, dev)
     cfg = build_config(None, method="cifs", width=args.width, steps=args.steps)
     model = create_model("resnet18", **cfg.model_kwargs()).to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

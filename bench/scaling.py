@@ -13,10 +13,10 @@ import time
 from contextlib import nullcontext
 
 import torch
+from _timing import embedded, embedded_batch, sync  # bench/ is on sys.path when run as a script
 
 from chanscope.activations import study_activations
 from chanscope.attacks.suite import parse_attacks
-from chanscope.data import load_data
 from chanscope.device import pick_device
 from chanscope.hooks import ActivationRecorder
 from chanscope.models import create_model
@@ -28,12 +28,10 @@ def _time(fn, repeats: int, dev: torch.device) -> float:
     fn()
     out = []
     for _ in range(repeats):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        sync(dev)
         t = time.perf_counter()
         fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        sync(dev)
         out.append(time.perf_counter() - t)
     return statistics.median(out)
 
@@ -48,14 +46,12 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     dev = pick_device(args.device)
-    data = load_data("embedded")
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.arch}, PGD-{args.steps}")
     print(f"{'width':>6} {'batch':>6} {'standard':>10} {'AT':>10} {'CIFS':>10} {'activ.':>10} {'AT/((k+1)std)':>14}"
           "   (images/s)")
     for w in [float(v) for v in args.widths.split(",")]:
         for b in [int(v) for v in args.batches.split(",")]:
-            x = (data.x_train[:b].float() / 255).to(dev)
-            y = data.y_train[:b].to(dev)
+            x, y = embedded_batch(b, dev)
             rates = {}
             for method in ("standard", "at", "cifs"):
                 cfg = build_config(None, method=method, width=w, steps=args.steps, step_size=2 / 255)
@@ -73,7 +69,7 @@ def main() -> None:
                 rates[method] = b / _time(step, args.repeats, dev)
             m = create_model(args.arch, width=w).to(dev).eval()
             spec = parse_attacks(f"pgd{args.steps}", 8 / 255)[0]
-            rates["act"] = b / _time(lambda: study_activations(m, x, y, data.classes, [m.feature_layer], spec,
+            rates["act"] = b / _time(lambda: study_activations(m, x, y, embedded().classes, [m.feature_layer], spec,
                                                                batch_size=b), args.repeats, dev)
             ratio = rates["standard"] / rates["at"] / (args.steps + 1)
             print(f"{w:6.3f} {b:6d} {rates['standard']:10.1f} {rates['at']:10.1f} {rates['cifs']:10.1f} "
@@ -84,8 +80,7 @@ def main() -> None:
     for n in (100, 1000):
         with ActivationRecorder(m, [m.feature_layer], 10) as rec:
             for i in range(0, n, 100):
-                xb = (data.x_test[i:i + 100].float() / 255).to(dev)
-                rec.observe(xb, data.y_test[i:i + 100].to(dev), "natural")
+                rec.observe(*embedded_batch(100, dev, "test", start=i), "natural")
         st = rec.stats[m.feature_layer]["natural"]
         sizes.append(sum(t.numel() * t.element_size() for t in st.tensors()))
     print(f"statistics memory: {sizes[0]} bytes after 100 images, {sizes[1]} bytes after 1000 images")

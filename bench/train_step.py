@@ -14,9 +14,8 @@ import argparse
 from contextlib import nullcontext
 
 import torch
-from _timing import interleaved_medians, training_step  # bench/ is on sys.path when run as a script
+from _timing import embedded_batch, interleaved_medians, training_step  # bench/ is on sys.path when run as a script
 
-from chanscope.data import load_data
 from chanscope.device import pick_device
 from chanscope.models import create_model
 from chanscope.train.config import build_config
@@ -32,9 +31,7 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     dev = pick_device(args.device)
-    data = load_data("embedded")
-    x = (data.x_train[: args.batch].float() / 255).to(dev)
-    y = data.y_train[: args.batch].to(dev)
+    x, y = embedded_batch(args.batch, dev)
     runs = {}
     for method in ("standard", "at", "cifs"):
         cfg = build_config(None, method=method, arch=args.arch, width=args.width, steps=args.steps)

@@ -22,7 +22,12 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from _timing import interleaved_medians, sync, training_step  # bench/ is on sys.path when run as a script
+from _timing import (  # bench/ is on sys.path when run as a script
+    embedded_batch,
+    interleaved_medians,
+    sync,
+    training_step,
+)
 
 
 def official_step_factory(path: str, dev: torch.device, batch: torch.Tensor, labels: torch.Tensor):
@@ -89,13 +94,6 @@ def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tens
     return model, training_step(cfg, model, opt, batch, labels, autocast)
 
 
-def _batch(n: int, dev: torch.device):
-    from chanscope.data import load_data
-
-    d = load_data("embedded")
-    return (d.x_train[:n].float() / 255).to(dev), d.y_train[:n].to(dev)
-
-
 def _proc_kb(key: str) -> float | None:
     try:
         for line in open("/proc/self/status"):
@@ -142,7 +140,7 @@ def main() -> None:
     from chanscope.device import pick_device
 
     dev = pick_device(args.device)
-    x, y = _batch(args.batch, dev)
+    x, y = embedded_batch(args.batch, dev)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
