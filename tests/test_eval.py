@@ -238,6 +238,15 @@ def test_folded_twin_is_cached_and_follows_training_and_device_moves(batch):
         m.eval()
         with torch.no_grad():
             assert torch.allclose(f(x), m(x), atol=1e-4, rtol=1e-4)
+    from chanscope.attacks.fold import folded
+
+    with folded(m) as f:  # the attack's span: the same function; afterwards its folded weights are released
+        assert f is first
+        with torch.no_grad():
+            assert torch.allclose(f(x), m(x), atol=1e-4, rtol=1e-4)
+    assert first.conv1.weight.numel() == 0 and first.layer1[0].conv2.bias.numel() == 0
+    with torch.no_grad():
+        assert torch.allclose(folded_copy(m)(x), m(x), atol=1e-4, rtol=1e-4)
     m.double()  # new tensors (as after .to(device)): a new twin, equal again
     f = folded_copy(m)
     assert f is not first and f.conv1.weight.dtype == torch.float64

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 
 from chanscope.models.resnet import BasicBlock, CifarResNet
 
-__all__ = ["folded_copy", "fold_conv_bn"]
+__all__ = ["folded_copy", "folded", "fold_conv_bn"]
 
 Pairs = list[tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]]
 # model -> (the model's tensors when the twin was built, twin, [(conv, bn, fused conv) of the twin])
@@ -92,3 +94,18 @@ def folded_copy(model: nn.Module) -> nn.Module:
         fused.weight.data, fused.bias.data = _folded(conv, bn)
     twin.eval()
     return twin
+
+
+@contextmanager
+def folded(model: nn.Module) -> Iterator[nn.Module]:
+    """`folded_copy` for the span of an attack. On exit the folded weights are released (the cached module
+    structure stays), so the twin adds no memory to the update that follows, a training step's peak."""
+    twin = folded_copy(model)
+    try:
+        yield twin
+    finally:
+        entry = _TWINS.get(model)
+        if entry is not None:
+            for _, _, fused in entry[2]:
+                fused.weight.data = fused.weight.data.new_empty(0)
+                fused.bias.data = fused.bias.data.new_empty(0)

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from chanscope import distributed as dist_util
+from chanscope.attacks.fold import folded
 from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
 from chanscope.attacks.suite import correct
 from chanscope.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
@@ -73,28 +74,27 @@ def batch_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Ten
     `model`; the update's forward runs in train mode through `update_model` (the DDP wrapper, if any).
     """
     net = update_model or model
-    if cfg.adversarial and cfg.fold_bn and not cfg.compile:  # the attack sees eval-mode BN: fold it once
-        from chanscope.attacks.fold import folded_copy
-
-        model = folded_copy(model)
     selects = cfg.feature_select != "none"
+    fold = cfg.adversarial and cfg.fold_bn and not cfg.compile  # the attack sees eval-mode BN: fold it once
+    with folded(model) if fold else nullcontext(model) as atk:
+        if cfg.adversarial and cfg.loss == "trades":
+            with torch.no_grad(), frozen_eval(atk), autocast():
+                nat_logits = atk(x).float()
+            start = x + 0.001 * torch.randn_like(x)
+            x_in = pgd(atk, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
+                       loss=attack_loss("trades", x_nat_logits=nat_logits), init=start, autocast=autocast)
+        elif cfg.adversarial:
+            x_in = pgd(atk, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
+                       loss="joint" if selects else "ce", beta=cfg.beta_atk, random_start=cfg.random_start,
+                       autocast=autocast)
+        else:
+            x_in = x
     if cfg.adversarial and cfg.loss == "trades":
-        with torch.no_grad(), frozen_eval(model), autocast():
-            nat_logits = model(x).float()
-        start = x + 0.001 * torch.randn_like(x)
-        x_in = pgd(model, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
-                   loss=attack_loss("trades", x_nat_logits=nat_logits), init=start, autocast=autocast)
         with autocast():
             logits_nat = net(x, y)
             logits_adv = net(x_in, y)
             loss = F.cross_entropy(logits_nat, y) + cfg.trades_beta * trades_kl(logits_adv, logits_nat).mean()
         return loss, logits_adv
-    if cfg.adversarial:
-        x_in = pgd(model, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
-                   loss="joint" if selects else "ce", beta=cfg.beta_atk, random_start=cfg.random_start,
-                   autocast=autocast)
-    else:
-        x_in = x
     with autocast():
         if selects:
             logits, aux = net(x_in, y, return_aux=True)
