@@ -63,3 +63,20 @@ def training_step(cfg, model: torch.nn.Module, opt: torch.optim.Optimizer, x: to
         opt.step()
 
     return step
+
+
+def count_ops(fn: Callable[[], object]) -> int:
+    """Operators one call of `fn` dispatches below autograd (forward and backward): the host's work per
+    step, a count that does not depend on the machine (on a GPU, roughly the kernel launches)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            _Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count():
+        fn()
+    return _Count.n

@@ -1,11 +1,13 @@
 """Training-step throughput by method and speed setting, measured side by side (the GPU check's table).
 
-For each batch size and each setting (float32; bf16 autocast + channels_last, our CUDA defaults; with
+For each batch size and each setting (float32; bf16 autocast + channels_last, our CUDA defaults; the same
+with the training attack replayed from CUDA graphs (`--cuda-graphs`); with
 --compile, the same plus torch.compile, for the standard step at the last batch size only: compiling the
 attack's eval-mode graph as well takes minutes), prints images/s of standard, PGD-AT and CIFS steps, the ratios
 AT / ((k+1) x standard) and CIFS / AT, and the speed-up of each setting over float32. Settings of one
 batch size are timed interleaved (round robin, medians). Then PGD-20 evaluation throughput (float32, as
-`chanscope eval` attacks). Runs on CPU too (bf16 and channels_last are then skipped, as training skips them).
+`chanscope eval` attacks). On CPU the settings are float32 (the default) and bf16 autocast (`chanscope train
+--bf16`).
 
     python bench/gpu_steps.py --batches 128,512 --steps 10 --repeats 5 [--compile] [--width 1]
 """
@@ -28,19 +30,21 @@ METHODS = ("standard", "at", "cifs")
 
 
 def make_step(method: str, setting: str, x: torch.Tensor, y: torch.Tensor, args, dev: torch.device):
-    fast = setting != "fp32" and dev.type == "cuda"
+    on_gpu_compile = setting == "compile" and dev.type == "cuda"  # compile on top of the CUDA defaults
+    bf16, cl = "bf16" in setting or on_gpu_compile, "cl" in setting or on_gpu_compile
     cfg = build_config(None, method=method, arch=args.arch, width=args.width, steps=args.steps,
-                       compile=setting == "compile")
+                       compile=setting == "compile", bf16=bf16, channels_last=cl,
+                       cuda_graphs=setting.endswith("graphs"))
     torch.manual_seed(0)
     model = create_model(args.arch, **cfg.model_kwargs()).to(dev)
-    if fast:
+    if cl:
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     fwd = torch.compile(model) if setting == "compile" else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if fast else nullcontext()
+        return torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     return training_step(cfg, model, opt, x, y, autocast, forward=fwd)
 
@@ -61,7 +65,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, {args.arch} width {args.width}, PGD-{args.steps} training "
           f"attack, median of {args.repeats} interleaved repeats")
-    settings = ["fp32", "bf16+cl"] + (["compile"] if args.compile else [])
+    settings = (["fp32", "bf16+cl", "bf16+cl+graphs"] if dev.type == "cuda" else ["fp32", "bf16"]) + (
+        ["compile"] if args.compile else [])
     batches = [int(v) for v in args.batches.split(",")]
     for b in batches:
         g = torch.Generator().manual_seed(b)
@@ -92,14 +97,14 @@ def main() -> None:
                     cells.append(f"{m} failed ({failed[(s, m)]})")
             if not cells:
                 continue
-            print(f"batch {b:4d} {s:8s} img/s: " + "  ".join(cells))
+            print(f"batch {b:4d} {s:14s} img/s: " + "  ".join(cells))
             notes = []
             if all((s, m) in med for m in METHODS):
                 notes.append(f"AT/((k+1) x std) {med[(s, 'at')] / ((args.steps + 1) * med[(s, 'standard')]):.3f}")
                 notes.append(f"CIFS/AT {med[(s, 'cifs')] / med[(s, 'at')]:.3f}")
             notes += [f"{m} speed-up vs fp32 {med[('fp32', m)] / med[(s, m)]:.2f}x" for m in METHODS
                       if s != "fp32" and (s, m) in med and ("fp32", m) in med]
-            print(f"           {s:8s} " + "  ".join(notes))
+            print(f"           {s:14s} " + "  ".join(notes))
         model = create_model(args.arch, width=args.width).to(dev).eval()
         attack = {"pgd20": lambda: pgd(model, x, y, eps=8 / 255, alpha=0.8 / 255, steps=20, random_start=False)}
         t = interleaved_medians(attack, args.repeats, dev)["pgd20"]

@@ -8,7 +8,8 @@ on layer4 (probes nonlinear, linear), PGD-10 (eps 8/255, step 2/255, random star
 (beta 2) crafted in eval mode with frozen parameters, then one SGD update on the joint loss in train mode.
 Timings interleave the two sides; peak memory is measured in a fresh subprocess per side (CPU: max RSS;
 CUDA: max allocated). On CUDA a third side runs ours with its training defaults (bf16 autocast of every
-pass, channels_last): the issue's "2x with our defaults" figure; the float32 side is the equal-math one.
+pass, channels_last): the issue's "2x with our defaults" figure; a fourth adds `--cuda-graphs` (each attack
+iteration replayed from a captured CUDA graph); the float32 side is the equal-math one.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from _timing import (  # bench/ is on sys.path when run as a script
+    count_ops,
     embedded_batch,
     interleaved_medians,
     sync,
@@ -72,24 +74,27 @@ def official_step_factory(path: str, dev: torch.device, batch: torch.Tensor, lab
 
 
 def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tensor, official_net=None,
-                      defaults: bool = False):
+                      bf16: bool = False, graphs: bool = False):
+    """Our step as `chanscope train` runs it: float32 NCHW (the equal-math side), or bf16: autocast of every
+    pass (CUDA: with channels_last, the CUDA defaults; CPU: `chanscope train --bf16`)."""
     from chanscope.models import create_model
     from chanscope.models.official import convert_official_state_dict
     from chanscope.train.config import build_config
 
-    cfg = build_config(None, method="cifs", arch="resnet18", steps=10, step_size=2 / 255)
+    cfg = build_config(None, method="cifs", arch="resnet18", steps=10, step_size=2 / 255, bf16=bf16,
+                       cuda_graphs=graphs)
     model = create_model("resnet18", feature_select="cifs", probes=["nonlinear", "linear"]).to(dev)
     if official_net is not None:  # same weights, no normalisation, as the official model
         model.load_state_dict({k: v.to(dev) for k, v in
                                convert_official_state_dict(official_net.state_dict()).items()})
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-    autocast = nullcontext
-    if defaults and dev.type == "cuda":  # what `chanscope train` does on CUDA
+    if bf16 and dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
         batch = batch.contiguous(memory_format=torch.channels_last)
-
+    autocast = nullcontext
+    if bf16:
         def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(dev.type, dtype=torch.bfloat16)
 
     return model, training_step(cfg, model, opt, batch, labels, autocast)
 
@@ -134,8 +139,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--only", choices=["ours", "official", "defaults"], default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--cpu-bf16", action="store_true",
+                    help="CPU: add a side with `chanscope train --bf16` (pays on CPUs with AMX/AVX512-BF16).")
+    ap.add_argument("--only", choices=["ours", "official", "defaults", "graphs", "bf16"], default=None,
+                    help=argparse.SUPPRESS)
     ap.add_argument("--memory-only", action="store_true", help="Skip the timing; measure peak memory only.")
+    ap.add_argument("--no-memory", action="store_true", help="Skip the peak-memory subprocesses.")
     args = ap.parse_args()
     from chanscope.device import pick_device
 
@@ -147,7 +156,8 @@ def main() -> None:
     if args.only:  # weights do not matter for memory: each side builds only its own model
         floor = _reset_peak()  # libraries, data and the batch are below this line
         step = (official_step_factory(args.official, dev, x, y)[1] if args.only == "official"
-                else ours_step_factory(dev, x, y, defaults=args.only == "defaults")[1])
+                else ours_step_factory(dev, x, y, bf16=args.only in ("defaults", "graphs", "bf16"),
+                                       graphs=args.only == "graphs")[1])
         step()  # warm-up outside the peak: cudnn.benchmark's trial workspaces are not the step's memory
         sync(dev)
         if dev.type == "cuda":
@@ -167,26 +177,37 @@ def main() -> None:
     _, ustep = ours_step_factory(dev, x, y, onet)
     sides = {"official": ostep, "chanscope": ustep}
     if dev.type == "cuda":
-        sides["defaults"] = ours_step_factory(dev, x, y, onet, defaults=True)[1]
+        sides["defaults"] = ours_step_factory(dev, x, y, onet, bf16=True)[1]
+        sides["graphs"] = ours_step_factory(dev, x, y, onet, bf16=True, graphs=True)[1]
+    elif args.cpu_bf16:
+        sides["bf16"] = ours_step_factory(dev, x, y, onet, bf16=True)[1]
     med = interleaved_medians(sides, args.repeats, dev)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, ResNet-18 CIFS (layer4), "
           f"batch {args.batch}, PGD-10 joint loss + joint update, median of {args.repeats}")
     for k, t in med.items():
         print(f"  {k:10s} {t * 1000:9.1f} ms/step  {args.batch / t:8.1f} img/s")
     print(f"  speed ratio chanscope / official = {med['official'] / med['chanscope']:.3f} (equal math, float32)")
+    ops = {k: count_ops(f) for k, f in sides.items()}
+    print("  operators dispatched per step (host work): " + ", ".join(f"{k} {n}" for k, n in ops.items())
+          + f"; official / chanscope {ops['official'] / ops['chanscope']:.2f}")
     if "defaults" in med:
         print(f"  speed ratio chanscope defaults (bf16, channels_last) / official = "
               f"{med['official'] / med['defaults']:.3f}")
-    _print_memory(args, dev)
+        print(f"  speed ratio chanscope defaults + --cuda-graphs / official = {med['official'] / med['graphs']:.3f}")
+    if "bf16" in med:
+        print(f"  speed ratio chanscope --bf16 (CPU autocast) / official = {med['official'] / med['bf16']:.3f}")
+    if not args.no_memory:
+        _print_memory(args, dev)
 
 
 def _print_memory(args, dev: torch.device) -> None:
     po, pu = _peak("official", args), _peak("ours", args)
     unit = "CUDA max allocated" if dev.type == "cuda" else "peak RSS above the process before the model"
     print(f"  peak memory ({unit}): official {po:.0f} MB, chanscope {pu:.0f} MB, ratio {pu / max(po, 1e-9):.3f}")
-    if dev.type == "cuda":
-        pd_ = _peak("defaults", args)
-        print(f"  peak memory chanscope defaults {pd_:.0f} MB, ratio {pd_ / max(po, 1e-9):.3f}")
+    extra = ("defaults", "graphs") if dev.type == "cuda" else ("bf16",) if args.cpu_bf16 else ()
+    for side in extra:
+        pd_ = _peak(side, args)
+        print(f"  peak memory chanscope {side} {pd_:.0f} MB, ratio {pd_ / max(po, 1e-9):.3f}")
 
 
 if __name__ == "__main__":

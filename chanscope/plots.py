@@ -65,6 +65,12 @@ def _label(run: Path) -> str:
     return Path(run).name
 
 
+def _labels(runs: list[str | Path]) -> list[str]:
+    """Run folder names, with the parent folder where two runs share a name (runs-a/at vs runs-b/at)."""
+    names = [_label(Path(r)) for r in runs]
+    return [f"{Path(r).parent.name}/{n}" if names.count(n) > 1 else n for r, n in zip(runs, names)]
+
+
 def nr_channels(runs: list[str | Path], out: str | Path, class_name: str | None = None,
                 name: str = "nr_channels", normalize: bool = True) -> pd.DataFrame:
     """Channels sorted by relevance (x) against natural and adversarial magnitude (y), NR region shaded.
@@ -176,10 +182,10 @@ def training_curves(runs: list[str | Path], out: str | Path, name: str = "traini
     cols = ["epoch", "train_loss", "train_acc", "test_nat_acc", "test_pgd_acc"]
     extra = ["train_eval_nat_acc", "train_eval_pgd_acc"]
     frames = []
-    for run in runs:
+    for run, label in zip(runs, _labels(runs)):
         m = read_run_csv(run, "metrics.csv", cols)
         m = m[cols + [c for c in extra if c in m.columns]].copy()
-        m.insert(0, "model", _label(Path(run)))
+        m.insert(0, "model", label)
         frames.append(m)
     data = pd.concat(frames, ignore_index=True)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))

@@ -55,10 +55,11 @@ def class_robustness_cmd(run: RunsOpt, out: OutOpt = Path("figures"),
 
 @app.command("training")
 @handle_errors
-def training_cmd(run: RunsOpt, out: OutOpt = Path("figures")) -> None:
+def training_cmd(run: RunsOpt, out: OutOpt = Path("figures"),
+                 name: Annotated[str, typer.Option(help="File name (without extension).")] = "training") -> None:
     """Loss, training and test accuracy per epoch."""
-    plots.training_curves(run, out)
-    _done("training", out)
+    plots.training_curves(run, out, name=name)
+    _done(name, out)
 
 
 @handle_errors

@@ -48,9 +48,13 @@ def train_command(
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<method>-<arch>-<time>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,
     bf16: Annotated[Optional[bool], typer.Option(
-        "--bf16/--no-bf16", help="bf16 autocast of training passes on CUDA (default on; eval stays float32).")] = None,
+        "--bf16/--no-bf16", help="bf16 autocast of training passes (default: on CUDA only; --bf16 also on CPU, "
+        "fast with AMX/AVX512-BF16; eval stays float32).")] = None,
     compile: Annotated[Optional[bool], typer.Option(
         "--compile/--no-compile", help="torch.compile the model (CUDA).")] = None,
+    cuda_graphs: Annotated[Optional[bool], typer.Option(
+        "--cuda-graphs/--no-cuda-graphs", help="CUDA: replay each training-attack iteration from a captured "
+        "CUDA graph (less host time per step).")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -63,7 +67,7 @@ def train_command(
         "probes": probes.split(",") if probes else None, "train_label": train_label, "topk": topk, "mask": mask,
         "select_stages": select_stages.split(",") if select_stages else None, "eval_n": eval_n, "init": init,
         "bf16": bf16,
-        "compile": compile, "seed": seed, "device": device,
+        "compile": compile, "cuda_graphs": cuda_graphs, "seed": seed, "device": device,
     }
     if resume:
         if out is None:

@@ -252,3 +252,67 @@ def test_folded_twin_is_cached_and_follows_training_and_device_moves(batch):
     assert f is not first and f.conv1.weight.dtype == torch.float64
     with torch.no_grad():
         assert torch.allclose(f(x.double()), m(x.double()), atol=1e-8)
+
+
+@pytest.mark.parametrize("select", ["none", "cifs"])
+def test_graphed_pgd_static_buffer_iteration_equals_pgd(select, batch):
+    """The CUDA-graph attack's static-buffer iteration (run eagerly here) computes pgd exactly: same random
+    start, same steps, buffers reused across batches of one shape; a shape beyond the cache falls back."""
+    from chanscope.attacks.graphed import graphed_pgd
+
+    torch.manual_seed(0)
+    m = create_model("resnet18", width=0.125, feature_select=select)
+    loss = "joint" if select != "none" else "ce"
+    x, y = batch
+    for lo in (0, 8, 0):  # two batches of one shape (the second reuses the buffers), then the first again
+        xb, yb = x[lo:lo + 16], y[lo:lo + 16]
+        torch.manual_seed(lo + 1)
+        ref = pgd(m, xb, yb, eps=EPS, alpha=2 / 255, steps=3, loss=loss)
+        torch.manual_seed(lo + 1)
+        got = graphed_pgd(m, xb, yb, eps=EPS, alpha=2 / 255, steps=3, loss=loss, capture=False)
+        assert torch.equal(got, ref) and _in_ball(got, xb)
+        assert not torch.equal(got, xb)
+    assert m.training and all(p.requires_grad for p in m.parameters())  # restored
+    for n in (5, 6, 7):  # max_shapes=2 graphs per model; the third shape runs the eager pgd
+        torch.manual_seed(n)
+        ref = pgd(m, x[:n], y[:n], eps=EPS, alpha=2 / 255, steps=2, loss=loss)
+        torch.manual_seed(n)
+        assert torch.equal(graphed_pgd(m, x[:n], y[:n], eps=EPS, alpha=2 / 255, steps=2, loss=loss,
+                                       capture=False), ref)
+
+
+def test_folded_twin_kept_for_graphs_refreshes_in_place(batch):
+    """keep=True: the folded weights stay at their addresses (a CUDA graph reads them) and follow training."""
+    from chanscope.attacks.fold import folded
+
+    torch.manual_seed(2)
+    x, y = batch
+    m = create_model("resnet18", width=0.125, feature_select="cifs")
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    with folded(m, keep=True) as f:
+        ptrs = [f.conv1.weight.data_ptr(), f.layer3[0].conv2.bias.data_ptr()]
+    for _ in range(2):
+        m.train()
+        F.cross_entropy(m(x, y), y).backward()
+        opt.step()
+        opt.zero_grad()
+        with folded(m, keep=True) as f:
+            assert [f.conv1.weight.data_ptr(), f.layer3[0].conv2.bias.data_ptr()] == ptrs
+            m.eval()
+            with torch.no_grad():
+                assert torch.allclose(f(x), m(x), atol=1e-4, rtol=1e-4)
+    assert f.conv1.weight.numel() > 0
+
+
+def test_graphed_pgd_cache_does_not_keep_models_alive(batch):
+    import gc
+
+    from chanscope.attacks import graphed
+
+    m = create_model("resnet18", width=0.125)
+    graphed.graphed_pgd(m, batch[0][:4], batch[1][:4], eps=EPS, alpha=2 / 255, steps=1, capture=False)
+    assert m in graphed._CACHE
+    n = len(graphed._CACHE)
+    del m
+    gc.collect()
+    assert len(graphed._CACHE) == n - 1

@@ -84,6 +84,13 @@ def test_plots_draw_exactly_the_input_statistics(study, tmp_path):
                        ch[ch.class_name.isin(["cat", "dog"])].sort_values(["class_name", "channel"]).mag_adv)
     tr = plots.training_curves(runs, tmp_path)
     assert np.allclose(tr[tr.model == "at"].test_pgd_acc, pd.read_csv(out / "at" / "metrics.csv").test_pgd_acc)
+    twin = tmp_path / "other" / "at"  # two runs of one name (fp32 vs bf16 studies): told apart by their parent
+    twin.mkdir(parents=True)
+    m = pd.read_csv(out / "at" / "metrics.csv")
+    m.assign(test_pgd_acc=m.test_pgd_acc + 1).to_csv(twin / "metrics.csv", index=False)
+    both = plots.training_curves([out / "at", twin], tmp_path, name="pair")
+    assert set(both.model) == {f"{out.name}/at", "other/at"}
+    assert np.allclose(both[both.model == "other/at"].test_pgd_acc.to_numpy(), m.test_pgd_acc.to_numpy() + 1)
 
 
 def test_missing_or_incomplete_runs_give_one_line_errors(study, tmp_path):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -129,3 +130,17 @@ def test_cli_train_resume_and_option_mismatch(tmp_path):
     res = _run(["train", "--out", str(out), "--resume", "--epochs", "2"])
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(out / "metrics.csv")) == 2
+
+
+def test_bf16_default_is_cuda_only_and_opt_in_on_cpu(tmp_path):
+    """None: bf16 on CUDA only (CPU results stay float32 unless asked); --bf16 turns it on for CPU too, and
+    the run records what it used. The bf16 CIFS run trains and differs from the float32 one by rounding only."""
+    assert _cfg().uses_bf16("cuda") and not _cfg().uses_bf16("cpu")
+    assert _cfg(bf16=True).uses_bf16("cpu") and not _cfg(bf16=False).uses_bf16("cuda")
+    runs = {}
+    for name, bf16 in (("fp32", None), ("bf16", True)):
+        train(_cfg(method="cifs", epochs=1, bf16=bf16), tmp_path / name)
+        rec = json.loads((tmp_path / name / "config.json").read_text())
+        assert rec["resolved"]["bf16"] is (bf16 is True)
+        runs[name] = pd.read_csv(tmp_path / name / "metrics.csv").train_loss[0]
+    assert runs["bf16"] != runs["fp32"] and abs(runs["bf16"] - runs["fp32"]) < 0.05 * runs["fp32"]

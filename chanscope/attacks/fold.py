@@ -91,21 +91,27 @@ def folded_copy(model: nn.Module) -> nn.Module:
         entry = _TWINS[model] = (now, *_build_twin(model))  # first call, or .to()/new tensors since
     _, twin, pairs = entry
     for conv, bn, fused in pairs:  # conv, bn hold the model's own tensors: refresh from them
-        fused.weight.data, fused.bias.data = _folded(conv, bn)
+        w, b = _folded(conv, bn)
+        if fused.weight.shape == w.shape:  # in place: a captured CUDA graph reads these addresses
+            fused.weight.copy_(w)
+            fused.bias.copy_(b)
+        else:  # first use after a release
+            fused.weight.data, fused.bias.data = w, b
     twin.eval()
     return twin
 
 
 @contextmanager
-def folded(model: nn.Module) -> Iterator[nn.Module]:
+def folded(model: nn.Module, keep: bool = False) -> Iterator[nn.Module]:
     """`folded_copy` for the span of an attack. On exit the folded weights are released (the cached module
-    structure stays), so the twin adds no memory to the update that follows, a training step's peak."""
+    structure stays), so the twin adds no memory to the update that follows, a training step's peak;
+    keep=True keeps them at their addresses for a captured CUDA graph (`graphed_pgd`)."""
     twin = folded_copy(model)
     try:
         yield twin
     finally:
         entry = _TWINS.get(model)
-        if entry is not None:
+        if entry is not None and not keep:
             for _, _, fused in entry[2]:
                 fused.weight.data = fused.weight.data.new_empty(0)
                 fused.bias.data = fused.bias.data.new_empty(0)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from chanscope import distributed as dist_util
 from chanscope.attacks.fold import folded
+from chanscope.attacks.graphed import graphed_pgd
 from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
 from chanscope.attacks.suite import correct
 from chanscope.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
@@ -76,13 +77,18 @@ def batch_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Ten
     net = update_model or model
     selects = cfg.feature_select != "none"
     fold = cfg.adversarial and cfg.fold_bn and not cfg.compile  # the attack sees eval-mode BN: fold it once
-    with folded(model) if fold else nullcontext(model) as atk:
+    graphs = cfg.adversarial and cfg.cuda_graphs and x.is_cuda and cfg.loss != "trades" and not cfg.compile
+    with folded(model, keep=graphs) if fold else nullcontext(model) as atk:
         if cfg.adversarial and cfg.loss == "trades":
             with torch.no_grad(), frozen_eval(atk), autocast():
                 nat_logits = atk(x).float()
             start = x + 0.001 * torch.randn_like(x)
             x_in = pgd(atk, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
                        loss=attack_loss("trades", x_nat_logits=nat_logits), init=start, autocast=autocast)
+        elif graphs:
+            x_in = graphed_pgd(atk, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
+                               loss="joint" if selects else "ce", beta=cfg.beta_atk, random_start=cfg.random_start,
+                               bf16=cfg.uses_bf16(x.device.type))
         elif cfg.adversarial:
             x_in = pgd(atk, x, y, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps,
                        loss="joint" if selects else "ce", beta=cfg.beta_atk, random_start=cfg.random_start,
@@ -246,8 +252,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             fwd_model = update_model = model
         update_model = DDP(fwd_model, device_ids=[device.index] if cuda else None)
 
+    bf16 = cfg.uses_bf16(device.type)
+
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.bf16) else nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.resolved_milestones(), gamma=0.1)
@@ -278,7 +286,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
 
     config_record = {"config": cfg.to_dict(), "resolved": {"milestones": cfg.resolved_milestones(),
                      "feature_select": cfg.feature_select, "adversarial": cfg.adversarial,
-                     "loss": cfg.loss, "augment": augment, "device": str(device)},
+                     "loss": cfg.loss, "augment": augment, "device": str(device), "bf16": bf16},
                      "model": {"arch": cfg.arch, "model_kwargs": model.model_kwargs},
                      "data": data.describe(), "versions": versions()}
     config_record["resolved"]["world_size"] = dist_util.world_size()
