@@ -90,12 +90,12 @@ def _train_done(run: Path, epochs: int) -> bool:
 
 def plan(out: Path, scale: str, *, data: str | None = None, data_root: str | None = None, with_cas: bool = False,
          cifs_scratch: bool = True, seed: int = 0, device: str | None = None, eval_models: list[str] | None = None,
-         progress: Callable[[str, int, int], None] | None = None) -> list[Stage]:
+         progress: Callable[[str, int, int], None] | None = None, bf16: bool | None = None) -> list[Stage]:
     if scale not in SCALES:
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
     sc = SCALES[scale]
     stages: list[Stage] = []
-    common = {**sc.train, "seed": seed, "device": device}
+    common = {**sc.train, "seed": seed, "device": device, "bf16": bf16}
     if data:
         common["data"] = data
     if data_root:
@@ -114,6 +114,7 @@ def plan(out: Path, scale: str, *, data: str | None = None, data_root: str | Non
             train(cfg, run, resume=resume, on_batch=cb)
 
         opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in method.items() if k != "natural")
+        opts += {True: " --bf16", False: " --no-bf16"}.get(bf16, "")
         stages.append(Stage(f"train {name}", name, "train", lambda run=run, e=cfg.epochs: _train_done(run, e),
                             do_train, f"chanscope train {opts}{' --natural' if method.get('natural') else ''} "
                                       f"--preset {sc.preset} ... --out {run}"
@@ -180,11 +181,12 @@ def reproduce(out: str | Path, scale: str = "smoke", *, data: str | None = None,
               with_cas: bool = False, cifs_scratch: bool = True, seed: int = 0, device: str | None = None,
               progress: Callable[[str, int, int], None] | None = None,
               on_stage: Callable[[str, str, float], None] | None = None,
-              time_limit: float | None = None) -> dict:
+              time_limit: float | None = None, bf16: bool | None = None) -> dict:
     """Run (or continue) the whole study into `out`; returns the pipeline record (also pipeline.json).
 
     time_limit: seconds after which no new stage starts (a lent machine's budget); the report then covers
     the finished stages and a later call continues with the rest.
+    bf16: autocast of the training stages (None: CUDA only); evaluation and activations stay float32.
     """
     if scale not in SCALES:
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
@@ -193,9 +195,9 @@ def reproduce(out: str | Path, scale: str = "smoke", *, data: str | None = None,
     record_path = out / "pipeline.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
     record.update({"scale": scale, "scale_settings": SCALES[scale].__dict__ if scale in SCALES else None,
-                   "data": data or "embedded", "with_cas": with_cas, "seed": seed})
+                   "data": data or "embedded", "with_cas": with_cas, "seed": seed, "bf16": bf16})
     stages = plan(out, scale, data=data, data_root=data_root, with_cas=with_cas, cifs_scratch=cifs_scratch,
-                  seed=seed, device=device, progress=progress)
+                  seed=seed, device=device, progress=progress, bf16=bf16)
     from chanscope.train.loop import versions
 
     record["versions"] = versions()

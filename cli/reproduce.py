@@ -23,6 +23,9 @@ def reproduce_command(
     out: Annotated[Optional[Path], typer.Option(help="Study folder (default runs/reproduce-<scale>).")] = None,
     time_limit: Annotated[Optional[float], typer.Option(
         help="Minutes: start no new stage after this; the report covers what is done, a rerun continues.")] = None,
+    bf16: Annotated[Optional[bool], typer.Option(
+        "--bf16/--no-bf16", help="bf16 autocast of the training stages (default: CUDA only; on a CPU with AMX "
+        "--bf16 about halves them); evaluation stays float32.")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -43,6 +46,6 @@ def reproduce_command(
     with bar:
         record = reproduce(out, scale, data=data, data_root=data_root, with_cas=with_cas, cifs_scratch=cifs_scratch,
                            seed=seed or 0, device=device, progress=on_progress, on_stage=on_stage,
-                           time_limit=time_limit * 60 if time_limit is not None else None)
+                           time_limit=time_limit * 60 if time_limit is not None else None, bf16=bf16)
     console.print(f"study in {out}: report.md, figures/, results/ ({time.time() - t0:.0f}s this invocation; "
                   f"{sum(s['seconds'] for s in record['stages'].values()):.0f}s of stages in all)")

@@ -144,3 +144,15 @@ def test_time_limit_starts_no_new_stage_and_a_rerun_continues(study, monkeypatch
     assert not (out / "cifs" / "eval.json").is_file() and (out / "report.md").is_file()
     pipeline.reproduce(out, "micro", cifs_scratch=False)
     assert (out / "cifs" / "eval.json").is_file()
+
+
+def test_plan_passes_bf16_to_every_training_stage(tmp_path):
+    """`reproduce --bf16` trains every model with bf16 autocast (also on CPU) and records it in the command."""
+    def cfgs(**kw):
+        trains = [s for s in pipeline.plan(tmp_path, "smoke", **kw) if s.kind == "train"]
+        return trains, [s.run.__defaults__[0] for s in trains]  # do_train(cfg=...) binds each stage's config
+
+    trains, on = cfgs(bf16=True)
+    assert len(trains) == 5 and all(c.uses_bf16("cpu") for c in on) and all("--bf16" in s.command for s in trains)
+    trains, off = cfgs()
+    assert not any(c.uses_bf16("cpu") for c in off) and all(c.uses_bf16("cuda") for c in off)

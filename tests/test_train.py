@@ -127,8 +127,9 @@ def test_cli_train_resume_and_option_mismatch(tmp_path):
     assert res.exit_code == 2  # a run exists: needs --resume
     res = _run(["train", "--out", str(out), "--resume", "--lr", "0.5"])
     assert res.exit_code == 2
-    res = _run(["train", "--out", str(out), "--resume", "--epochs", "2"])
+    res = _run(["train", "--out", str(out), "--resume", "--epochs", "2", "--cuda-graphs"])  # no arithmetic change
     assert res.exit_code == 0, res.output
+    assert "--cuda-graphs applies on CUDA only" in res.output
     assert len(pd.read_csv(out / "metrics.csv")) == 2
 
 
