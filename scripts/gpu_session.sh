@@ -29,7 +29,7 @@ python3 -c "import time; from chanscope.data import load_data; t=time.time(); d=
 
 if [ -z "${SKIP_BENCH:-}" ]; then
   stamp bench
-  GPU_STEPS_TIMEOUT=150 VS_OFFICIAL_TIMEOUT=80 bash bench/gpu.sh device_carry/cifs_official 2>&1 | tee "$OUT/bench.log"
+  GRAPH_CHECK_TIMEOUT=60 GPU_STEPS_TIMEOUT=150 VS_OFFICIAL_TIMEOUT=80 bash bench/gpu.sh device_carry/cifs_official 2>&1 | tee "$OUT/bench.log"
 fi
 
 stamp "reproduce (first pass)"

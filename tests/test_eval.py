@@ -316,3 +316,28 @@ def test_graphed_pgd_cache_does_not_keep_models_alive(batch):
     del m
     gc.collect()
     assert len(graphed._CACHE) == n - 1
+
+
+def test_graphed_pgd_falls_back_to_eager_with_one_warning_when_capture_fails(batch, monkeypatch):
+    from chanscope.attacks import graphed
+
+    def refuse(*a, **k):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(graphed, "PGDIteration", refuse)
+    m = create_model("resnet18", width=0.125)
+    x, y = batch[0][:6], batch[1][:6]
+    torch.manual_seed(3)
+    ref = pgd(m, x, y, eps=EPS, alpha=2 / 255, steps=2)
+    for call in range(2):
+        torch.manual_seed(3)
+        if call == 0:
+            with pytest.warns(UserWarning, match="CUDA-graph capture of the attack failed"):
+                got = graphed.graphed_pgd(m, x, y, eps=EPS, alpha=2 / 255, steps=2, capture=True)
+        else:  # remembered: no second capture attempt, no second warning
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = graphed.graphed_pgd(m, x, y, eps=EPS, alpha=2 / 255, steps=2, capture=True)
+        assert torch.equal(got, ref)
