@@ -3,6 +3,7 @@ machine noise hits all of them alike, and report medians), a real batch, and one
 
 from __future__ import annotations
 
+import argparse
 import functools
 import statistics
 import time
@@ -80,3 +81,17 @@ def count_ops(fn: Callable[[], object]) -> int:
     with _Count():
         fn()
     return _Count.n
+
+
+_HELP = {"arch": "registry name", "width": "channel multiplier", "batch": "batch size",
+         "batches": "batch sizes (comma list) or batches per pass", "widths": "widths (comma list)",
+         "steps": "PGD steps", "repeats": "interleaved repeats (medians)"}
+
+
+def bench_parser(doc: str, **defaults: object) -> argparse.ArgumentParser:
+    """The bench scripts' shared options with each script's own defaults (typed as the default), plus --device."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in defaults.items():
+        ap.add_argument(f"--{name}", type=type(default), default=default, help=f"{_HELP[name]} (default {default})")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    return ap

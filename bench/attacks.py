@@ -7,10 +7,8 @@ Prints images/s of each and the ratio ours / torchattacks (goal: >= 1.0).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _timing import embedded_batch, interleaved_medians  # noqa: E402  (bench/ is on sys.path when run as a script)
+from _timing import bench_parser, embedded_batch, interleaved_medians  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from chanscope.attacks import pgd
 from chanscope.device import pick_device
@@ -18,13 +16,7 @@ from chanscope.models import create_model
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--device", default=None)
+    ap = bench_parser(__doc__, arch="resnet18", width=0.25, batch=128, steps=20, repeats=5)
     args = ap.parse_args()
     import torchattacks
 

@@ -14,12 +14,11 @@ batch size are timed interleaved (round robin, medians). Then PGD-20 evaluation 
 
 from __future__ import annotations
 
-import argparse
 import time
 from contextlib import nullcontext
 
 import torch
-from _timing import interleaved_medians, sync, training_step  # bench/ is on sys.path when run as a script
+from _timing import bench_parser, interleaved_medians, sync, training_step  # bench/ is on sys.path when run as a script
 
 from chanscope.attacks import pgd
 from chanscope.device import pick_device
@@ -50,14 +49,8 @@ def make_step(method: str, setting: str, x: torch.Tensor, y: torch.Tensor, args,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--width", type=float, default=1.0)
-    ap.add_argument("--batches", default="128,512")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = bench_parser(__doc__, arch="resnet18", width=1.0, batches="128,512", steps=10, repeats=5)
     ap.add_argument("--compile", action="store_true", help="Add the torch.compile setting (slow to build).")
-    ap.add_argument("--device", default=None)
     args = ap.parse_args()
     dev = pick_device(args.device)
     if dev.type == "cuda":

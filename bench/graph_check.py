@@ -10,10 +10,8 @@ On CPU the iteration runs eagerly (no capture): a smoke run of the script.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _timing import embedded_batch, interleaved_medians  # bench/ is on sys.path when run as a script
+from _timing import bench_parser, embedded_batch, interleaved_medians  # bench/ is on sys.path when run as a script
 
 from chanscope.attacks import pgd
 from chanscope.attacks.fold import folded
@@ -23,12 +21,7 @@ from chanscope.models import create_model
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--width", type=float, default=1.0)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--device", default=None)
+    ap = bench_parser(__doc__, width=1.0, batch=128, steps=10, repeats=5)
     args = ap.parse_args()
     dev = pick_device(args.device)
     if dev.type == "cuda":

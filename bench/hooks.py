@@ -7,12 +7,11 @@ Same model, same batches, same attack (PGD-k), side by side and interleaved in o
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from _timing import embedded_batch, sync  # bench/ is on sys.path when run as a script
+from _timing import bench_parser, embedded_batch, sync  # bench/ is on sys.path when run as a script
 
 from chanscope.attacks import pgd
 from chanscope.device import pick_device
@@ -21,14 +20,7 @@ from chanscope.models import create_model
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--batch", type=int, default=250)
-    ap.add_argument("--batches", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default=None)
+    ap = bench_parser(__doc__, arch="resnet18", width=0.25, batch=250, batches=4, steps=10, repeats=3)
     args = ap.parse_args()
     dev = pick_device(args.device)
     n = args.batch * args.batches

@@ -5,11 +5,10 @@
 
 from __future__ import annotations
 
-import argparse
 from contextlib import nullcontext
 
 import torch
-from _timing import embedded_batch  # bench/ is on sys.path when run as a script
+from _timing import bench_parser, embedded_batch  # bench/ is on sys.path when run as a script
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from chanscope.device import pick_device
@@ -19,11 +18,7 @@ from chanscope.train.loop import batch_loss
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--device", default=None)
+    ap = bench_parser(__doc__, width=0.25, batch=64, steps=10)
     args = ap.parse_args()
     dev = pick_device(args.device)
     x, y = embedded_batch(args.batch, dev)

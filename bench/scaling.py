@@ -7,13 +7,12 @@ streaming statistics, which must not grow with the number of images.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from contextlib import nullcontext
 
 import torch
-from _timing import embedded, embedded_batch, sync  # bench/ is on sys.path when run as a script
+from _timing import bench_parser, embedded, embedded_batch, sync  # bench/ is on sys.path when run as a script
 
 from chanscope.activations import study_activations
 from chanscope.attacks.suite import parse_attacks
@@ -37,13 +36,7 @@ def _time(fn, repeats: int, dev: torch.device) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--batches", default="32,128")
-    ap.add_argument("--widths", default="0.125,0.25")
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default=None)
+    ap = bench_parser(__doc__, arch="resnet18", batches="32,128", widths="0.125,0.25", steps=5, repeats=3)
     args = ap.parse_args()
     dev = pick_device(args.device)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.arch}, PGD-{args.steps}")

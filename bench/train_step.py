@@ -10,11 +10,15 @@ hits all of them alike.
 
 from __future__ import annotations
 
-import argparse
 from contextlib import nullcontext
 
 import torch
-from _timing import embedded_batch, interleaved_medians, training_step  # bench/ is on sys.path when run as a script
+from _timing import (  # bench/ is on sys.path when run as a script
+    bench_parser,
+    embedded_batch,
+    interleaved_medians,
+    training_step,
+)
 
 from chanscope.device import pick_device
 from chanscope.models import create_model
@@ -22,13 +26,7 @@ from chanscope.train.config import build_config
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--device", default=None)
+    ap = bench_parser(__doc__, arch="resnet18", width=0.25, batch=128, steps=10, repeats=5)
     args = ap.parse_args()
     dev = pick_device(args.device)
     x, y = embedded_batch(args.batch, dev)

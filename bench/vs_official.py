@@ -24,6 +24,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from _timing import (  # bench/ is on sys.path when run as a script
+    bench_parser,
     count_ops,
     embedded_batch,
     interleaved_medians,
@@ -134,11 +135,8 @@ def _peak(side: str, args) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = bench_parser(__doc__, batch=128, repeats=5)
     ap.add_argument("--official", required=True, help="Checkout of github.com/HanshuYAN/CIFS")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--device", default=None)
     ap.add_argument("--cpu-bf16", action="store_true",
                     help="CPU: add a side with `chanscope train --bf16` (pays on CPUs with AMX/AVX512-BF16).")
     ap.add_argument("--only", choices=["ours", "official", "defaults", "graphs", "bf16"], default=None,
