@@ -82,7 +82,7 @@ def nr_channels(runs: list[str | Path], out: str | Path, class_name: str | None 
     """
     cols = ["class", "class_name", "channel", "relevance", "pr_nr", "mag_nat", "mag_adv"]
     frames = []
-    for run in runs:
+    for run, label in zip(runs, _labels(runs)):
         ch = read_run_csv(run, "channels.csv", cols)
         if class_name is not None:
             if class_name not in set(ch.class_name):
@@ -95,7 +95,7 @@ def nr_channels(runs: list[str | Path], out: str | Path, class_name: str | None 
         g["n_nr"] = float((ch.pr_nr == "NR").groupby(ch["class"]).sum().mean())
         scale = float(g.mag_nat.mean()) if normalize and g.mag_nat.mean() > 0 else 1.0
         g["plot_nat"], g["plot_adv"] = g.mag_nat / scale, g.mag_adv / scale
-        g.insert(0, "model", _label(run))
+        g.insert(0, "model", label)
         frames.append(g)
     data = pd.concat(frames, ignore_index=True)
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), sharey=True, squeeze=False)
@@ -148,14 +148,14 @@ def class_robustness(runs: list[str | Path], out: str | Path, attack: str | None
     """Per-class natural and robust accuracy, models side by side (robust: `attack`, default the first
     PGD attack of each eval.csv)."""
     frames = []
-    for run in runs:
+    for run, label in zip(runs, _labels(runs)):
         ev = read_run_csv(run, "eval.csv", ["attack", "class", "natural_acc", "robust_acc"])
         atk = attack or next((a for a in ev.attack.unique() if a.startswith("pgd")), ev.attack.iloc[0])
         if atk not in set(ev.attack):
             raise ChanscopeError(f"{run}/eval.csv has no attack {atk!r}; it has {', '.join(ev.attack.unique())}")
         g = ev[(ev.attack == atk) & (ev["class"] != "all")][["class", "natural_acc", "robust_acc"]].copy()
         g.insert(0, "attack", atk)
-        g.insert(0, "model", _label(Path(run)))
+        g.insert(0, "model", label)
         frames.append(g)
     data = pd.concat(frames, ignore_index=True)
     classes = list(dict.fromkeys(data["class"]))
