@@ -47,13 +47,11 @@ class PGDIteration:
                 obj = loss_fn(net(), xin, self.y).float().sum()
             (grad,) = torch.autograd.grad(obj, xin)
             step = xin.detach() + alpha * grad.sign()
-            self.x_adv.copy_(torch.min(torch.max(step, self.lo), self.hi).clamp_(0.0, 1.0))
+            self.x_adv.copy_(torch.min(torch.max(step, self.lo), self.hi))  # lo, hi already inside [0, 1]
 
         self._body = body
-        if capture:
+        if capture:  # warm-up and capture run on real inputs; the bounds stay [0, 1] until `run` sets them
             self.x_adv.copy_(like.detach())
-            self.lo.copy_((like - 1.0).clamp(min=0.0))
-            self.hi.copy_((like + 1.0).clamp(max=1.0))
             self.y.copy_(labels_like)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -79,7 +77,7 @@ class PGDIteration:
         return self.x_adv.clone()
 
 
-# attacked module -> {(shape, dtype, loss, beta, alpha, bf16): PGDIteration or None (capture failed)}
+# attacked module -> {(shape, dtype, device, loss, beta, alpha, bf16, capture): PGDIteration or None (failed)}
 _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, PGDIteration | None]] = weakref.WeakKeyDictionary()
 
 
@@ -103,10 +101,7 @@ def graphed_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
     key = (tuple(x.shape), x.dtype, x.device, loss, beta, alpha, bf16, capture)
     with frozen_eval(model):
         per_model = _CACHE.setdefault(model, {})
-        if key not in per_model:
-            if len(per_model) >= max_shapes:
-                return pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, loss=loss, beta=beta,
-                           init=start, autocast=autocast)
+        if key not in per_model and len(per_model) < max_shapes:
             try:
                 per_model[key] = PGDIteration(model, start, y, attack_loss(loss, beta), alpha, autocast,
                                               capture=capture)
@@ -114,7 +109,7 @@ def graphed_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
                 warnings.warn(f"CUDA-graph capture of the attack failed ({str(e).splitlines()[0][:120]}); "
                               "running it eagerly", stacklevel=2)
                 per_model[key] = None
-        it = per_model[key]
+        it = per_model.get(key)  # None: past max_shapes, or the capture failed
         if it is None:
             return pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, loss=loss, beta=beta, init=start,
                        autocast=autocast)
