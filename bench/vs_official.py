@@ -75,9 +75,10 @@ def official_step_factory(path: str, dev: torch.device, batch: torch.Tensor, lab
 
 
 def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tensor, official_net=None,
-                      bf16: bool = False, graphs: bool = False):
-    """Our step as `chanscope train` runs it: float32 NCHW (the equal-math side), or bf16: autocast of every
-    pass (CUDA: with channels_last, the CUDA defaults; CPU: `chanscope train --bf16`)."""
+                      bf16: bool = False, graphs: bool = False, layout: str = "auto"):
+    """Our step as `chanscope train` runs it: float32 (the equal-math side; on CPU with the hybrid layout
+    of `--layout auto`, or `layout`), or bf16: autocast of every pass (CUDA: with channels_last, the CUDA
+    defaults; CPU: `chanscope train --bf16`)."""
     from chanscope.models import create_model
     from chanscope.models.official import convert_official_state_dict
     from chanscope.train.config import build_config
@@ -85,6 +86,7 @@ def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tens
     cfg = build_config(None, method="cifs", arch="resnet18", steps=10, step_size=2 / 255, bf16=bf16,
                        cuda_graphs=graphs)
     model = create_model("resnet18", feature_select="cifs", probes=["nonlinear", "linear"]).to(dev)
+    model.layout = layout
     if official_net is not None:  # same weights, no normalisation, as the official model
         model.load_state_dict({k: v.to(dev) for k, v in
                                convert_official_state_dict(official_net.state_dict()).items()})
@@ -139,7 +141,7 @@ def main() -> None:
     ap.add_argument("--official", required=True, help="Checkout of github.com/HanshuYAN/CIFS")
     ap.add_argument("--cpu-bf16", action="store_true",
                     help="CPU: add a side with `chanscope train --bf16` (pays on CPUs with AMX/AVX512-BF16).")
-    ap.add_argument("--only", choices=["ours", "official", "defaults", "graphs", "bf16"], default=None,
+    ap.add_argument("--only", choices=["ours", "official", "defaults", "graphs", "bf16", "nchw"], default=None,
                     help=argparse.SUPPRESS)
     ap.add_argument("--memory-only", action="store_true", help="Skip the timing; measure peak memory only.")
     ap.add_argument("--no-memory", action="store_true", help="Skip the peak-memory subprocesses.")
@@ -155,7 +157,8 @@ def main() -> None:
         floor = _reset_peak()  # libraries, data and the batch are below this line
         step = (official_step_factory(args.official, dev, x, y)[1] if args.only == "official"
                 else ours_step_factory(dev, x, y, bf16=args.only in ("defaults", "graphs", "bf16"),
-                                       graphs=args.only == "graphs")[1])
+                                       graphs=args.only == "graphs",
+                                       layout="nchw" if args.only == "nchw" else "auto")[1])
         step()  # warm-up outside the peak: cudnn.benchmark's trial workspaces are not the step's memory
         sync(dev)
         if dev.type == "cuda":
@@ -177,7 +180,9 @@ def main() -> None:
     if dev.type == "cuda":
         sides["defaults"] = ours_step_factory(dev, x, y, onet, bf16=True)[1]
         sides["graphs"] = ours_step_factory(dev, x, y, onet, bf16=True, graphs=True)[1]
-    elif args.cpu_bf16:
+    else:  # the hybrid layout's share: ours with every activation NCHW, as the official code runs
+        sides["nchw"] = ours_step_factory(dev, x, y, onet, layout="nchw")[1]
+    if args.cpu_bf16 and dev.type == "cpu":
         sides["bf16"] = ours_step_factory(dev, x, y, onet, bf16=True)[1]
     med = interleaved_medians(sides, args.repeats, dev)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, ResNet-18 CIFS (layer4), "
@@ -185,6 +190,9 @@ def main() -> None:
     for k, t in med.items():
         print(f"  {k:10s} {t * 1000:9.1f} ms/step  {args.batch / t:8.1f} img/s")
     print(f"  speed ratio chanscope / official = {med['official'] / med['chanscope']:.3f} (equal math, float32)")
+    if "nchw" in med:
+        print(f"  speed ratio chanscope --layout nchw / official = {med['official'] / med['nchw']:.3f} "
+              f"(the hybrid layout adds {med['nchw'] / med['chanscope']:.3f}x)")
     ops = {k: count_ops(f) for k, f in sides.items()}
     print("  operators dispatched per step (host work): " + ", ".join(f"{k} {n}" for k, n in ops.items())
           + f"; official / chanscope {ops['official'] / ops['chanscope']:.2f}")
@@ -202,7 +210,7 @@ def _print_memory(args, dev: torch.device) -> None:
     po, pu = _peak("official", args), _peak("ours", args)
     unit = "CUDA max allocated" if dev.type == "cuda" else "peak RSS above the process before the model"
     print(f"  peak memory ({unit}): official {po:.0f} MB, chanscope {pu:.0f} MB, ratio {pu / max(po, 1e-9):.3f}")
-    extra = ("defaults", "graphs") if dev.type == "cuda" else ("bf16",) if args.cpu_bf16 else ()
+    extra = ("defaults", "graphs") if dev.type == "cuda" else ("nchw", "bf16") if args.cpu_bf16 else ("nchw",)
     for side in extra:
         pd_ = _peak(side, args)
         print(f"  peak memory chanscope {side} {pd_:.0f} MB, ratio {pd_ / max(po, 1e-9):.3f}")

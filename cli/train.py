@@ -50,6 +50,9 @@ def train_command(
     bf16: Annotated[Optional[bool], typer.Option(
         "--bf16/--no-bf16", help="bf16 autocast of training passes (default: on CUDA only; --bf16 also on CPU, "
         "fast with AMX/AVX512-BF16; eval stays float32).")] = None,
+    layout: Annotated[Optional[str], typer.Option(
+        help="Activations' memory format: auto (CPU: channels-last at 16x16 and up, NCHW below), hybrid, nchw, "
+        "channels_last. Speed only.")] = None,
     compile: Annotated[Optional[bool], typer.Option(
         "--compile/--no-compile", help="torch.compile the model (CUDA).")] = None,
     cuda_graphs: Annotated[Optional[bool], typer.Option(
@@ -66,7 +69,7 @@ def train_command(
         "step_size": step_size, "steps": steps, "beta": beta,
         "probes": probes.split(",") if probes else None, "train_label": train_label, "topk": topk, "mask": mask,
         "select_stages": select_stages.split(",") if select_stages else None, "eval_n": eval_n, "init": init,
-        "bf16": bf16,
+        "bf16": bf16, "layout": layout,
         "compile": compile, "cuda_graphs": cuda_graphs, "seed": seed, "device": device,
     }
     if resume:

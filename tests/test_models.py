@@ -117,3 +117,106 @@ def test_normalisation_is_first_layer():
     model = create_model("resnet10", width=0.125, mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2]).eval()
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(model.normalize(x), (x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / 0.2)
+
+
+def _stage_input_formats(model, x) -> dict[str, str]:
+    """Memory format each stage's first convolution receives (stem included)."""
+    seen: dict[str, str] = {}
+    convs = {"stem": model.conv1, **{n: getattr(model, n)[0].conv1 if hasattr(getattr(model, n)[0], "conv1")
+                                      else getattr(model, n)[0].block.conv1 for n in model.stage_names}}
+
+    def hook(name):
+        def f(_m, args):
+            t = args[0]
+            seen[name] = ("nchw" if t.is_contiguous() else "channels_last"
+                          if t.is_contiguous(memory_format=torch.channels_last) else "other")
+        return f
+    handles = [c.register_forward_pre_hook(hook(n)) for n, c in convs.items()]
+    with torch.no_grad():  # an attack's or an evaluation's pass: no parameter gradients
+        model(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def test_layout_picks_format_per_stage_and_only_changes_rounding():
+    """hybrid: channels-last where a stage works at 16x16 or more (32x32 input: stem, layer1, layer2), NCHW
+    below; every layout gives the same logits, probe logits, input gradient and weight gradients up to
+    float rounding, on a CIFS model in both modes."""
+    from chanscope.models.layout import resolve_layout
+
+    assert resolve_layout("auto", "cpu") == "hybrid" and resolve_layout("auto", "cuda") == "keep"
+    torch.manual_seed(0)
+    model = create_model("resnet18", width=0.125, feature_select="cifs")
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    model.layout = "hybrid"
+    assert _stage_input_formats(model.eval(), x) == {"stem": "channels_last", "layer1": "channels_last",
+                                                     "layer2": "channels_last", "layer3": "nchw", "layer4": "nchw"}
+    model.layout = "auto"  # on CPU: hybrid
+    assert _stage_input_formats(model, x)["layer2"] == "channels_last"
+    model.layout = "channels_last"
+    assert set(_stage_input_formats(model, x).values()) == {"channels_last"}
+    model.layout = "nchw"
+    assert set(_stage_input_formats(model, torch.rand(4, 3, 32, 32).contiguous(
+        memory_format=torch.channels_last)).values()) == {"nchw"}
+    # a pass that computes parameter gradients stays NCHW on CPU (oneDNN's channels-last weight gradient faults)
+    seen = []
+    handle = model.conv1.register_forward_pre_hook(lambda _m, a: seen.append(a[0].is_contiguous()))
+    model.layout = "channels_last"
+    model(x)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model(x)  # frozen: channels-last again
+    for p in model.parameters():
+        p.requires_grad_(True)
+    handle.remove()
+    assert seen == [True, False]
+    # 28x28 input: layer2 works at 14x14, below the line
+    m28 = create_model("resnet18", width=0.125, in_channels=1)
+    m28.layout = "hybrid"
+    assert _stage_input_formats(m28, torch.rand(2, 1, 28, 28))["layer2"] == "nchw"
+
+    results = {}
+    for layout in ("nchw", "hybrid", "channels_last"):
+        model.layout = layout
+        model.zero_grad(set_to_none=True)
+        model.train()
+        logits, aux = model(x, y, return_aux=True)
+        (F.cross_entropy(logits, y) + sum(F.cross_entropy(a, y) for a in aux)).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.eval()
+        xr = x.clone().requires_grad_(True)
+        gx, = torch.autograd.grad(F.cross_entropy(model(xr), y), xr)
+        results[layout] = (logits.detach(), [a.detach() for a in aux], grads, gx)
+    ref = results["nchw"]
+    for layout in ("hybrid", "channels_last"):
+        logits, aux, grads, gx = results[layout]
+        torch.testing.assert_close(logits, ref[0], rtol=1e-4, atol=1e-5)
+        for a, b in zip(aux, ref[1]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        for a, b in zip(grads, ref[2]):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(gx, ref[3], rtol=1e-3, atol=1e-7)
+    with pytest.raises(ValueError, match="unknown layout 'nhwc'; known: auto"):
+        model.layout = "nhwc"
+
+
+def test_layout_training_pass_survives_the_onednn_weight_gradient_fault():
+    """oneDNN 3.12 segfaults computing the weight gradient of a strided 1x1 convolution from channels-last
+    input with < 16 input channels and an odd batch (width 1/16: 4 and 8 channels). Every layout must train
+    such a model: run in a subprocess, so a fault fails this test instead of killing the suite."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, torch.nn.functional as F\n"
+        "from chanscope.models import create_model\n"
+        "torch.manual_seed(0)\n"
+        "m = create_model('resnet18', width=0.0625).train()\n"
+        "for layout in ('channels_last', 'hybrid', 'auto'):\n"
+        "    m.layout = layout\n"
+        "    for _ in range(40):\n"
+        "        F.cross_entropy(m(torch.rand(25, 3, 32, 32)), torch.randint(0, 10, (25,))).backward()\n"
+        "print('done')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "done" in res.stdout, res.stderr[-2000:]

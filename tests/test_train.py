@@ -106,6 +106,7 @@ def _run(args):
     (["--steps", "0"], "steps=0 must be at least 1"),
     (["--data", "/nonexistent/folder"], "neither a known source"),
     (["--preset", "huge"], "unknown preset"),
+    (["--layout", "nhwc"], "unknown layout 'nhwc'; known: auto, hybrid, nchw, channels_last"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, pattern):
     res = subprocess.run([sys.executable, "-m", "chanscope.cli.app", "train", "--preset", "smoke",
@@ -127,7 +128,8 @@ def test_cli_train_resume_and_option_mismatch(tmp_path):
     assert res.exit_code == 2  # a run exists: needs --resume
     res = _run(["train", "--out", str(out), "--resume", "--lr", "0.5"])
     assert res.exit_code == 2
-    res = _run(["train", "--out", str(out), "--resume", "--epochs", "2", "--cuda-graphs"])  # no arithmetic change
+    # options that change no arithmetic may differ on resume
+    res = _run(["train", "--out", str(out), "--resume", "--epochs", "2", "--cuda-graphs", "--layout", "nchw"])
     assert res.exit_code == 0, res.output
     assert "--cuda-graphs applies on CUDA only" in res.output
     assert len(pd.read_csv(out / "metrics.csv")) == 2
@@ -143,5 +145,6 @@ def test_bf16_default_is_cuda_only_and_opt_in_on_cpu(tmp_path):
         train(_cfg(method="cifs", epochs=1, bf16=bf16), tmp_path / name)
         rec = json.loads((tmp_path / name / "config.json").read_text())
         assert rec["resolved"]["bf16"] is (bf16 is True)
+        assert rec["resolved"]["layout"] == "hybrid"  # auto on CPU
         runs[name] = pd.read_csv(tmp_path / name / "metrics.csv").train_loss[0]
     assert runs["bf16"] != runs["fp32"] and abs(runs["bf16"] - runs["fp32"]) < 0.05 * runs["fp32"]

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from chanscope.models._registry import register_model
+from chanscope.models.layout import check_layout, to_layout
 from chanscope.models.select import CAS, CIFS, PROBES, SelectBlock, _Selector
 
 __all__ = ["CifarResNet", "Normalize", "BasicBlock", "PreActBlock", "WideBlock", "FEATURE_SELECT"]
@@ -119,6 +120,8 @@ class CifarResNet(nn.Module):
         if feature_select == "none":
             selected = []
         self.stage_names = stage_names
+        self.stage_strides = {name: 1 if si == 0 else 2 for si, name in enumerate(stage_names)}
+        self._layout = "auto"  # activations' memory format per stage (chanscope.models.layout); speed only
         cin = stem
         for si, (name, depth, cout) in enumerate(zip(stage_names, depths, widths)):
             blocks: list[nn.Module] = []
@@ -148,11 +151,26 @@ class CifarResNet(nn.Module):
         """Name of the module whose output is the penultimate feature map (before pooling)."""
         return "bn_final" if self.preact else self.stage_names[-1]
 
+    @property
+    def layout(self) -> str:
+        return self._layout
+
+    @layout.setter
+    def layout(self, value: str) -> None:
+        self._layout = check_layout(value)
+
+    def _param_grads(self, x: torch.Tensor) -> bool:
+        """Whether this pass can compute parameter gradients (only asked where the layout depends on it)."""
+        if x.device.type != "cpu" or self._layout == "nchw" or not torch.is_grad_enabled():
+            return False
+        return any(p.requires_grad for p in self.parameters())
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn1(self.conv1(self.normalize(x)))
+        grads = self._param_grads(x)
+        out = self.bn1(self.conv1(to_layout(self.normalize(x), self._layout, param_grads=grads)))
         out = out if self.preact else F.relu(out)
         for name in self.stage_names:
-            out = getattr(self, name)(out)
+            out = getattr(self, name)(to_layout(out, self._layout, self.stage_strides[name], grads))
         out = self.bn_final(out)
         return F.relu(out) if self.preact else out
 

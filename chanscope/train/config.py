@@ -71,7 +71,10 @@ class TrainConfig:
     # bf16 autocast of the training passes (attack included); evaluation attacks stay float32.
     # None: on CUDA only; True: on CPU too (pays on CPUs with AMX / AVX512-BF16); False: off
     bf16: bool | None = None
-    channels_last: bool = True  # CUDA only (on this project's CPU it was 0.93-1.35x, not a clear win)
+    channels_last: bool = True  # CUDA: model and batches channels_last (see `layout` for the CPU)
+    # activations' memory format per stage (chanscope.models.layout): auto = CPU hybrid (channels-last at
+    # 16x16 and up, NCHW below; 1.1x a CIFS step on this project's CPU), CUDA as channels_last says
+    layout: str = "auto"
     compile: bool = False  # torch.compile the model (CUDA)
     cuda_graphs: bool = False  # CUDA: replay each training-attack iteration from a captured CUDA graph
     fold_bn: bool = True  # craft training attacks on a copy with BatchNorm folded into the convolutions
@@ -163,6 +166,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ChanscopeError(f"width={cfg.width} must be positive, e.g. 0.25")
     if cfg.lr <= 0:
         raise ChanscopeError(f"lr={cfg.lr} must be positive")
+    from chanscope.models.layout import LAYOUTS
+
+    if cfg.layout not in LAYOUTS:
+        raise ChanscopeError(f"unknown layout {cfg.layout!r}; known: {', '.join(LAYOUTS)}")
     from chanscope.models.select import PROBES, mask_function, parse_train_label
 
     try:
@@ -178,7 +185,8 @@ def validate(cfg: TrainConfig) -> None:
 
 
 # fields that may differ on --resume without changing the run's arithmetic
-_RESUME_FREE = {"device", "epochs", "milestones", "preset", "eval_every", "download", "data_root", "cuda_graphs"}
+_RESUME_FREE = {"device", "epochs", "milestones", "preset", "eval_every", "download", "data_root", "cuda_graphs",
+                "layout"}
 
 
 def config_diff(stored: TrainConfig, new: TrainConfig, given: set[str]) -> list[str]:

@@ -34,7 +34,8 @@ from chanscope.data import BatchLoader, ImageData, balanced_subset, load_data
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_csv, atomic_write_json
 from chanscope.losses import joint_ce, trades_kl
-from chanscope.models import create_model
+from chanscope.models import CifarResNet, create_model
+from chanscope.models.layout import resolve_layout
 from chanscope.train.config import TrainConfig
 
 __all__ = ["train", "TrainResult", "TrainInterrupted", "evaluate_subset", "versions", "METRIC_COLUMNS"]
@@ -237,6 +238,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     if cfg.init and state is None:
         _load_init(model, cfg.init)
     model.to(device)
+    if isinstance(model, CifarResNet):
+        model.layout = cfg.layout
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -286,7 +289,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
 
     config_record = {"config": cfg.to_dict(), "resolved": {"milestones": cfg.resolved_milestones(),
                      "feature_select": cfg.feature_select, "adversarial": cfg.adversarial,
-                     "loss": cfg.loss, "augment": augment, "device": str(device), "bf16": bf16},
+                     "loss": cfg.loss, "augment": augment, "device": str(device), "bf16": bf16,
+                     "layout": resolve_layout(cfg.layout, device.type)},
                      "model": {"arch": cfg.arch, "model_kwargs": model.model_kwargs},
                      "data": data.describe(), "versions": versions()}
     config_record["resolved"]["world_size"] = dist_util.world_size()
