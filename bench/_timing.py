@@ -33,10 +33,10 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, dev: torch.device,
-                        warmup: int | None = None) -> dict[str, float]:
-    """Median seconds per call of each function, measured interleaved after warm-up calls (CUDA: 2, for
-    cudnn.benchmark's autotuning; else 1)."""
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, dev: torch.device,
+                      warmup: int | None = None) -> dict[str, list[float]]:
+    """Seconds of every call of each function, run round robin after warm-up calls (CUDA: 2, for
+    cudnn.benchmark's autotuning; else 1): entry i of every list comes from the same round."""
     for _ in range(warmup if warmup is not None else (2 if dev.type == "cuda" else 1)):
         for f in fns.values():
             f()
@@ -48,7 +48,20 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, dev:
             f()
             sync(dev)
             times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, dev: torch.device,
+                        warmup: int | None = None) -> dict[str, float]:
+    """Median seconds per call of each function, measured interleaved (`interleaved_times`)."""
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, repeats, dev, warmup).items()}
+
+
+def paired_ratios(times: dict[str, list[float]], slow: str, fast: str) -> tuple[float, float, float]:
+    """Median, min and max over rounds of times[slow][i] / times[fast][i]: each round's two calls ran back
+    to back, so a machine that slows down for a while (a shared host) moves both and their ratio less."""
+    r = [a / b for a, b in zip(times[slow], times[fast])]
+    return statistics.median(r), min(r), max(r)
 
 
 def training_step(cfg, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,

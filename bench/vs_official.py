@@ -9,7 +9,10 @@ on layer4 (probes nonlinear, linear), PGD-10 (eps 8/255, step 2/255, random star
 Timings interleave the two sides; peak memory is measured in a fresh subprocess per side (CPU: max RSS;
 CUDA: max allocated). On CUDA a third side runs ours with its training defaults (bf16 autocast of every
 pass, channels_last): the issue's "2x with our defaults" figure; a fourth adds `--cuda-graphs` (each attack
-iteration replayed from a captured CUDA graph); the float32 side is the equal-math one.
+iteration replayed from a captured CUDA graph); the float32 side is the equal-math one. On CPU an `nchw`
+side runs ours with every activation NCHW (`--layout nchw`), the share of the hybrid layout. Besides the
+ratio of medians it prints each round's ratio (median and range): the sides of a round run back to back, so
+a shared host that slows down for minutes moves both.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -27,7 +31,8 @@ from _timing import (  # bench/ is on sys.path when run as a script
     bench_parser,
     count_ops,
     embedded_batch,
-    interleaved_medians,
+    interleaved_times,
+    paired_ratios,
     sync,
     training_step,
 )
@@ -184,12 +189,18 @@ def main() -> None:
         sides["nchw"] = ours_step_factory(dev, x, y, onet, layout="nchw")[1]
     if args.cpu_bf16 and dev.type == "cpu":
         sides["bf16"] = ours_step_factory(dev, x, y, onet, bf16=True)[1]
-    med = interleaved_medians(sides, args.repeats, dev)
+    times = interleaved_times(sides, args.repeats, dev)
+    med = {k: statistics.median(v) for k, v in times.items()}
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, ResNet-18 CIFS (layer4), "
           f"batch {args.batch}, PGD-10 joint loss + joint update, median of {args.repeats}")
     for k, t in med.items():
         print(f"  {k:10s} {t * 1000:9.1f} ms/step  {args.batch / t:8.1f} img/s")
     print(f"  speed ratio chanscope / official = {med['official'] / med['chanscope']:.3f} (equal math, float32)")
+    for side in sides:
+        if side != "official":
+            m, lo, hi = paired_ratios(times, "official", side)
+            print(f"  per-round ratio official / {side}: median {m:.3f}, range {lo:.3f}-{hi:.3f} "
+                  f"over {args.repeats} rounds")
     if "nchw" in med:
         print(f"  speed ratio chanscope --layout nchw / official = {med['official'] / med['nchw']:.3f} "
               f"(the hybrid layout adds {med['nchw'] / med['chanscope']:.3f}x)")

@@ -73,7 +73,7 @@ class TrainConfig:
     bf16: bool | None = None
     channels_last: bool = True  # CUDA: model and batches channels_last (see `layout` for the CPU)
     # activations' memory format per stage (chanscope.models.layout): auto = CPU hybrid (channels-last at
-    # 16x16 and up, NCHW below; 1.1x a CIFS step on this project's CPU), CUDA as channels_last says
+    # 16x16 and up, NCHW below; 1.04-1.18x a CIFS step on this project's CPU), CUDA as channels_last says
     layout: str = "auto"
     compile: bool = False  # torch.compile the model (CUDA)
     cuda_graphs: bool = False  # CUDA: replay each training-attack iteration from a captured CUDA graph
