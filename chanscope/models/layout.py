@@ -1,12 +1,12 @@
 """Memory layout of the activations, per stage: a speed choice that leaves the arithmetic alone.
 
-oneDNN's CPU convolutions run channels-last (NHWC) kernels faster than blocked NCHW ones where a feature
-map has many pixels and slower where it has few. Measured on this project's CPU (2-core Xeon, AVX-512,
+oneDNN's CPU convolutions run channels-last (NHWC) kernels faster than blocked NCHW ones where a feature map
+has many pixels and slower where it has few. Measured on this project's CPU (2-core Xeon, AVX-512,
 ResNet-18, batch 128, forward plus input gradient, `bench/layouts.py`): channels-last is 1.11-1.27x faster
-for the stages at 32x32 and 16x16, 1.01x at 8x8 and 0.72x at 4x4. "hybrid" therefore feeds each stage channels-last where the stage computes at
-16x16 or more and NCHW below; weights stay NCHW (oneDNN reorders them either way, and the optimiser and
-checkpoints then see one format). A layout changes only the order of float additions inside a
-convolution, so results agree to rounding.
+for the stages at 32x32 and 16x16, 1.01x at 8x8 and 0.72x at 4x4. "hybrid" therefore feeds each stage
+channels-last where the stage computes at 16x16 or more and NCHW below; weights stay NCHW (oneDNN reorders
+them either way, and the optimiser and checkpoints then see one format). A layout changes only the order of
+float additions inside a convolution, so results agree to rounding.
 
 On CPU a pass that computes parameter gradients (the training update) stays NCHW whatever the layout:
 oneDNN 3.12 (torch 2.14) crashes or corrupts memory computing the weight gradient of a strided 1x1
