@@ -166,13 +166,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ChanscopeError(f"width={cfg.width} must be positive, e.g. 0.25")
     if cfg.lr <= 0:
         raise ChanscopeError(f"lr={cfg.lr} must be positive")
-    from chanscope.models.layout import LAYOUTS
-
-    if cfg.layout not in LAYOUTS:
-        raise ChanscopeError(f"unknown layout {cfg.layout!r}; known: {', '.join(LAYOUTS)}")
+    from chanscope.models.layout import check_layout
     from chanscope.models.select import PROBES, mask_function, parse_train_label
 
-    try:
+    try:  # the model package's own checks, their messages as one-line errors
+        check_layout(cfg.layout)
         parse_train_label(cfg.train_label)
         mask_function(cfg.mask)
     except ValueError as e:
