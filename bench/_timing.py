@@ -51,10 +51,14 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, dev: t
     return times
 
 
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, dev: torch.device,
                         warmup: int | None = None) -> dict[str, float]:
     """Median seconds per call of each function, measured interleaved (`interleaved_times`)."""
-    return {k: statistics.median(v) for k, v in interleaved_times(fns, repeats, dev, warmup).items()}
+    return medians(interleaved_times(fns, repeats, dev, warmup))
 
 
 def paired_ratios(times: dict[str, list[float]], slow: str, fast: str) -> tuple[float, float, float]:

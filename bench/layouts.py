@@ -22,16 +22,22 @@ from chanscope.models.layout import HYBRID_MIN_SIDE, to_layout
 
 
 def _stage_inputs(model, x: torch.Tensor) -> list[tuple[str, torch.nn.Module, torch.Tensor, int]]:
-    """(name, module, its input, stride) of the stem and every stage, from one NCHW forward."""
-    with torch.no_grad():
-        h = model.normalize(x)
-        out = [("stem", torch.nn.Sequential(model.conv1, model.bn1), h, 1)]
-        h = model.bn1(model.conv1(h))
-        h = h if model.preact else F.relu(h)
-        for name in model.stage_names:
-            out.append((name, getattr(model, name), h, model.stage_strides[name]))
-            h = getattr(model, name)(h)
-    return out
+    """(name, module, its input, stride) of the stem and every stage, caught by hooks on the model's own
+    forward (NCHW)."""
+    mods = {"stem": (model.conv1, torch.nn.Sequential(model.conv1, model.bn1), 1),
+            **{n: (getattr(model, n), getattr(model, n), model.stage_strides[n]) for n in model.stage_names}}
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [hooked.register_forward_pre_hook(lambda _m, a, n=n: seen.setdefault(n, a[0].contiguous()))
+             for n, (hooked, _, _) in mods.items()]
+    layout, model.layout = model.layout, "nchw"
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.layout = layout
+        for h in hooks:
+            h.remove()
+    return [(n, module, seen[n], stride) for n, (_, module, stride) in mods.items()]
 
 
 def _input_grad(module, x: torch.Tensor):

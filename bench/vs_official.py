@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -32,6 +31,7 @@ from _timing import (  # bench/ is on sys.path when run as a script
     count_ops,
     embedded_batch,
     interleaved_times,
+    medians,
     paired_ratios,
     sync,
     training_step,
@@ -190,7 +190,7 @@ def main() -> None:
     if args.cpu_bf16 and dev.type == "cpu":
         sides["bf16"] = ours_step_factory(dev, x, y, onet, bf16=True)[1]
     times = interleaved_times(sides, args.repeats, dev)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = medians(times)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, ResNet-18 CIFS (layer4), "
           f"batch {args.batch}, PGD-10 joint loss + joint update, median of {args.repeats}")
     for k, t in med.items():
