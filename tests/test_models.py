@@ -120,18 +120,14 @@ def test_normalisation_is_first_layer():
 
 
 def _stage_input_formats(model, x) -> dict[str, str]:
-    """Memory format each stage's first convolution receives (stem included)."""
+    """Memory format the stem convolution and each stage receive."""
     seen: dict[str, str] = {}
-    convs = {"stem": model.conv1, **{n: getattr(model, n)[0].conv1 if hasattr(getattr(model, n)[0], "conv1")
-                                      else getattr(model, n)[0].block.conv1 for n in model.stage_names}}
 
-    def hook(name):
-        def f(_m, args):
-            t = args[0]
-            seen[name] = ("nchw" if t.is_contiguous() else "channels_last"
-                          if t.is_contiguous(memory_format=torch.channels_last) else "other")
-        return f
-    handles = [c.register_forward_pre_hook(hook(n)) for n, c in convs.items()]
+    def record(name, t):
+        seen[name] = ("nchw" if t.is_contiguous() else "channels_last"
+                      if t.is_contiguous(memory_format=torch.channels_last) else "other")
+    mods = {"stem": model.conv1, **{n: getattr(model, n) for n in model.stage_names}}
+    handles = [m.register_forward_pre_hook(lambda _m, a, n=n: record(n, a[0])) for n, m in mods.items()]
     with torch.no_grad():  # an attack's or an evaluation's pass: no parameter gradients
         model(x)
     for h in handles:
