@@ -13,6 +13,12 @@ iteration replayed from a captured CUDA graph); the float32 side is the equal-ma
 side runs ours with every activation NCHW (`--layout nchw`), the share of the hybrid layout. Besides the
 ratio of medians it prints each round's ratio (median and range): the sides of a round run back to back, so
 a shared host that slows down for minutes moves both.
+
+CPU allocator (`chanscope.cpu_alloc`): `--cpu-alloc system|reuse` sets it for the whole process, so both codes
+run with it (default system: glibc's defaults, as the official code runs). `--shipped` instead runs each side
+in a worker process of its own, as each tool runs for its users: the official code with glibc's defaults,
+chanscope with its default ("reuse"), plus `chanscope-system` (ours with glibc's defaults: the allocator's
+share); the parent still interleaves the rounds.
 """
 
 from __future__ import annotations
@@ -133,12 +139,48 @@ def _peak_now() -> float:
     return hwm / 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _peak(side: str, args) -> float:
+def _side_cmd(side: str, args, cpu_alloc: str) -> list[str]:
+    return ([sys.executable, __file__, "--official", args.official, "--batch", str(args.batch), "--only", side,
+             "--cpu-alloc", cpu_alloc] + (["--device", args.device] if args.device else []))
+
+
+def _peak(side: str, args, cpu_alloc: str | None = None) -> float:
     """Peak memory of one side in a fresh process (MB)."""
-    cmd = [sys.executable, __file__, "--official", args.official, "--batch", str(args.batch), "--only", side,
-           "--repeats", "2"] + (["--device", args.device] if args.device else [])
+    cmd = _side_cmd(side, args, cpu_alloc or args.cpu_alloc) + ["--repeats", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
+
+
+class _Worker:
+    """One side in a process of its own (`--only SIDE --serve`): each call runs one step there and waits."""
+
+    def __init__(self, side: str, args, cpu_alloc: str) -> None:
+        self.proc = subprocess.Popen(_side_cmd(side, args, cpu_alloc) + ["--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._reply("ready")
+
+    def _reply(self, word: str) -> None:
+        for line in self.proc.stdout:
+            if line.strip() == word:
+                return
+        raise RuntimeError(f"worker exited with {self.proc.wait()} before saying {word!r}")
+
+    def __call__(self) -> None:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        self._reply("done")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def _serve(step) -> None:
+    """Worker loop: a step per line read, "done" after each; ends when the parent closes stdin."""
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        step()
+        print("done", flush=True)
 
 
 def main() -> None:
@@ -150,8 +192,17 @@ def main() -> None:
                     help=argparse.SUPPRESS)
     ap.add_argument("--memory-only", action="store_true", help="Skip the timing; measure peak memory only.")
     ap.add_argument("--no-memory", action="store_true", help="Skip the peak-memory subprocesses.")
+    ap.add_argument("--cpu-alloc", choices=["system", "reuse"], default="system",
+                    help="CPU allocator of this process, so of both codes (chanscope.cpu_alloc).")
+    ap.add_argument("--shipped", action="store_true",
+                    help="CPU: each side in its own process with its own default allocator (official: system, "
+                    "chanscope: reuse), plus chanscope with system.")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from chanscope.cpu_alloc import set_cpu_alloc
     from chanscope.device import pick_device
+
+    set_cpu_alloc(args.cpu_alloc)
 
     dev = pick_device(args.device)
     x, y = embedded_batch(args.batch, dev)
@@ -159,11 +210,16 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
 
     if args.only:  # weights do not matter for memory: each side builds only its own model
+        # a timing worker gives ours the official weights (seeded, so both workers build the same net)
+        onet = official_step_factory(args.official, dev, x, y)[0] if args.serve and args.only != "official" else None
         floor = _reset_peak()  # libraries, data and the batch are below this line
         step = (official_step_factory(args.official, dev, x, y)[1] if args.only == "official"
-                else ours_step_factory(dev, x, y, bf16=args.only in ("defaults", "graphs", "bf16"),
+                else ours_step_factory(dev, x, y, onet, bf16=args.only in ("defaults", "graphs", "bf16"),
                                        graphs=args.only == "graphs",
                                        layout="nchw" if args.only == "nchw" else "auto")[1])
+        if args.serve:
+            _serve(step)
+            return
         step()  # warm-up outside the peak: cudnn.benchmark's trial workspaces are not the step's memory
         sync(dev)
         if dev.type == "cuda":
@@ -178,6 +234,9 @@ def main() -> None:
 
     if args.memory_only:
         _print_memory(args, dev)
+        return
+    if args.shipped:
+        _shipped(args, dev)
         return
     onet, ostep = official_step_factory(args.official, dev, x, y)
     _, ustep = ours_step_factory(dev, x, y, onet)
@@ -215,6 +274,36 @@ def main() -> None:
         print(f"  speed ratio chanscope --bf16 (CPU autocast) / official = {med['official'] / med['bf16']:.3f}")
     if not args.no_memory:
         _print_memory(args, dev)
+
+
+def _shipped(args, dev: torch.device) -> None:
+    """Each tool as its users run it: a process per side, each with its own default CPU allocator."""
+    if dev.type != "cpu":
+        raise SystemExit("--shipped compares CPU allocators; on CUDA run without it")
+    plan = {"official": ("official", "system"), "chanscope": ("ours", "reuse"),
+            "chanscope-system": ("ours", "system")}
+    workers = {name: _Worker(side, args, alloc) for name, (side, alloc) in plan.items()}
+    try:
+        times = interleaved_times(workers, args.repeats, dev)
+    finally:
+        for w in workers.values():
+            w.close()
+    med = medians(times)
+    print(f"device {dev}, torch {torch.__version__}, ResNet-18 CIFS (layer4), batch {args.batch}, PGD-10 joint "
+          f"loss + joint update, median of {args.repeats}; each side in its own process (allocator in brackets)")
+    for k, t in med.items():
+        print(f"  {k:16s} [{plan[k][1]:6s}] {t * 1000:9.1f} ms/step  {args.batch / t:8.1f} img/s")
+    for side in ("chanscope", "chanscope-system"):
+        m, lo, hi = paired_ratios(times, "official", side)
+        print(f"  speed ratio {side} / official = {med['official'] / med[side]:.3f} (equal math); per round: "
+              f"median {m:.3f}, range {lo:.3f}-{hi:.3f} over {args.repeats} rounds")
+    print(f"  the reuse allocator's share: {med['chanscope-system'] / med['chanscope']:.3f}x")
+    if not args.no_memory:
+        po = _peak("official", args, "system")
+        for side, alloc in (("chanscope", "reuse"), ("chanscope-system", "system")):
+            pu = _peak("ours", args, alloc)
+            print(f"  peak RSS above the process before the model: official {po:.0f} MB, {side} {pu:.0f} MB, "
+                  f"ratio {pu / max(po, 1e-9):.3f}")
 
 
 def _print_memory(args, dev: torch.device) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ._console import handle_errors
+from ._console import fail, handle_errors
 from .ablate import ablate_command
 from .activations import activations_command
 from .eval import eval_command
@@ -25,13 +25,24 @@ app.add_typer(plot_app, name="plot")
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+          cpu_alloc: str = typer.Option(
+              "reuse", "--cpu-alloc", envvar="CHANSCOPE_CPU_ALLOC",
+              help="CPU memory: reuse (keep freed blocks for the next batch: faster, higher peak RSS) or system "
+              "(glibc's defaults). Speed only; goes before the command.")) -> None:
     """Channel-wise activation studies of adversarially trained CNNs (CIFS, ICML 2021)."""
     if version:
         from chanscope import __version__
 
         typer.echo(f"chanscope {__version__}")
         raise typer.Exit(0)
+    from chanscope.cpu_alloc import set_cpu_alloc
+    from chanscope.errors import ChanscopeError
+
+    try:
+        set_cpu_alloc(cpu_alloc)
+    except ChanscopeError as e:
+        raise fail(str(e)) from None
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from chanscope.cli.app import app
 from typer.testing import CliRunner
 
 import chanscope
+from chanscope.cpu_alloc import _glibc
 from chanscope.errors import ChanscopeError
 from chanscope.train import TrainInterrupted, build_config, train
 from chanscope.train import loop as loop_mod
@@ -124,15 +125,21 @@ def test_cli_train_resume_and_option_mismatch(tmp_path):
     res = _run(base + ["--epochs", "1"])
     assert res.exit_code == 0, res.output
     assert "test PGD %" in res.output
+    cpu_alloc = json.loads((out / "config.json").read_text())["resolved"]["cpu_alloc"]
+    assert cpu_alloc == ("reuse" if _glibc() else "unavailable")  # the CLI's default, recorded
     res = _run(base + ["--epochs", "1"])
     assert res.exit_code == 2  # a run exists: needs --resume
     res = _run(["train", "--out", str(out), "--resume", "--lr", "0.5"])
     assert res.exit_code == 2
     # options that change no arithmetic may differ on resume
-    res = _run(["train", "--out", str(out), "--resume", "--epochs", "2", "--cuda-graphs", "--layout", "nchw"])
+    res = _run(["--cpu-alloc", "system", "train", "--out", str(out), "--resume", "--epochs", "2", "--cuda-graphs",
+                "--layout", "nchw"])
     assert res.exit_code == 0, res.output
     assert "--cuda-graphs applies on CUDA only" in res.output
     assert len(pd.read_csv(out / "metrics.csv")) == 2
+    assert json.loads((out / "config.json").read_text())["resolved"]["cpu_alloc"] in ("system", "unavailable")
+    res = _run(["--cpu-alloc", "fast", "train", "--out", str(out), "--resume"])
+    assert res.exit_code == 2 and "unknown CPU allocator mode 'fast'; known: reuse, system" in res.output
 
 
 def test_bf16_default_is_cuda_only_and_opt_in_on_cpu(tmp_path):

@@ -30,6 +30,7 @@ from chanscope.attacks.graphed import graphed_pgd
 from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
 from chanscope.attacks.suite import correct
 from chanscope.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from chanscope.cpu_alloc import current_cpu_alloc
 from chanscope.data import BatchLoader, ImageData, balanced_subset, load_data
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_csv, atomic_write_json
@@ -290,7 +291,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     config_record = {"config": cfg.to_dict(), "resolved": {"milestones": cfg.resolved_milestones(),
                      "feature_select": cfg.feature_select, "adversarial": cfg.adversarial,
                      "loss": cfg.loss, "augment": augment, "device": str(device), "bf16": bf16,
-                     "layout": resolve_layout(cfg.layout, device.type)},
+                     "layout": resolve_layout(cfg.layout, device.type), "cpu_alloc": current_cpu_alloc()},
                      "model": {"arch": cfg.arch, "model_kwargs": model.model_kwargs},
                      "data": data.describe(), "versions": versions()}
     config_record["resolved"]["world_size"] = dist_util.world_size()
