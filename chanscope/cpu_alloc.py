@@ -10,9 +10,9 @@ step took 1.0-1.6 million page faults and 2-4 s of kernel time out of 15-18 s.
 its heap (M_MMAP_MAX = 0) and to keep freed memory there (M_TRIM_THRESHOLD very large), so the next batch's
 tensors land on pages that are already mapped. It costs resident memory: the process keeps its high-water
 mark, and the heap's fragmentation raises that mark (9% and 27% in two measurements of the CIFS step above,
-`bench/vs_official.py --shipped`). "system" leaves
-glibc's defaults. Other C libraries and platforms have no such switch; there both modes are "unavailable".
-The setting is process-wide, so a benchmark that compares two codes in one process gives it to both.
+`bench/vs_official.py --shipped`). "system" leaves glibc's defaults. Other C libraries and platforms have no
+such switch; there both modes are "unavailable". The setting is process-wide, so a benchmark that compares
+two codes in one process gives it to both (it helps the official CIFS code more than ours: README, Benchmarks).
 """
 
 from __future__ import annotations
