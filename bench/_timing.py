@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -112,3 +114,44 @@ def bench_parser(doc: str, **defaults: object) -> argparse.ArgumentParser:
         ap.add_argument(f"--{name}", type=type(default), default=default, help=f"{_HELP[name]} (default {default})")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     return ap
+
+
+class Worker:
+    """A step run in a process of its own (a process-wide setting such as the CPU allocator differs per side):
+    `cmd` starts a script that calls `serve(step)`; each call of the Worker runs one step there and waits, so
+    `interleaved_times` can time workers like functions."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.reply("ready")
+
+    def reply(self, word: str) -> str:
+        """Read the worker's lines up to the one starting with `word`; returns the rest of that line."""
+        for line in self.proc.stdout:
+            if line.startswith(word):
+                return line[len(word):].strip()
+        raise RuntimeError(f"worker exited with {self.proc.wait()} before saying {word!r}")
+
+    def ask(self, what: str) -> str:
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        return self.reply(what)
+
+    def __call__(self) -> None:
+        self.ask("step")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def serve(step: Callable[[], None], report: Callable[[], str] = lambda: "") -> None:
+    """The worker's side: "step" runs a step and answers "step"; "report" answers "report <report()>". Ends
+    when the parent closes stdin."""
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "step":
+            step()
+            print("step", flush=True)
+        else:
+            print(f"report {report()}", flush=True)

@@ -33,12 +33,14 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from _timing import (  # bench/ is on sys.path when run as a script
+    Worker,
     bench_parser,
     count_ops,
     embedded_batch,
     interleaved_times,
     medians,
     paired_ratios,
+    serve,
     sync,
     training_step,
 )
@@ -151,38 +153,6 @@ def _peak(side: str, args, cpu_alloc: str | None = None) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
 
-class _Worker:
-    """One side in a process of its own (`--only SIDE --serve`): each call runs one step there and waits."""
-
-    def __init__(self, side: str, args, cpu_alloc: str) -> None:
-        self.proc = subprocess.Popen(_side_cmd(side, args, cpu_alloc) + ["--serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
-        self._reply("ready")
-
-    def _reply(self, word: str) -> None:
-        for line in self.proc.stdout:
-            if line.strip() == word:
-                return
-        raise RuntimeError(f"worker exited with {self.proc.wait()} before saying {word!r}")
-
-    def __call__(self) -> None:
-        self.proc.stdin.write("step\n")
-        self.proc.stdin.flush()
-        self._reply("done")
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
-
-
-def _serve(step) -> None:
-    """Worker loop: a step per line read, "done" after each; ends when the parent closes stdin."""
-    print("ready", flush=True)
-    for _ in sys.stdin:
-        step()
-        print("done", flush=True)
-
-
 def main() -> None:
     ap = bench_parser(__doc__, batch=128, repeats=5)
     ap.add_argument("--official", required=True, help="Checkout of github.com/HanshuYAN/CIFS")
@@ -218,7 +188,7 @@ def main() -> None:
                                        graphs=args.only == "graphs",
                                        layout="nchw" if args.only == "nchw" else "auto")[1])
         if args.serve:
-            _serve(step)
+            serve(step)
             return
         step()  # warm-up outside the peak: cudnn.benchmark's trial workspaces are not the step's memory
         sync(dev)
@@ -282,7 +252,7 @@ def _shipped(args, dev: torch.device) -> None:
         raise SystemExit("--shipped compares CPU allocators; on CUDA run without it")
     plan = {"official": ("official", "system"), "chanscope": ("ours", "reuse"),
             "chanscope-system": ("ours", "system")}
-    workers = {name: _Worker(side, args, alloc) for name, (side, alloc) in plan.items()}
+    workers = {name: Worker(_side_cmd(side, args, alloc) + ["--serve"]) for name, (side, alloc) in plan.items()}
     try:
         times = interleaved_times(workers, args.repeats, dev)
     finally:
