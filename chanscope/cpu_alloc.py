@@ -55,7 +55,8 @@ def _glibc() -> ctypes.CDLL | None:
 
 def set_cpu_alloc(mode: str) -> str:
     """Apply `mode` to this process; returns what holds now: the mode, or "unavailable" without glibc.
-    Switching back to "system" restores glibc's default limits and gives free heap pages back (malloc_trim)."""
+    Switching back to "system" restores glibc's default limits and gives free heap pages back (malloc_trim);
+    glibc's dynamic mmap threshold stays off after any mallopt call (glibc has no call to turn it back on)."""
     check_cpu_alloc(mode)
     libc = _glibc()
     if libc is None:
