@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ._console import fail, handle_errors
+from ._console import handle_errors
 from .ablate import ablate_command
 from .activations import activations_command
 from .eval import eval_command
@@ -24,7 +24,6 @@ app.command("ablate")(handle_errors(ablate_command))
 app.add_typer(plot_app, name="plot")
 
 
-@app.callback()
 def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit."),
           cpu_alloc: str = typer.Option(
               "reuse", "--cpu-alloc", envvar="CHANSCOPE_CPU_ALLOC",
@@ -37,12 +36,11 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
         typer.echo(f"chanscope {__version__}")
         raise typer.Exit(0)
     from chanscope.cpu_alloc import set_cpu_alloc
-    from chanscope.errors import ChanscopeError
 
-    try:
-        set_cpu_alloc(cpu_alloc)
-    except ChanscopeError as e:
-        raise fail(str(e)) from None
+    set_cpu_alloc(cpu_alloc)
+
+
+app.callback()(handle_errors(_root))  # a bad --cpu-alloc is one line, as in every command
 
 
 def main() -> None:
