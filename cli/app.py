@@ -24,17 +24,22 @@ app.command("ablate")(handle_errors(ablate_command))
 app.add_typer(plot_app, name="plot")
 
 
-def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+def _print_version(value: bool) -> None:
+    """Eager: prints and exits before Typer asks for a command."""
+    if value:
+        from chanscope import __version__
+
+        typer.echo(f"chanscope {__version__}")
+        raise typer.Exit(0)
+
+
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the version and exit."),
           cpu_alloc: str = typer.Option(
               "reuse", "--cpu-alloc", envvar="CHANSCOPE_CPU_ALLOC",
               help="CPU memory: reuse (keep freed blocks for the next batch: faster, higher peak RSS) or system "
               "(glibc's defaults). Speed only; goes before the command.")) -> None:
     """Channel-wise activation studies of adversarially trained CNNs (CIFS, ICML 2021)."""
-    if version:
-        from chanscope import __version__
-
-        typer.echo(f"chanscope {__version__}")
-        raise typer.Exit(0)
     from chanscope.cpu_alloc import set_cpu_alloc
 
     set_cpu_alloc(cpu_alloc)

@@ -118,6 +118,11 @@ def test_cli_bad_input_is_one_line(tmp_path, args, pattern):
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
+def test_cli_version_needs_no_command():
+    res = _run(["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"chanscope {chanscope.__version__}", res.output
+
+
 def test_cli_train_resume_and_option_mismatch(tmp_path):
     out = tmp_path / "run"
     base = ["train", "--preset", "smoke", "--method", "standard", "--subset", "100", "--eval-n", "20",
