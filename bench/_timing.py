@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import resource
 import statistics
 import subprocess
 import sys
@@ -114,6 +115,33 @@ def bench_parser(doc: str, **defaults: object) -> argparse.ArgumentParser:
         ap.add_argument(f"--{name}", type=type(default), default=default, help=f"{_HELP[name]} (default {default})")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     return ap
+
+
+def _proc_status_kb(key: str) -> float | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> float:
+    """Reset the kernel's resident-set high-water mark (Linux) and return the current RSS in MB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    rss = _proc_status_kb("VmRSS")
+    return rss / 1024 if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-set high-water mark in MB (since start or the last `reset_peak_rss`)."""
+    hwm = _proc_status_kb("VmHWM")
+    return hwm / 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Worker:

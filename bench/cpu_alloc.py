@@ -5,7 +5,7 @@
 The mode is process-wide (`chanscope.cpu_alloc`), so each side runs in a worker process of its own with the
 same model, weights and batch; the parent interleaves the rounds. Prints seconds per step (medians and the
 per-round ratio), minor page faults per step, and each worker's resident high-water mark after warm-up and
-after the last round (a heap that fragments grows for a few steps and then stays flat). Expect a gain only
+after the last round (a heap that fragments keeps growing over the first steps). Expect a gain only
 where the largest activation exceeds 32 MiB (batch x stem channels x 32 x 32 x 4 bytes: full width at batch
 128); below that glibc already reuses the blocks.
 """
@@ -18,14 +18,18 @@ import sys
 from contextlib import nullcontext
 
 import torch
-from _timing import Worker, bench_parser, embedded_batch, interleaved_times, paired_ratios, serve, training_step
+from _timing import (  # bench/ is on sys.path when run as a script
+    Worker,
+    bench_parser,
+    embedded_batch,
+    interleaved_times,
+    paired_ratios,
+    peak_rss_mb,
+    serve,
+    training_step,
+)
 
-
-def _hwm_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return float(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from chanscope.cpu_alloc import CPU_ALLOC_MODES
 
 
 def _worker(args, mode: str) -> None:
@@ -46,12 +50,12 @@ def _worker(args, mode: str) -> None:
         step()
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
-    serve(counted, lambda: f"{_hwm_mb():.0f} {statistics.median(faults[1:] or faults or [0]):.0f}")
+    serve(counted, lambda: f"{peak_rss_mb():.0f} {statistics.median(faults[1:] or faults or [0]):.0f}")
 
 
 def main() -> None:
     ap = bench_parser(__doc__, width=1.0, batch=128, repeats=8, steps=10)
-    ap.add_argument("--worker", choices=["system", "reuse"], default=None, help="(internal) run one side")
+    ap.add_argument("--worker", choices=CPU_ALLOC_MODES, default=None, help="(internal) run one side")
     args = ap.parse_args()
     if args.worker:
         _worker(args, args.worker)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -40,10 +39,14 @@ from _timing import (  # bench/ is on sys.path when run as a script
     interleaved_times,
     medians,
     paired_ratios,
+    peak_rss_mb,
+    reset_peak_rss,
     serve,
     sync,
     training_step,
 )
+
+from chanscope.cpu_alloc import CPU_ALLOC_MODES
 
 
 def official_step_factory(path: str, dev: torch.device, batch: torch.Tensor, labels: torch.Tensor):
@@ -115,32 +118,6 @@ def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tens
     return model, training_step(cfg, model, opt, batch, labels, autocast)
 
 
-def _proc_kb(key: str) -> float | None:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return float(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> float:
-    """Reset the kernel's resident-set high-water mark (Linux) and return the current RSS in MB."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    rss = _proc_kb("VmRSS")
-    return rss / 1024 if rss is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _peak_now() -> float:
-    hwm = _proc_kb("VmHWM")
-    return hwm / 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _side_cmd(side: str, args, cpu_alloc: str) -> list[str]:
     return ([sys.executable, __file__, "--official", args.official, "--batch", str(args.batch), "--only", side,
              "--cpu-alloc", cpu_alloc] + (["--device", args.device] if args.device else []))
@@ -162,7 +139,7 @@ def main() -> None:
                     help=argparse.SUPPRESS)
     ap.add_argument("--memory-only", action="store_true", help="Skip the timing; measure peak memory only.")
     ap.add_argument("--no-memory", action="store_true", help="Skip the peak-memory subprocesses.")
-    ap.add_argument("--cpu-alloc", choices=["system", "reuse"], default="system",
+    ap.add_argument("--cpu-alloc", choices=CPU_ALLOC_MODES, default="system",
                     help="CPU allocator of this process, so of both codes (chanscope.cpu_alloc).")
     ap.add_argument("--shipped", action="store_true",
                     help="CPU: each side in its own process with its own default allocator (official: system, "
@@ -182,7 +159,7 @@ def main() -> None:
     if args.only:  # weights do not matter for memory: each side builds only its own model
         # a timing worker gives ours the official weights (seeded, so both workers build the same net)
         onet = official_step_factory(args.official, dev, x, y)[0] if args.serve and args.only != "official" else None
-        floor = _reset_peak()  # libraries, data and the batch are below this line
+        floor = reset_peak_rss()  # libraries, data and the batch are below this line
         step = (official_step_factory(args.official, dev, x, y)[1] if args.only == "official"
                 else ours_step_factory(dev, x, y, onet, bf16=args.only in ("defaults", "graphs", "bf16"),
                                        graphs=args.only == "graphs",
@@ -198,7 +175,7 @@ def main() -> None:
             step()
         sync(dev)
         peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
-                else _peak_now() - floor)
+                else peak_rss_mb() - floor)
         print(json.dumps({"peak_mb": peak}))
         return
 
