@@ -18,7 +18,6 @@ two codes in one process gives it to both (it helps the official CIFS code more 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import sys
 
@@ -43,10 +42,7 @@ def check_cpu_alloc(mode: str) -> str:
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
+    libc = ctypes.CDLL(None)  # the C library this process already runs on (no search of the system's paths)
     if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (musl's mallopt does nothing)
         return None
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
