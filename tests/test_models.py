@@ -224,3 +224,49 @@ def test_layout_training_pass_survives_the_onednn_weight_gradient_fault():
         "print('done')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "done" in res.stdout, res.stderr[-2000:]
+
+
+def _ref_bn(m, x):
+    return F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=m.eps)
+
+
+def _ref_conv(m, x):
+    return F.conv2d(x, m.weight, m.bias, m.stride, m.padding)
+
+
+def _reference_forward(model, x):
+    """The CIFAR ResNets written out of place with functional ops (train-mode BN, batch statistics)."""
+    h = _ref_conv(model.conv1, (x - model.normalize.mean) / model.normalize.std)
+    h = h if model.preact else F.relu(_ref_bn(model.bn1, h))
+    for name in model.stage_names:
+        for blk in getattr(model, name):
+            if model.preact:
+                a = F.relu(_ref_bn(blk.bn1, h))
+                sc = _ref_conv(blk.shortcut[0], a) if len(blk.shortcut) else h
+                h = _ref_conv(blk.conv2, F.relu(_ref_bn(blk.bn2, _ref_conv(blk.conv1, a)))) + sc
+            else:
+                o = _ref_bn(blk.bn2, _ref_conv(blk.conv2, F.relu(_ref_bn(blk.bn1, _ref_conv(blk.conv1, h)))))
+                sc = _ref_bn(blk.shortcut[1], _ref_conv(blk.shortcut[0], h)) if len(blk.shortcut) else h
+                h = F.relu(o + sc)
+    h = F.relu(_ref_bn(model.bn_final, h)) if model.preact else h
+    return F.linear(h.mean(dim=(2, 3)), model.linear.weight, model.linear.bias)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18"])
+def test_in_place_blocks_equal_an_out_of_place_reference(name):
+    """The blocks rectify and add in place (fewer allocations); logits and every gradient stay those of the
+    plain formula."""
+    torch.manual_seed(0)
+    model = create_model(name, width=0.125).train()
+    model.layout = "nchw"
+    x = torch.rand(6, 3, 32, 32)
+    got = {}
+    for tag, fn in (("model", model), ("reference", lambda t: _reference_forward(model, t))):
+        xi = x.clone().requires_grad_(True)
+        model.zero_grad()
+        logits = fn(xi)
+        (logits * torch.linspace(-1, 1, 10)).sum().backward()
+        got[tag] = [logits.detach(), xi.grad] + [p.grad.clone() for p in model.parameters()]
+    assert len(got["model"]) == len(list(model.parameters())) + 2
+    for a, b in zip(got["model"], got["reference"]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()

@@ -3,6 +3,9 @@
 One class serves every variant; the registry functions only choose depths, widths and block type.
 Inputs are images in [0, 1]; the first module normalises them, so attacks work in pixel units.
 `model(x)` returns final logits only; `model(x, y, return_aux=True)` also returns the probe logits.
+Blocks rectify and add in place, on tensors no backward reads (three fewer activation-sized allocations per
+block, the same arithmetic): a forward hook that keeps a BatchNorm's output, or returns it, without copying
+it sees it rectified afterwards (`chanscope.hooks` reduces outputs at once).
 """
 
 from __future__ import annotations
@@ -55,9 +58,12 @@ class BasicBlock(nn.Module):
         self.shortcut = _shortcut(cin, cout, stride, bn=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        # in place on tensors no backward reads (BN and conv save their inputs, not outputs): the same
+        # arithmetic with three fewer activation-sized allocations per block
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        out += self.shortcut(x)
+        return F.relu(out, inplace=True)
 
 
 class PreActBlock(nn.Module):
@@ -73,13 +79,15 @@ class PreActBlock(nn.Module):
         self.shortcut = _shortcut(cin, cout, stride, bn=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
+        out = F.relu(self.bn1(x), inplace=True)
         sc = self.shortcut(out) if len(self.shortcut) else x
         out = self.conv1(out)
-        out = F.relu(self.bn2(out))
+        out = F.relu(self.bn2(out), inplace=True)
         if self.dropout:
             out = F.dropout(out, self.dropout, self.training)
-        return self.conv2(out) + sc
+        out = self.conv2(out)
+        out += sc
+        return out
 
 
 WideBlock = PreActBlock  # WRN (Zagoruyko & Komodakis 2016) uses the pre-activation block
@@ -168,11 +176,11 @@ class CifarResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         grads = self._param_grads(x)
         out = self.bn1(self.conv1(to_layout(self.normalize(x), self._layout, param_grads=grads)))
-        out = out if self.preact else F.relu(out)
+        out = out if self.preact else F.relu(out, inplace=True)
         for name in self.stage_names:
             out = getattr(self, name)(to_layout(out, self._layout, self.stage_strides[name], grads))
         out = self.bn_final(out)
-        return F.relu(out) if self.preact else out
+        return F.relu(out, inplace=True) if self.preact else out
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, return_aux: bool = False):
         """Final logits; with return_aux, also the list of probe logits (one per selector block).
