@@ -17,8 +17,8 @@ a shared host that slows down for minutes moves both.
 CPU allocator (`chanscope.cpu_alloc`): `--cpu-alloc system|reuse` sets it for the whole process, so both codes
 run with it (default system: glibc's defaults, as the official code runs). `--shipped` instead runs each side
 in a worker process of its own, as each tool runs for its users: the official code with glibc's defaults,
-chanscope with its default ("reuse"), plus `chanscope-system` (ours with glibc's defaults: the allocator's
-share); the parent still interleaves the rounds.
+chanscope with its default (`chanscope.cpu_alloc.DEFAULT_CPU_ALLOC`), plus chanscope with the other mode
+(`chanscope-reuse` or `chanscope-system`: the allocator's share); the parent still interleaves the rounds.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from _timing import (  # bench/ is on sys.path when run as a script
     training_step,
 )
 
-from chanscope.cpu_alloc import CPU_ALLOC_MODES
+from chanscope.cpu_alloc import CPU_ALLOC_MODES, DEFAULT_CPU_ALLOC
 
 
 def official_step_factory(path: str, dev: torch.device, batch: torch.Tensor, labels: torch.Tensor):
@@ -143,7 +143,7 @@ def main() -> None:
                     help="CPU allocator of this process, so of both codes (chanscope.cpu_alloc).")
     ap.add_argument("--shipped", action="store_true",
                     help="CPU: each side in its own process with its own default allocator (official: system, "
-                    "chanscope: reuse), plus chanscope with system.")
+                    "chanscope: its default), plus chanscope with the other mode.")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     from chanscope.cpu_alloc import set_cpu_alloc
@@ -227,8 +227,9 @@ def _shipped(args, dev: torch.device) -> None:
     """Each tool as its users run it: a process per side, each with its own default CPU allocator."""
     if dev.type != "cpu":
         raise SystemExit("--shipped compares CPU allocators; on CUDA run without it")
-    plan = {"official": ("official", "system"), "chanscope": ("ours", "reuse"),
-            "chanscope-system": ("ours", "system")}
+    other = next(m for m in CPU_ALLOC_MODES if m != DEFAULT_CPU_ALLOC)
+    plan = {"official": ("official", "system"), "chanscope": ("ours", DEFAULT_CPU_ALLOC),
+            f"chanscope-{other}": ("ours", other)}
     workers = {name: Worker(_side_cmd(side, args, alloc) + ["--serve"]) for name, (side, alloc) in plan.items()}
     try:
         times = interleaved_times(workers, args.repeats, dev)
@@ -240,14 +241,15 @@ def _shipped(args, dev: torch.device) -> None:
           f"loss + joint update, median of {args.repeats}; each side in its own process (allocator in brackets)")
     for k, t in med.items():
         print(f"  {k:16s} [{plan[k][1]:6s}] {t * 1000:9.1f} ms/step  {args.batch / t:8.1f} img/s")
-    for side in ("chanscope", "chanscope-system"):
+    for side in list(plan)[1:]:
         m, lo, hi = paired_ratios(times, "official", side)
         print(f"  speed ratio {side} / official = {med['official'] / med[side]:.3f} (equal math); per round: "
               f"median {m:.3f}, range {lo:.3f}-{hi:.3f} over {args.repeats} rounds")
-    print(f"  the reuse allocator's share: {med['chanscope-system'] / med['chanscope']:.3f}x")
+    by_mode = {alloc: med[name] for name, (side, alloc) in plan.items() if side == "ours"}
+    print(f"  the reuse allocator's share: {by_mode['system'] / by_mode['reuse']:.3f}x")
     if not args.no_memory:
         po = _peak("official", args, "system")
-        for side, alloc in (("chanscope", "reuse"), ("chanscope-system", "system")):
+        for side, (_, alloc) in list(plan.items())[1:]:
             pu = _peak("ours", args, alloc)
             print(f"  peak RSS above the process before the model: official {po:.0f} MB, {side} {pu:.0f} MB, "
                   f"ratio {pu / max(po, 1e-9):.3f}")

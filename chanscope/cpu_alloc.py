@@ -6,13 +6,14 @@ full-width ResNet-18 at the paper's batch 128 makes first-stage tensors of exact
 float32, plus the allocator's header: just over the limit), hundreds per CIFS step: on this project's CPU a
 step took 1.0-1.6 million page faults and 2-4 s of kernel time out of 15-18 s.
 
-"reuse" (chanscope's default on Linux with glibc) asks glibc through `mallopt` to serve every request from
-its heap (M_MMAP_MAX = 0) and to keep freed memory there (M_TRIM_THRESHOLD very large), so the next batch's
-tensors land on pages that are already mapped. It costs resident memory: the process keeps its high-water
-mark, and the heap's fragmentation raises that mark (9% and 27% in two measurements of the CIFS step above,
-`bench/vs_official.py --shipped`). "system" leaves glibc's defaults. Other C libraries and platforms have no
-such switch; there both modes are "unavailable". The setting is process-wide, so a benchmark that compares
-two codes in one process gives it to both (it helps the official CIFS code more than ours: README, Benchmarks).
+"reuse" (opt-in, Linux with glibc) asks glibc through `mallopt` to serve every request from its heap
+(M_MMAP_MAX = 0) and to keep freed memory there (M_TRIM_THRESHOLD very large), so the next batch's tensors
+land on pages that are already mapped: 1.10-1.15x on the CIFS step above. It costs resident memory: the
+process keeps its high-water mark, and the heap's fragmentation raises that mark (by 5-17% in
+`bench/vs_official.py --shipped` and `bench/cpu_alloc.py`). "system" (the default) leaves glibc's defaults
+and meets the peak-memory goal against the official code. Other C libraries and platforms have no such
+switch; there both modes are "unavailable". The setting is process-wide, so a benchmark that compares two
+codes in one process gives it to both (it helps the official CIFS code more than ours: README, Benchmarks).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import sys
 
 from chanscope.errors import ChanscopeError
 
-__all__ = ["CPU_ALLOC_MODES", "check_cpu_alloc", "current_cpu_alloc", "set_cpu_alloc"]
+__all__ = ["CPU_ALLOC_MODES", "DEFAULT_CPU_ALLOC", "check_cpu_alloc", "current_cpu_alloc", "set_cpu_alloc"]
 
 CPU_ALLOC_MODES = ("reuse", "system")
+DEFAULT_CPU_ALLOC = "system"  # the CLI's default: glibc's own behaviour, the lower peak RSS
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 _GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
 _KEEP = 2**31 - 1  # M_TRIM_THRESHOLD is an int: never give the heap's top back

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from chanscope.cpu_alloc import DEFAULT_CPU_ALLOC
+
 from ._console import handle_errors
 from .ablate import ablate_command
 from .activations import activations_command
@@ -36,9 +38,10 @@ def _print_version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
                                        help="Print the version and exit."),
           cpu_alloc: str = typer.Option(
-              "reuse", "--cpu-alloc", envvar="CHANSCOPE_CPU_ALLOC",
-              help="CPU memory: reuse (keep freed blocks for the next batch: faster, higher peak RSS) or system "
-              "(glibc's defaults). Speed only; goes before the command.")) -> None:
+              DEFAULT_CPU_ALLOC, "--cpu-alloc", envvar="CHANSCOPE_CPU_ALLOC",
+              help="CPU memory: system (glibc's defaults) or reuse (keep freed blocks for the next batch: about "
+              "1.1x faster at full width and batch 128, higher peak RSS). Speed only; goes before the command.")
+          ) -> None:
     """Channel-wise activation studies of adversarially trained CNNs (CIFS, ICML 2021)."""
     from chanscope.cpu_alloc import set_cpu_alloc
 
