@@ -4,7 +4,8 @@ glibc serves every request above its mmap threshold (which it never raises above
 unmaps it on free, so each such tensor costs the kernel a page fault and a zero-fill per 4 KiB page. A
 full-width ResNet-18 at the paper's batch 128 makes first-stage tensors of exactly 32 MiB (128 x 64 x 32 x 32
 float32, plus the allocator's header: just over the limit), hundreds per CIFS step: on this project's CPU a
-step took 1.0-1.6 million page faults and 2-4 s of kernel time out of 15-18 s.
+step took 1.0-1.6 million page faults and 2-4 s of kernel time out of 15-18 s (0.77 million since the blocks
+rectify and add in place, `chanscope.models.resnet`).
 
 "reuse" (opt-in, Linux with glibc) asks glibc through `mallopt` to serve every request from its heap
 (M_MMAP_MAX = 0) and to keep freed memory there (M_TRIM_THRESHOLD very large), so the next batch's tensors

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from chanscope.cpu_alloc import DEFAULT_CPU_ALLOC
+from chanscope.cpu_alloc import DEFAULT_CPU_ALLOC, set_cpu_alloc
 
 from ._console import handle_errors
 from .ablate import ablate_command
@@ -43,8 +43,6 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
               "1.1x faster at full width and batch 128, higher peak RSS). Speed only; goes before the command.")
           ) -> None:
     """Channel-wise activation studies of adversarially trained CNNs (CIFS, ICML 2021)."""
-    from chanscope.cpu_alloc import set_cpu_alloc
-
     set_cpu_alloc(cpu_alloc)
 
 
