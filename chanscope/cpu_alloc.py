@@ -9,8 +9,8 @@ rectify and add in place, `chanscope.models.resnet`).
 
 "reuse" (opt-in, Linux with glibc) asks glibc through `mallopt` to serve every request from its heap
 (M_MMAP_MAX = 0) and to keep freed memory there (M_TRIM_THRESHOLD very large), so the next batch's tensors
-land on pages that are already mapped: 1.10-1.15x on the CIFS step above. It costs resident memory: the
-process keeps its high-water mark, and the heap's fragmentation raises that mark (by 5-17% in
+land on pages that are already mapped: 0.99-1.15x on the CIFS step above. It costs resident memory: the
+process keeps its high-water mark, and the heap's fragmentation raises that mark (by 3-17% in
 `bench/vs_official.py --shipped` and `bench/cpu_alloc.py`). "system" (the default) leaves glibc's defaults
 and meets the peak-memory goal against the official code. Other C libraries and platforms have no such
 switch; there both modes are "unavailable". The setting is process-wide, so a benchmark that compares two
