@@ -78,7 +78,7 @@ def training_step(cfg, model: torch.nn.Module, opt: torch.optim.Optimizer, x: to
 
     def step() -> None:
         model.train()
-        loss, _ = batch_loss(cfg, forward or model, x, y, autocast)
+        loss, _ = batch_loss(cfg, model if forward is None else forward, x, y, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

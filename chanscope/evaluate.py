@@ -102,7 +102,7 @@ def accuracy_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
                    restarts: int = 1, random_start: bool = False, loss: str = "ce", batch_size: int = 250,
                    source: nn.Module | None = None, seed: int = 0) -> float:
     """Robust accuracy (%) of `model` under PGD crafted on `source` (default: the model itself)."""
-    src = source or model
+    src = model if source is None else source  # (a compiled module has no truth value)
     torch.manual_seed(seed)
     ok = []
     for s in _batches(len(y), batch_size):

@@ -97,6 +97,9 @@ def train_command(
                       f"{info['n_train']} images, {info['params'] / 1e6:.2f} M parameters -> {out}")
         if cfg.cuda_graphs and not str(info["device"]).startswith("cuda"):
             console.print("[yellow]note:[/] --cuda-graphs applies on CUDA only; the attack runs eagerly here")
+        skipped = cfg.compile_skipped(str(info["device"]).split(":")[0])
+        if skipped:
+            console.print(f"[yellow]note:[/] {skipped}")
         bar.start()
         task["id"] = bar.add_task("epoch", total=info["batches"], info="")
 

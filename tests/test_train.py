@@ -161,3 +161,42 @@ def test_bf16_default_is_cuda_only_and_opt_in_on_cpu(tmp_path):
         assert rec["resolved"]["layout"] == "hybrid"  # auto on CPU
         runs[name] = pd.read_csv(tmp_path / name / "metrics.csv").train_loss[0]
     assert runs["bf16"] != runs["fp32"] and abs(runs["bf16"] - runs["fp32"]) < 0.05 * runs["fp32"]
+
+
+def test_compile_applies_where_it_can_and_says_why_not(tmp_path):
+    """torch.compile cannot differentiate a CIFS forward twice (its relevance gradient), and inductor's CPU
+    training gradients drift from eager: both run eagerly with a reason, and the run records what ran."""
+    assert "cannot differentiate" in _cfg(method="cifs", compile=True).compile_skipped("cuda")
+    assert _cfg(method="cas", compile=True).compile_skipped("cuda") is None  # CAS has no double backward
+    assert _cfg(method="at", compile=True).compile_skipped("cuda") is None
+    assert "CUDA only" in _cfg(method="at", compile=True).compile_skipped("cpu")
+    assert _cfg(method="cifs").compile_skipped("cuda") is None  # not asked for
+    res = _run(["train", "--preset", "smoke", "--method", "cifs", "--subset", "60", "--eval-n", "10", "--width",
+                "0.0625", "--epochs", "1", "--compile", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "--compile does not apply to CIFS models" in " ".join(res.output.split())
+    rec = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert rec["config"]["compile"] is True and rec["resolved"]["compile"] is False
+
+
+class _NoTruth(torch.nn.Module):
+    """Like torch.compile's wrapper of a model: bool() raises (it has __len__ and no len)."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, *a, **k):
+        return self.m(*a, **k)
+
+    def __len__(self):
+        raise TypeError("no len")
+
+
+def test_update_model_needs_no_truth_value():
+    cfg = _cfg(method="standard")
+    model = chanscope.create_model("resnet18", **cfg.model_kwargs())
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    loss, logits = loop_mod.batch_loss(cfg, model, x, y, lambda: torch.autocast("cpu", enabled=False),
+                                       _NoTruth(model))
+    assert logits.shape == (4, 10) and loss.requires_grad

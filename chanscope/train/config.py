@@ -101,6 +101,20 @@ class TrainConfig:
     def uses_bf16(self, device_type: str) -> bool:
         return self.bf16 if self.bf16 is not None else device_type == "cuda"
 
+    def compile_skipped(self, device_type: str) -> str | None:
+        """Why `compile` does not apply on this device, or None where it does. A CIFS forward differentiates
+        its probe inside (create_graph), and torch.compile's backward cannot be differentiated again; on CPU,
+        inductor's training graph gave gradients up to 8% (relative, layer4 of a width-1/16 ResNet-18) away
+        from float64 where eager stays within 1e-6 (torch 2.14.1)."""
+        if not self.compile:
+            return None
+        if self.feature_select == "cifs":
+            return ("--compile does not apply to CIFS models (torch.compile cannot differentiate their forward's "
+                    "relevance gradient again); training runs eagerly")
+        if device_type != "cuda":
+            return "--compile applies on CUDA only (inductor's CPU gradients drift from eager); training runs eagerly"
+        return None
+
     def model_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"width": self.width, "feature_select": self.feature_select}
         if self.feature_select == "cifs":

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ def batch_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Ten
     Adversarial examples are crafted in eval mode with frozen parameters (as the official code) on
     `model`; the update's forward runs in train mode through `update_model` (the DDP wrapper, if any).
     """
-    net = update_model or model
+    net = model if update_model is None else update_model  # a compiled module has no truth value
     selects = cfg.feature_select != "none"
     fold = cfg.adversarial and cfg.fold_bn and not cfg.compile  # the attack sees eval-mode BN: fold it once
     graphs = cfg.adversarial and cfg.cuda_graphs and x.is_cuda and cfg.loss != "trades" and not cfg.compile
@@ -246,7 +246,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
         torch.backends.cudnn.benchmark = True
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-    fwd_model = torch.compile(model) if cfg.compile else model
+    # what runs: config.json and the checkpoints keep the asked-for cfg, `resolved.compile` what ran
+    run_cfg = replace(cfg, compile=False) if cfg.compile_skipped(device.type) else cfg
+    fwd_model = torch.compile(model) if run_cfg.compile else model
     update_model = fwd_model
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -291,7 +293,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     config_record = {"config": cfg.to_dict(), "resolved": {"milestones": cfg.resolved_milestones(),
                      "feature_select": cfg.feature_select, "adversarial": cfg.adversarial,
                      "loss": cfg.loss, "augment": augment, "device": str(device), "bf16": bf16,
-                     "layout": resolve_layout(cfg.layout, device.type), "cpu_alloc": current_cpu_alloc()},
+                     "layout": resolve_layout(cfg.layout, device.type), "cpu_alloc": current_cpu_alloc(),
+                     "compile": run_cfg.compile},
                      "model": {"arch": cfg.arch, "model_kwargs": model.model_kwargs},
                      "data": data.describe(), "versions": versions()}
     config_record["resolved"]["world_size"] = dist_util.world_size()
@@ -324,7 +327,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             for xb, yb in loader:
                 if cuda and cfg.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                loss, logits = batch_loss(cfg, fwd_model, xb, yb, autocast, update_model)
+                loss, logits = batch_loss(run_cfg, fwd_model, xb, yb, autocast, update_model)
                 if not math.isfinite(loss.item()):
                     raise ChanscopeError(
                         f"loss became {loss.item()} in epoch {epoch + 1}; stopped, {last_path} keeps the last "
