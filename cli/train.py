@@ -95,11 +95,8 @@ def train_command(
     def on_start(info: dict) -> None:
         console.print(f"[bold]chanscope train[/] {cfg.method} {cfg.arch} width {cfg.width} on {info['device']}: "
                       f"{info['n_train']} images, {info['params'] / 1e6:.2f} M parameters -> {out}")
-        if cfg.cuda_graphs and not str(info["device"]).startswith("cuda"):
-            console.print("[yellow]note:[/] --cuda-graphs applies on CUDA only; the attack runs eagerly here")
-        skipped = cfg.compile_skipped(str(info["device"]).split(":")[0])
-        if skipped:
-            console.print(f"[yellow]note:[/] {skipped}")
+        for note in info["notes"]:  # options asked for that do not apply here (the library decides)
+            console.print(f"[yellow]note:[/] {note}")
         bar.start()
         task["id"] = bar.add_task("epoch", total=info["batches"], info="")
 

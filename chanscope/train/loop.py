@@ -209,7 +209,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     Args:
         resume: continue from out/last.pt (model, optimiser, scheduler, RNG and loader position).
         stop_after: stop (as if interrupted) once this many epochs are complete; for tests and budgets.
-        on_batch(epoch, batch, n_batches, loss), on_epoch(row), on_start(info): progress callbacks.
+        on_batch(epoch, batch, n_batches, loss), on_epoch(row), on_start(info): progress callbacks; info["notes"]
+            says which asked-for options do not apply on this device or model, and what runs instead.
     """
     t_start = time.time()
     out = Path(out)
@@ -247,7 +248,11 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
     # what runs: config.json and the checkpoints keep the asked-for cfg, `resolved.compile` what ran
-    run_cfg = replace(cfg, compile=False) if cfg.compile_skipped(device.type) else cfg
+    compile_note = cfg.compile_skipped(device.type)
+    run_cfg = replace(cfg, compile=False) if compile_note else cfg
+    notes = [compile_note] if compile_note else []  # for on_start: asked for, not applied here
+    if cfg.cuda_graphs and not cuda:
+        notes.append("--cuda-graphs applies on CUDA only; the attack runs eagerly here")
     fwd_model = torch.compile(model) if run_cfg.compile else model
     update_model = fwd_model
     if distributed:
@@ -304,7 +309,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
         on_start = on_batch = on_epoch = None
     if on_start:
         on_start({"device": str(device), "n_train": len(data.y_train), "batches": len(loader),
-                  "start_epoch": start_epoch, "params": sum(p.numel() for p in model.parameters())})
+                  "start_epoch": start_epoch, "params": sum(p.numel() for p in model.parameters()),
+                  "notes": notes})
 
     def snapshot(epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
