@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,8 +14,9 @@ from chanscope.data import load_data
 FIXTURES = Path(__file__).parent / "fixtures"
 
 torch.set_num_threads(2)
-# decoded-archive cache of the test session: never the user's ~/.cache
+# decoded-archive cache of the test session: never the user's ~/.cache, and removed at exit
 os.environ["CHANSCOPE_CACHE"] = tempfile.mkdtemp(prefix="chanscope-cache-")
+atexit.register(shutil.rmtree, os.environ["CHANSCOPE_CACHE"], True)
 
 
 @pytest.fixture(scope="session")

@@ -92,6 +92,14 @@ def test_archive_cache_is_exact_and_follows_the_archive(tmp_path, embedded, monk
     os.utime(tgz, ns=(1, 1))
     changed = load_data(str(tgz))
     assert changed.classes == embedded.classes[1:3] and len(changed.y_train) == 4
+    # its new entry replaced the stale one (one entry per archive), and is what the next load reads
+    assert len(list((cache_dir() / "decoded").glob("*.pt"))) == 1
+    assert torch.equal(load_data(str(tgz)).x_train, changed.x_train)
+    # another archive (here a copy at another path) keeps its own entry beside it
+    copy = tmp_path / "copy.tar.gz"
+    shutil.copy2(tgz, copy)
+    assert torch.equal(load_data(str(copy)).x_train, changed.x_train)
+    assert len(list((cache_dir() / "decoded").glob("*.pt"))) == 2
     monkeypatch.setenv("CHANSCOPE_CACHE", "off")
     assert cache_dir() is None and torch.equal(load_data(str(tgz)).x_train, changed.x_train)
 

@@ -212,16 +212,20 @@ def cache_dir() -> Path | None:
 def _cached_archive(path: Path) -> ImageData:
     """Decode an archive once: every later command reads the uint8 tensors (CIFAR-10: ~1 s, not ~11 s).
 
-    Keyed by the archive's resolved path, size and modification time, so a changed archive is decoded
-    again. Any cache problem falls back to decoding; the cache file is written atomically. (Folders are
-    not cached: a nested edit would not change the folder's own time stamp.)
+    Named <path key>-<state key>.pt: the archive's resolved path, then its size and modification time,
+    so a changed archive is decoded again, and writing its new entry removes the stale ones of the same
+    path (one entry per archive: CIFAR-10's is 185 MB, and disks fill). Any cache problem falls back to
+    decoding; the cache file is written atomically. (Folders are not cached: a nested edit would not
+    change the folder's own time stamp.)
     """
     root = cache_dir()
     if root is None:
         return _read_archive(path)
-    st = path.resolve().stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
-    file = root / "decoded" / f"{key}.pt"
+    resolved = path.resolve()
+    st = resolved.stat()
+    path_key = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
+    state_key = hashlib.sha256(f"{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:8]
+    file = root / "decoded" / f"{path_key}-{state_key}.pt"
     if file.is_file():
         try:
             d = torch.load(file, weights_only=True)
@@ -237,6 +241,9 @@ def _cached_archive(path: Path) -> ImageData:
         atomic_torch_save({"name": data.name, "source": data.source, "x_train": data.x_train,
                            "y_train": data.y_train, "x_test": data.x_test, "y_test": data.y_test,
                            "classes": data.classes, "augment": data.augment, "notes": data.notes}, file)
+        for stale in file.parent.glob(f"{path_key}-*.pt"):
+            if stale != file:
+                stale.unlink(missing_ok=True)
     except OSError:
         pass
     return data
