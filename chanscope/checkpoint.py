@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,36 @@ def _resolve(path: str | Path) -> Path:
     return p
 
 
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip format; the legacy format starts as a pickle
+_FOREIGN_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _unreadable(p: Path, e: Exception) -> str:
+    """One line saying why torch.load failed: torch's own messages run to paragraphs."""
+    try:
+        with p.open("rb") as f:
+            head = f.read(4)
+    except OSError as oe:
+        return f"cannot read checkpoint {str(p)!r} ({oe.strerror}); check the file's permissions"
+    if not head.startswith(_TORCH_SAVE_MAGIC):
+        return (f"{str(p)!r} is not a readable checkpoint: it was not written by torch.save (it starts with "
+                f"{head!r}); name a run's best.pt or last.pt")
+    foreign = _FOREIGN_GLOBAL.search(str(e))
+    if foreign:
+        return (f"{str(p)!r} is not a readable checkpoint: it pickles {foreign.group(1)}, and chanscope only loads "
+                "tensors and plain containers (weights_only); save it as torch.save(model.state_dict(), path)")
+    text = str(e).strip()
+    first = text.splitlines()[0].split(". ")[0][:120] if text else type(e).__name__
+    return (f"{str(p)!r} is not a readable checkpoint (truncated or corrupt: {first}); retrain or copy it again")
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """torch.load with weights_only=True, turning every failure into a one-line error."""
     p = _resolve(path)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (a torn file fails in many ways inside the unpickler)
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ChanscopeError(f"{str(p)!r} is not a readable checkpoint (truncated, corrupt or not saved by "
-                             f"torch.save: {first}); retrain or copy it again") from None
+        raise ChanscopeError(_unreadable(p, e)) from None
     if not isinstance(obj, dict):
         raise ChanscopeError(f"{str(p)!r} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
