@@ -103,7 +103,7 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     from chanscope.hooks import default_layer, resolve_layers
     from chanscope.io import atomic_write_csv, atomic_write_json
     from chanscope.relevance import RELEVANCE_METHODS
-    from chanscope.runs import data_of_run, run_dir_of, test_subset, writable_dir
+    from chanscope.runs import check_fits, data_of_run, run_dir_of, test_subset, writable_dir
     from chanscope.train.loop import versions
 
     t0 = time.time()
@@ -119,6 +119,7 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     net = load_model(model_path, device)
     ds = data_of_run(model_path, data, data_root, download)
     x, y = test_subset(ds, n, seed)
+    check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")
     dev = next(net.parameters()).device
     layers = list(layers) if layers else [default_layer(net, x[:1].to(dev))]
     resolve_layers(net, layers)

@@ -16,7 +16,6 @@ import torch.nn as nn
 
 from chanscope.attacks.pgd import frozen_eval, pgd
 from chanscope.attacks.suite import AttackSpec, correct, parse_attacks, run_attack
-from chanscope.errors import ChanscopeError
 
 __all__ = ["evaluate", "sanity_checks", "EvalResult", "EVAL_COLUMNS", "accuracy_under"]
 
@@ -165,19 +164,13 @@ def verdict(checks: list[dict]) -> str:
 
 
 def check_compatible(model: nn.Module, other: nn.Module, shape: tuple[int, ...], what: str = "surrogate") -> None:
+    """`other` (a transfer source) must take the model's inputs and predict as many classes."""
+    from chanscope.runs import check_fits
+
     dev = next(model.parameters()).device
-    probe = torch.rand(1, *shape, device=dev)
-    try:
-        with torch.no_grad(), frozen_eval(other):
-            out = other.to(dev)(probe)
-    except RuntimeError as e:
-        raise ChanscopeError(f"{what} does not take inputs of shape {tuple(shape)} ({str(e).splitlines()[0]})") \
-            from None
     with torch.no_grad(), frozen_eval(model):
-        n = model(probe).shape[1]
-    if out.shape[1] != n:
-        raise ChanscopeError(f"{what} has {out.shape[1]} classes, the model has {n}; give a surrogate trained "
-                             "on the same data")
+        n = model(torch.rand(1, *shape, device=dev)).shape[1]
+    check_fits(other.to(dev), shape, n, what, "the model")
 
 
 def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None, step_size: float | None = None,
@@ -194,7 +187,7 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
     from chanscope.checkpoint import load_model
     from chanscope.errors import check_positive_int
     from chanscope.io import atomic_write_csv, atomic_write_json
-    from chanscope.runs import data_of_run, run_dir_of, test_subset, writable_dir
+    from chanscope.runs import check_fits, data_of_run, run_dir_of, test_subset, writable_dir
     from chanscope.train.loop import versions
 
     t0 = time.time()
@@ -206,6 +199,7 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
     sur = load_model(surrogate, device) if surrogate else None
     ds = data_of_run(model_path, data, data_root, download)
     x, y = test_subset(ds, n, seed)
+    check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")
     if sur is not None:
         check_compatible(net, sur, tuple(x.shape[1:]))
     out_dir = writable_dir(out or run_dir_of(model_path))

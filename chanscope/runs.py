@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from chanscope.data import ImageData, balanced_subset, load_data
 from chanscope.errors import ChanscopeError
 
-__all__ = ["run_dir_of", "data_of_run", "test_subset", "writable_dir"]
+__all__ = ["run_dir_of", "data_of_run", "test_subset", "writable_dir", "check_fits"]
 
 
 def run_dir_of(model_path: str | Path) -> Path:
@@ -53,3 +54,24 @@ def writable_dir(path: str | Path) -> Path:
     if not os.access(p, os.W_OK):
         raise ChanscopeError(f"output folder {str(p)!r} is not writable; pick another --out")
     return p
+
+
+def check_fits(model: nn.Module, shape: tuple[int, ...], num_classes: int, what: str = "the model",
+               data_name: str = "the data") -> None:
+    """Fail in one line when `model` cannot take images of `shape` or predicts another number of classes.
+
+    Checked with one forward pass on a random image before any attack runs: a model of another data set
+    otherwise fails deep inside an attack's loss (cross_entropy's 'Target 2 is out of bounds').
+    """
+    from chanscope.attacks.pgd import frozen_eval
+
+    probe = torch.rand(1, *shape, device=next(model.parameters()).device)
+    try:
+        with torch.no_grad(), frozen_eval(model):
+            k = model(probe).shape[1]
+    except RuntimeError as e:
+        raise ChanscopeError(f"{what} does not take images of shape {tuple(shape)} from {data_name} "
+                             f"({str(e).splitlines()[0][:120]}); give the data it was trained on (--data)") from None
+    if k != num_classes:
+        raise ChanscopeError(f"{what} predicts {k} classes, {data_name} has {num_classes}; "
+                             "give the data it was trained on (--data)")

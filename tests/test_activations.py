@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
 from chanscope.activations import study_activations
 from chanscope.analysis import channels_table, classes_table, spearman
@@ -199,11 +201,16 @@ def test_activations_cli_and_bad_input(tmp_path, embedded):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "ran 2 times" in r.stderr
     before = (tmp_path / "o" / "channels.csv").read_bytes()
+    two = tmp_path / "two"  # an ImageFolder of 2 classes: not the data the 10-class model was made for
+    for split, c, i in itertools.product(("train", "test"), ("a", "b"), range(2)):
+        (two / split / c).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(two / split / c / f"{i}.png")
     for extra, pattern in [(["--layer", "layer9"], "unknown layer 'layer9'"),
                            (["--relevance", "magic"], "unknown relevance"),
-                           (["--eps", "0"], "outside (0, 1]")]:
+                           (["--eps", "0"], "outside (0, 1]"),
+                           (["--data", str(two), "--n", "4"], "predicts 10 classes, data 'two' has 2")]:
         r = subprocess.run(run + extra + ["--out", str(tmp_path / "o")], capture_output=True, text=True)
-        assert r.returncode == 2 and pattern in r.stderr and "Traceback" not in r.stderr
+        assert r.returncode == 2 and pattern in " ".join(r.stderr.split()) and "Traceback" not in r.stderr, r.stderr
     if os.geteuid() != 0:  # root can write anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)

@@ -169,6 +169,7 @@ def test_eval_cli_writes_tables_and_rejects_bad_input(trained, tmp_path):
     before = (tmp_path / "eval.csv").read_bytes()
     other = create_model("resnet10", width=0.125, num_classes=5)
     save_checkpoint(tmp_path / "five.pt", other)
+    save_checkpoint(tmp_path / "gray.pt", create_model("resnet10", width=0.125, in_channels=1))
     (tmp_path / "broken.pt").write_bytes(b"\x00" * 100)
     cases = [
         (["--attacks", "pgd20,magic"], "unknown attack 'magic'; valid: fgsm"),
@@ -176,7 +177,10 @@ def test_eval_cli_writes_tables_and_rejects_bad_input(trained, tmp_path):
         (["--attacks", "pgd0"], "steps=0 must be at least 1"),
         (["--n", "5000"], "outside 1..1000"),
         (["--model", str(tmp_path / "broken.pt")], "not a readable checkpoint"),
-        (["--surrogate", str(tmp_path / "five.pt")], "5 classes"),
+        (["--surrogate", str(tmp_path / "five.pt")], "surrogate predicts 5 classes, the model has 10"),
+        # a model of other data (no run folder, so the embedded set): refused before any attack runs
+        (["--model", str(tmp_path / "five.pt")], "predicts 5 classes, data 'embedded' has 10"),
+        (["--model", str(tmp_path / "gray.pt")], "does not take images of shape (3, 32, 32) from data 'embedded'"),
     ]
     for extra, pattern in cases:
         args = ["--model", str(run / "last.pt"), "--n", "20", "--out", str(tmp_path), *extra]
