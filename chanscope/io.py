@@ -1,7 +1,12 @@
-"""Atomic file writes: a stopped run never leaves a half-written checkpoint or CSV behind."""
+"""Atomic file writes: a stopped run never leaves a half-written checkpoint or CSV behind.
+
+A write that fails (disk full, read-only) raises WriteError, one line for the CLI, and the file that
+was there is left as it was.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -11,22 +16,63 @@ from typing import Any
 import pandas as pd
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_torch_save", "atomic_write_json", "atomic_write_csv"]
+from chanscope.errors import ChanscopeError
+
+__all__ = ["WriteError", "atomic_write_bytes", "atomic_torch_save", "atomic_write_json", "atomic_write_csv"]
+
+
+class WriteError(ChanscopeError, OSError):
+    """A file could not be written; still an OSError, so callers that skip optional writes (caches) still can."""
+
+
+class _Recording:
+    """A file that remembers the OSError of a failed write: torch.save turns it into a RuntimeError
+    ('unexpected pos ...') that no longer says the disk is full."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, b) -> int:
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _write_error(path: Path, cause: OSError) -> WriteError:
+    full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
+    hint = "free disk space" if full else "check the folder's permissions or pick another"
+    err = WriteError(f"cannot write {str(path)!r} ({cause.strerror or cause}); {hint}, then run again (a training "
+                     "run continues with --resume); the file that was there is kept")
+    err.errno = cause.errno
+    return err
 
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    rec = None
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            rec = _Recording(f)
+            write(rec)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        cause = e if isinstance(e, OSError) else getattr(rec, "error", None)
+        if cause is not None and not isinstance(e, ChanscopeError):
+            raise _write_error(path, cause) from None
         raise
 
 

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 
+import pandas as pd
 import pytest
 import torch
 from conftest import FIXTURES
@@ -131,3 +134,50 @@ def test_official_cifs_logits_equal_a_hand_forward(tmp_path):
     with torch.no_grad():
         got = ours(x)
     assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
+
+
+class _FullDisk:
+    """A file on a disk that fills after `room` bytes, as os.fdopen returns it (write raises ENOSPC)."""
+
+    def __init__(self, f, room: int) -> None:
+        self.f, self.room = f, room
+
+    def write(self, b) -> int:
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "csv"])
+def test_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, what):
+    """torch.save hides ENOSPC in a RuntimeError ('unexpected pos'); the error must still say the disk is full."""
+    import chanscope.io as cio
+
+    target = tmp_path / ("last.pt" if what == "checkpoint" else "eval.csv")
+    model = create_model("resnet10", width=0.125)
+    save_checkpoint(target, model) if what == "checkpoint" else target.write_text("attack\npgd20\n")
+    before = target.read_bytes()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(cio.os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode), room=1000))
+    with pytest.raises(cio.WriteError, match=r"No space left on device\); free disk space") as e:
+        if what == "checkpoint":
+            save_checkpoint(target, create_model("resnet10", width=0.25))
+        else:
+            cio.atomic_write_csv(target, pd.DataFrame({"attack": ["fgsm"] * 500}))
+    assert "\n" not in str(e.value) and e.value.errno == errno.ENOSPC and isinstance(e.value, OSError)
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+    # a folder that cannot be made is the same kind of one-line error
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(cio.WriteError, match="cannot write .*pick another"):
+        cio.atomic_write_bytes(tmp_path / "file" / "sub" / "x.csv", b"x")
