@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from chanscope.errors import ChanscopeError
+from chanscope.errors import ChanscopeError, parse_int_list
 from chanscope.io import atomic_write_csv
 from chanscope.train.config import PRESETS, TrainConfig, validate
 from chanscope.train.loop import train
@@ -31,7 +31,7 @@ def _convert(field: str, text: str) -> Any:
     t = str(kinds[field])
     if field in ("probes", "select_stages", "milestones"):
         items = [v for v in text.split("+") if v]
-        return [int(v) for v in items] if field == "milestones" else items
+        return parse_int_list(text, f"--vary {field}", "75+90") if field == "milestones" else items
     try:
         if t.startswith("int"):
             return int(text)

@@ -99,7 +99,7 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     from chanscope.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
     from chanscope.attacks.suite import parse_attacks
     from chanscope.checkpoint import load_model
-    from chanscope.errors import ChanscopeError, check_positive_int
+    from chanscope.errors import ChanscopeError, check_positive_int, check_range
     from chanscope.hooks import default_layer, resolve_layers
     from chanscope.io import atomic_write_csv, atomic_write_json
     from chanscope.relevance import RELEVANCE_METHODS
@@ -113,6 +113,8 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     if relevance_on not in ("natural", "adversarial"):
         raise ChanscopeError(f"--relevance-on must be natural or adversarial, not {relevance_on!r}")
     check_positive_int(batch_size, "batch size")
+    check_range(threshold, "threshold", 0.0, 1.0, example="0.01 (a channel is active above 1% of the image's largest)")
+    check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
     specs = parse_attacks(attack, eps)
     if len(specs) != 1:
         raise ChanscopeError("--attack takes one attack, e.g. pgd20")

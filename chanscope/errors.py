@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["ChanscopeError", "check_eps", "check_positive_int"]
+import math
+
+__all__ = ["ChanscopeError", "check_eps", "check_positive_int", "check_range", "parse_int_list"]
 
 
 class ChanscopeError(ValueError):
@@ -36,3 +38,23 @@ def parse_fraction(text: str | float) -> float:
         return float(s)
     except (ValueError, ZeroDivisionError):
         raise ChanscopeError(f"cannot read {text!r} as a number; write e.g. 8/255 or 0.0314") from None
+
+
+def check_range(value: float, name: str, low: float, high: float = math.inf, *, closed_high: bool = False,
+                example: str = "") -> float:
+    """Reject NaN and values outside [low, high) (or [low, high] with closed_high): NaN passes `x < low`."""
+    ok = math.isfinite(value) or (value == math.inf and closed_high)
+    ok = ok and low <= value and (value <= high if closed_high else value < high)
+    if not ok:
+        span = f"[{low:g}, {high:g}{']' if closed_high else ')'}" if math.isfinite(high) else f"at least {low:g}"
+        raise ChanscopeError(f"{name}={value:g} must be {'in ' if math.isfinite(high) else ''}{span}"
+                             + (f", e.g. {example}" if example else ""))
+    return float(value)
+
+
+def parse_int_list(text: str, name: str, example: str) -> list[int]:
+    """'75,90' -> [75, 90]; a one-line error for anything else."""
+    try:
+        return [int(v) for v in str(text).replace("+", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ChanscopeError(f"{name} {text!r} is not a list of whole numbers; write e.g. {example}") from None

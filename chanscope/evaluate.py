@@ -185,7 +185,7 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
     from chanscope import distributed as dist_util
     from chanscope.attacks.suite import has_probes
     from chanscope.checkpoint import load_model
-    from chanscope.errors import check_positive_int
+    from chanscope.errors import check_positive_int, check_range
     from chanscope.io import atomic_write_csv, atomic_write_json
     from chanscope.runs import check_fits, data_of_run, run_dir_of, test_subset, writable_dir
     from chanscope.train.loop import versions
@@ -195,6 +195,7 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
                           square_queries=square_queries)
     device = str(dist_util.setup_device(device)[0])
     check_positive_int(batch_size, "batch size")
+    check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
     net = load_model(model_path, device)
     sur = load_model(surrogate, device) if surrogate else None
     ds = data_of_run(model_path, data, data_root, download)

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from chanscope.errors import parse_int_list
 from chanscope.train import METHODS, PRESETS, TrainInterrupted, build_config, config_diff, load_run_config, train
 
 from ._console import console, fail, progress
@@ -65,7 +66,7 @@ def train_command(
     given = {
         "method": method, "arch": arch, "width": width, "natural": natural, "data": data, "data_root": data_root,
         "download": download, "subset": subset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "milestones": [int(m) for m in milestones.split(",")] if milestones else None, "eps": eps,
+        "milestones": parse_int_list(milestones, "--milestones", "75,90") if milestones else None, "eps": eps,
         "step_size": step_size, "steps": steps, "beta": beta,
         "probes": probes.split(",") if probes else None, "train_label": train_label, "topk": topk, "mask": mask,
         "select_stages": select_stages.split(",") if select_stages else None, "eval_n": eval_n, "init": init,

@@ -208,6 +208,7 @@ def test_activations_cli_and_bad_input(tmp_path, embedded):
     for extra, pattern in [(["--layer", "layer9"], "unknown layer 'layer9'"),
                            (["--relevance", "magic"], "unknown relevance"),
                            (["--eps", "0"], "outside (0, 1]"),
+                           (["--threshold", "nan"], "threshold=nan must be in [0, 1)"),
                            (["--data", str(two), "--n", "4"], "predicts 10 classes, data 'two' has 2")]:
         r = subprocess.run(run + extra + ["--out", str(tmp_path / "o")], capture_output=True, text=True)
         assert r.returncode == 2 and pattern in " ".join(r.stderr.split()) and "Traceback" not in r.stderr, r.stderr

@@ -108,6 +108,8 @@ def _run(args):
     (["--data", "/nonexistent/folder"], "neither a known source"),
     (["--preset", "huge"], "unknown preset"),
     (["--layout", "nhwc"], "unknown layout 'nhwc'; known: auto, hybrid, nchw, channels_last"),
+    (["--milestones", "75,ninety"], "--milestones '75,ninety' is not a list of whole numbers; write e.g. 75,90"),
+    (["--lr", "nan"], "lr=nan must be a positive number"),  # NaN passes `lr <= 0`: the run then died in epoch 1
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, pattern):
     res = subprocess.run([sys.executable, "-m", "chanscope.cli.app", "train", "--preset", "smoke",
@@ -116,6 +118,32 @@ def test_cli_bad_input_is_one_line(tmp_path, args, pattern):
     assert pattern in " ".join(res.stderr.split())
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 2
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("field, edge, value, pattern", [
+    ("beta", 0.0, -1.0, "beta=-1 must be at least 0"),
+    ("beta_atk", 0.0, float("nan"), "beta_atk=nan must be at least 0"),
+    ("trades_beta", 0.0, float("inf"), "trades_beta=inf must be at least 0"),
+    ("lr", 1e-6, float("inf"), "lr=inf must be a positive number"),
+    ("milestones", [1, 90], [0, 90], r"milestones \[0, 90\] must be epochs from 1 on"),
+])
+def test_config_rejects_nan_and_out_of_range_numbers(field, edge, value, pattern):
+    build_config("smoke", **{field: edge})  # the edge itself is fine
+    with pytest.raises(ChanscopeError, match=pattern):
+        build_config("smoke", **{field: value})
+
+
+def test_check_range_bounds():
+    from chanscope.errors import check_range, parse_int_list
+
+    assert check_range(0.0, "t", 0.0, 1.0) == 0.0 and check_range(0.999, "t", 0.0, 1.0) == 0.999
+    for bad in (1.0, -1e-9, float("nan"), float("inf")):
+        with pytest.raises(ChanscopeError, match=r"must be in \[0, 1\)"):
+            check_range(bad, "t", 0.0, 1.0)
+    assert check_range(1.0, "p", 0.0, 1.0, closed_high=True) == 1.0
+    assert parse_int_list("75,90", "m", "75,90") == [75, 90] and parse_int_list("75+90", "m", "75+90") == [75, 90]
+    with pytest.raises(ChanscopeError, match="'7.5' is not a list of whole numbers"):
+        parse_int_list("7.5", "m", "75,90")
 
 
 def test_cli_version_needs_no_command():
