@@ -190,10 +190,15 @@ def reproduce(out: str | Path, scale: str = "smoke", *, data: str | None = None,
     """
     if scale not in SCALES:
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from chanscope.runs import writable_dir
+
+    out = writable_dir(out)
     record_path = out / "pipeline.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
+    try:
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ChanscopeError(f"{record_path} is not valid JSON; delete it and run again (finished stages are "
+                             "found again from their run folders)") from None
     record.update({"scale": scale, "scale_settings": SCALES[scale].__dict__ if scale in SCALES else None,
                    "data": data or "embedded", "with_cas": with_cas, "seed": seed, "bf16": bf16})
     stages = plan(out, scale, data=data, data_root=data_root, with_cas=with_cas, cifs_scratch=cifs_scratch,

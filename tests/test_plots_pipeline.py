@@ -109,6 +109,17 @@ def test_missing_or_incomplete_runs_give_one_line_errors(study, tmp_path):
         plots.nr_channels([out / "at"], tmp_path, class_name="zebra")
 
 
+def test_reproduce_bad_out_or_record_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ChanscopeError, match="cannot create output folder .* pick another --out"):
+        pipeline.reproduce(tmp_path / "file" / "study", "smoke")
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "pipeline.json").write_text('{"stages": {"train at"')  # cut off mid-write by another tool
+    with pytest.raises(ChanscopeError, match="pipeline.json is not valid JSON; delete it"):
+        pipeline.reproduce(torn, "smoke")
+
+
 def test_second_run_skips_finished_stages_and_resumes_a_cut_one(study, monkeypatch):
     out, _ = study
     calls = []
