@@ -23,15 +23,22 @@ def run_dir_of(model_path: str | Path) -> Path:
 def data_of_run(model_path: str | Path, data: str | None = None, data_root: str | None = None,
                 download: bool = False) -> ImageData:
     """The data named on the command line, else the run's own (config.json), else the embedded set."""
+    from_run = None
     if data is None:
         cfg_path = run_dir_of(model_path) / "config.json"
         if cfg_path.is_file():
             try:
                 cfg = json.loads(cfg_path.read_text())["config"]
                 data, data_root = cfg.get("data"), data_root or cfg.get("data_root")
+                from_run = cfg_path
             except (json.JSONDecodeError, KeyError):
                 pass
-    return load_data(data, data_root, download)
+    try:
+        return load_data(data, data_root, download)
+    except ChanscopeError as e:
+        if from_run is None:
+            raise
+        raise ChanscopeError(f"{e} (this is the data {from_run} names: give --data where it is now)") from None
 
 
 def test_subset(data: ImageData, n: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

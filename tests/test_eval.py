@@ -345,3 +345,19 @@ def test_graphed_pgd_falls_back_to_eager_with_one_warning_when_capture_fails(bat
                 warnings.simplefilter("error")
                 got = graphed.graphed_pgd(m, x, y, eps=EPS, alpha=2 / 255, steps=2, capture=True)
         assert torch.equal(got, ref)
+
+
+def test_data_of_a_run_that_moved_says_where_the_name_came_from(tmp_path):
+    import json
+
+    from chanscope.runs import data_of_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"data": str(tmp_path / "moved.tar.gz")}}))
+    with pytest.raises(ChanscopeError, match=r"moved.tar.gz.*config.json names: give --data where it is now"):
+        data_of_run(run / "best.pt")
+    assert data_of_run(run / "best.pt", "embedded").name == "embedded"  # --data wins over the run's own
+    with pytest.raises(ChanscopeError) as e:  # a name given on the command line gets no such hint
+        data_of_run(run / "best.pt", str(tmp_path / "typo"))
+    assert "config.json" not in str(e.value)
