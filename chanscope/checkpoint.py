@@ -88,6 +88,8 @@ def model_from_checkpoint(obj: dict, origin: str = "checkpoint") -> torch.nn.Mod
         except RuntimeError as e:
             raise ChanscopeError(f"{origin}: weights do not fit arch {obj['arch']!r} "
                                  f"({str(e).splitlines()[0]})") from None
+        if obj.get("input_shape"):  # (C, H, W) of the training images; absent before 2026-11-27
+            model.input_shape = tuple(int(v) for v in obj["input_shape"])
         return model
     sd = obj.get("state_dict", obj)
     if isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values()) \

@@ -65,13 +65,18 @@ def writable_dir(path: str | Path) -> Path:
 
 def check_fits(model: nn.Module, shape: tuple[int, ...], num_classes: int, what: str = "the model",
                data_name: str = "the data") -> None:
-    """Fail in one line when `model` cannot take images of `shape` or predicts another number of classes.
+    """Fail in one line when `model` cannot take images of `shape`, was trained on another image size, or
+    predicts another number of classes.
 
     Checked with one forward pass on a random image before any attack runs: a model of another data set
     otherwise fails deep inside an attack's loss (cross_entropy's 'Target 2 is out of bounds').
     """
     from chanscope.attacks.pgd import frozen_eval
 
+    trained_on = getattr(model, "input_shape", None)  # checkpoints record it; the convolutions would not mind
+    if trained_on is not None and tuple(trained_on) != tuple(shape):
+        raise ChanscopeError(f"{what} was trained on images of shape {tuple(trained_on)}, {data_name} has "
+                             f"{tuple(shape)}; give the data it was trained on (--data)")
     probe = torch.rand(1, *shape, device=next(model.parameters()).device)
     try:
         with torch.no_grad(), frozen_eval(model):

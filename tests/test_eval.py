@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from chanscope.attacks import frozen_eval, pgd
 from chanscope.attacks.external import autoattack, square
 from chanscope.attacks.suite import parse_attacks
-from chanscope.checkpoint import save_checkpoint
+from chanscope.checkpoint import load_model, save_checkpoint
 from chanscope.errors import ChanscopeError
 from chanscope.evaluate import evaluate, sanity_checks
 from chanscope.models import create_model
@@ -361,3 +361,17 @@ def test_data_of_a_run_that_moved_says_where_the_name_came_from(tmp_path):
     with pytest.raises(ChanscopeError) as e:  # a name given on the command line gets no such hint
         data_of_run(run / "best.pt", str(tmp_path / "typo"))
     assert "config.json" not in str(e.value)
+
+
+def test_a_model_refuses_images_of_another_size_than_it_was_trained_on(trained, tmp_path):
+    """Convolutions and adaptive pooling take 8x8 images from a 32x32 model without complaint: wrong numbers."""
+    from chanscope.runs import check_fits
+
+    model, run = trained
+    assert model.input_shape == (3, 32, 32)  # train() records it in the checkpoint
+    check_fits(model, (3, 32, 32), 10)
+    with pytest.raises(ChanscopeError, match=r"trained on images of shape \(3, 32, 32\), data 'small' has \(3, 8, 8\)"):
+        check_fits(model, (3, 8, 8), 10, data_name="data 'small'")
+    old = tmp_path / "old.pt"  # a checkpoint from before the shape was recorded still loads and evaluates
+    save_checkpoint(old, create_model("resnet10", width=0.125))
+    check_fits(load_model(old, "cpu"), (3, 8, 8), 10)

@@ -233,6 +233,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     main_rank = dist_util.is_main()
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
     data = prepare_data(cfg)
+    input_shape = list(data.x_train.shape[1:])  # in every checkpoint: eval refuses images of another size
     augment = data.augment if cfg.augment is None else cfg.augment
     if cfg.eval_n > len(data.y_test):
         raise ChanscopeError(f"eval_n={cfg.eval_n} is larger than the test set ({len(data.y_test)})")
@@ -319,7 +320,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
 
     def save_last(epoch: int) -> None:
         if main_rank:
-            save_checkpoint(last_path, model, config=cfg.to_dict(), train_state=snapshot(epoch))
+            save_checkpoint(last_path, model, config=cfg.to_dict(), input_shape=input_shape,
+                            train_state=snapshot(epoch))
         dist_util.barrier()
 
     metric_key = "test_pgd_acc" if cfg.adversarial else "test_nat_acc"
@@ -375,7 +377,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             if do_eval and metric > best_metric:
                 best_metric, best_epoch = metric, epoch + 1
                 if main_rank:
-                    save_checkpoint(out / "best.pt", model, config=cfg.to_dict(), epoch=epoch + 1, metrics=row)
+                    save_checkpoint(out / "best.pt", model, config=cfg.to_dict(), input_shape=input_shape,
+                                    epoch=epoch + 1, metrics=row)
             save_last(epoch + 1)
             if main_rank:
                 atomic_write_csv(out / "metrics.csv", pd.DataFrame(rows, columns=METRIC_COLUMNS))
