@@ -29,9 +29,10 @@ def _convert(field: str, text: str) -> Any:
     """Values are comma-separated in --vary; list fields join their items with '+'."""
     kinds = {f.name: f.type for f in fields(TrainConfig)}
     t = str(kinds[field])
-    if field in ("probes", "select_stages", "milestones"):
-        items = [v for v in text.split("+") if v]
-        return parse_int_list(text, f"--vary {field}", "75+90") if field == "milestones" else items
+    if field == "milestones":
+        return parse_int_list(text, f"--vary {field}", "75+90")
+    if field in ("probes", "select_stages"):
+        return [v for v in text.split("+") if v]
     try:
         if t.startswith("int"):
             return int(text)

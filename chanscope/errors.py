@@ -43,9 +43,7 @@ def parse_fraction(text: str | float) -> float:
 def check_range(value: float, name: str, low: float, high: float = math.inf, *, closed_high: bool = False,
                 example: str = "") -> float:
     """Reject NaN and values outside [low, high) (or [low, high] with closed_high): NaN passes `x < low`."""
-    ok = math.isfinite(value) or (value == math.inf and closed_high)
-    ok = ok and low <= value and (value <= high if closed_high else value < high)
-    if not ok:
+    if not (low <= value and (value <= high if closed_high else value < high)):  # NaN compares False
         span = f"[{low:g}, {high:g}{']' if closed_high else ')'}" if math.isfinite(high) else f"at least {low:g}"
         raise ChanscopeError(f"{name}={value:g} must be {'in ' if math.isfinite(high) else ''}{span}"
                              + (f", e.g. {example}" if example else ""))

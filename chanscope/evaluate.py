@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from chanscope.attacks.pgd import frozen_eval, pgd
+from chanscope.attacks.pgd import pgd
 from chanscope.attacks.suite import AttackSpec, correct, parse_attacks, run_attack
 
 __all__ = ["evaluate", "sanity_checks", "EvalResult", "EVAL_COLUMNS", "accuracy_under"]
@@ -163,16 +163,6 @@ def verdict(checks: list[dict]) -> str:
     return "possible gradient masking: " + "; ".join(failed)
 
 
-def check_compatible(model: nn.Module, other: nn.Module, shape: tuple[int, ...], what: str = "surrogate") -> None:
-    """`other` (a transfer source) must take the model's inputs and predict as many classes."""
-    from chanscope.runs import check_fits
-
-    dev = next(model.parameters()).device
-    with torch.no_grad(), frozen_eval(model):
-        n = model(torch.rand(1, *shape, device=dev)).shape[1]
-    check_fits(other.to(dev), shape, n, what, "the model")
-
-
 def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None, step_size: float | None = None,
              restarts: int = 1, random_start: bool = False, beta_atk: float = 2.0, square_queries: int = 1000,
              sanity: bool = False, surrogate: str | None = None, batch_size: int = 250, data: str | None = None,
@@ -201,8 +191,8 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
     ds = data_of_run(model_path, data, data_root, download)
     x, y = test_subset(ds, n, seed)
     check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")
-    if sur is not None:
-        check_compatible(net, sur, tuple(x.shape[1:]))
+    if sur is not None:  # the model fits the data (checked above), so the surrogate must fit it too
+        check_fits(sur, tuple(x.shape[1:]), ds.num_classes, "surrogate", "the model")
     out_dir = writable_dir(out or run_dir_of(model_path))
     if on_ready:
         on_ready({"n": len(y), "data": ds.name, "device": str(next(net.parameters()).device),

@@ -19,6 +19,7 @@ import pandas as pd
 
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_json
+from chanscope.runs import writable_dir
 from chanscope.train.config import build_config
 from chanscope.train.loop import train
 
@@ -190,8 +191,6 @@ def reproduce(out: str | Path, scale: str = "smoke", *, data: str | None = None,
     """
     if scale not in SCALES:
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
-    from chanscope.runs import writable_dir
-
     out = writable_dir(out)
     record_path = out / "pipeline.json"
     try:
