@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["ChanscopeError", "check_eps", "check_positive_int", "check_range", "parse_int_list"]
+__all__ = ["ChanscopeError", "check_eps", "check_positive_int", "check_positive", "check_range", "parse_int_list"]
 
 
 class ChanscopeError(ValueError):
@@ -38,6 +38,13 @@ def parse_fraction(text: str | float) -> float:
         return float(s)
     except (ValueError, ZeroDivisionError):
         raise ChanscopeError(f"cannot read {text!r} as a number; write e.g. 8/255 or 0.0314") from None
+
+
+def check_positive(value: float, name: str, example: str) -> float:
+    """Reject zero, negatives, NaN and inf: NaN passes `value <= 0`."""
+    if not 0 < value < math.inf:
+        raise ChanscopeError(f"{name}={value} must be a positive number, e.g. {example}")
+    return float(value)
 
 
 def check_range(value: float, name: str, low: float, high: float = math.inf, *, closed_high: bool = False,

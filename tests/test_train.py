@@ -125,6 +125,7 @@ def test_cli_bad_input_is_one_line(tmp_path, args, pattern):
     ("beta_atk", 0.0, float("nan"), "beta_atk=nan must be at least 0"),
     ("trades_beta", 0.0, float("inf"), "trades_beta=inf must be at least 0"),
     ("lr", 1e-6, float("inf"), "lr=inf must be a positive number"),
+    ("width", 0.25, float("nan"), "width=nan must be a positive number"),  # passed `width <= 0`
     ("milestones", [1, 90], [0, 90], r"milestones \[0, 90\] must be epochs from 1 on"),
 ])
 def test_config_rejects_nan_and_out_of_range_numbers(field, edge, value, pattern):

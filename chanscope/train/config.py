@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from chanscope.data.sources import SOURCES
-from chanscope.errors import ChanscopeError, check_eps, check_positive_int, check_range, parse_fraction
+from chanscope.errors import (
+    ChanscopeError,
+    check_eps,
+    check_positive,
+    check_positive_int,
+    check_range,
+    parse_fraction,
+)
 from chanscope.models import list_models
 
 __all__ = ["TrainConfig", "PRESETS", "METHODS", "build_config", "config_diff"]
@@ -176,10 +183,8 @@ def validate(cfg: TrainConfig) -> None:
     check_positive_int(cfg.epochs, "epochs")
     check_positive_int(cfg.batch_size, "batch size")
     check_positive_int(cfg.eval_every, "eval every")
-    if cfg.width <= 0:
-        raise ChanscopeError(f"width={cfg.width} must be positive, e.g. 0.25")
-    if not (cfg.lr > 0 and cfg.lr < float("inf")):  # NaN fails both
-        raise ChanscopeError(f"lr={cfg.lr} must be a positive number, e.g. 0.1")
+    check_positive(cfg.width, "width", "0.25")
+    check_positive(cfg.lr, "lr", "0.1")
     check_range(cfg.beta, "beta", 0.0, example="2 (the paper's)")
     check_range(cfg.beta_atk, "beta_atk", 0.0, example="2 (the paper's)")
     check_range(cfg.trades_beta, "trades_beta", 0.0, example="6 (TRADES')")
