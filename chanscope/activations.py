@@ -16,6 +16,8 @@ from chanscope.attacks.suite import AttackSpec, run_attack
 from chanscope.hooks import ActivationRecorder
 from chanscope.relevance import RelevanceAccumulator, relevance_scores
 
+DEFAULT_N = 1000  # test images when none are asked for: a full test set under PGD-20 is a long wait on a CPU
+
 __all__ = ["study_activations", "LayerResult"]
 
 
@@ -74,8 +76,8 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
         dist_util.all_reduce_sum(rel[name].tensors())
     dist_util.all_reduce_sum([nat_ok, adv_ok, count])
     n = count.clamp_min(1)
-    nat_acc = {c: 100.0 * float(nat_ok[c] / n[c]) for c in range(k) if count[c] > 0}
-    adv_acc = {c: 100.0 * float(adv_ok[c] / n[c]) for c in range(k) if count[c] > 0}
+    nat_acc = {c: round(100.0 * float(nat_ok[c] / n[c]), 2) for c in range(k) if count[c] > 0}
+    adv_acc = {c: round(100.0 * float(adv_ok[c] / n[c]), 2) for c in range(k) if count[c] > 0}
     results = []
     for name in layers:
         s_nat, s_adv = rec.stats[name]["natural"], rec.stats[name]["adversarial"]
@@ -91,10 +93,13 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
                     relevance: str = "gradient", relevance_on: str = "natural", n: int | None = None,
                     threshold: float = 1e-2, beta_atk: float = 2.0, batch_size: int = 250, data: str | None = None,
                     data_root: str | None = None, download: bool = False, out: str | None = None, seed: int = 0,
-                    device: str | None = None, progress: Callable[[int, int], None] | None = None,
+                    device: str | None = None, classes_by: str = "name",
+                    progress: Callable[[int, int], None] | None = None,
                     on_ready: Callable[[dict], None] | None = None) -> tuple[list[LayerResult], dict]:
     """Record a checkpoint's channel statistics and write channels.csv, classes.csv, activations.json
-    (suffixed `-<layer>` when several layers are asked for) atomically."""
+    (suffixed `-<layer>` when several layers are asked for) atomically.
+
+    n: class-balanced test images; None: DEFAULT_N, or the whole test set where it is smaller."""
     from chanscope import distributed as dist_util
     from chanscope.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
     from chanscope.attacks.suite import parse_attacks
@@ -103,7 +108,7 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     from chanscope.hooks import default_layer, resolve_layers
     from chanscope.io import atomic_write_csv, atomic_write_json
     from chanscope.relevance import RELEVANCE_METHODS
-    from chanscope.runs import check_fits, data_of_run, run_dir_of, test_subset, writable_dir
+    from chanscope.runs import check_fits, data_of_run, match_classes, run_dir_of, test_subset, writable_dir
     from chanscope.train.loop import versions
 
     t0 = time.time()
@@ -120,21 +125,24 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
         raise ChanscopeError("--attack takes one attack, e.g. pgd20")
     net = load_model(model_path, device)
     ds = data_of_run(model_path, data, data_root, download)
-    x, y = test_subset(ds, n, seed)
+    class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")
+    x, y = test_subset(ds, n if n is not None else min(DEFAULT_N, len(ds.y_test)), seed)
     check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")
     dev = next(net.parameters()).device
     layers = list(layers) if layers else [default_layer(net, x[:1].to(dev))]
     resolve_layers(net, layers)
     out_dir = writable_dir(out or run_dir_of(model_path))
     if on_ready:
-        on_ready({"layers": layers, "n": len(y), "data": ds.name, "attack": specs[0].name, "out": out_dir})
+        on_ready({"layers": layers, "n": len(y), "data": ds.name, "attack": specs[0].name, "out": out_dir,
+                  "notes": [class_note] if class_note else []})
     results, seconds = study_activations(net, x, y, ds.classes, layers, specs[0], relevance=relevance,
                                          relevance_on=relevance_on, threshold=threshold, batch_size=batch_size,
                                          beta_atk=beta_atk, seed=seed, progress=progress)
     if not dist_util.is_main():
         return results, {"out": str(out_dir), "wall_seconds": round(time.time() - t0, 1)}
     meta = {"attack": specs[0].to_dict(), "relevance": relevance, "relevance_on": relevance_on,
-            "threshold": threshold, "data": ds.describe() | {"n_used": len(y)}, "model": str(model_path),
+            "threshold": threshold, "data": ds.describe() | {"n_used": len(y)}, "classes_note": class_note,
+            "model": str(model_path),
             "arch": getattr(net, "arch", None), "model_kwargs": getattr(net, "model_kwargs", None), "seed": seed,
             "seconds": round(seconds, 1), "versions": versions(), "out": str(out_dir)}
     for res in results:

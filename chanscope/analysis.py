@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["channels_table", "classes_table", "CHANNEL_COLUMNS", "CLASS_COLUMNS", "cosine", "spearman"]
+__all__ = ["channels_table", "classes_table", "CHANNEL_COLUMNS", "CLASS_COLUMNS", "cosine", "spearman",
+           "most_and_least_robust"]
 
 CHANNEL_COLUMNS = ["layer", "class", "class_name", "channel", "relevance", "pr_nr", "mag_nat", "mag_adv",
                    "std_nat", "std_adv", "freq_nat", "freq_adv", "n"]
@@ -77,3 +78,11 @@ def classes_table(channels: pd.DataFrame, nat_acc: dict[int, float], adv_acc: di
             "n_pr": int(pr.sum()), "n_nr": int(nr.sum()),
         })
     return pd.DataFrame(rows, columns=CLASS_COLUMNS)
+
+
+def most_and_least_robust(classes: pd.DataFrame, column: str = "adv_acc") -> tuple[str, str]:
+    """Class names with the highest and the lowest robust accuracy in a classes table; a tie goes to the class
+    listed first (lowest label). Every figure and report picks its robust/non-robust pair here."""
+    order = classes.reset_index(drop=True)
+    return (str(order.class_name.iloc[int(order[column].to_numpy().argmax())]),
+            str(order.class_name.iloc[int(order[column].to_numpy().argmin())]))

@@ -49,6 +49,24 @@ _TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip format; the leg
 _FOREIGN_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
+def _archive_kind(p: Path) -> str | None:
+    """'a TorchScript file' or 'an exported program' for the zip archives torch.jit.save and torch.export.save
+    write (torch.load cannot read them as checkpoints), else None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    parts = {n.split("/")[1] for n in names if n.count("/") >= 1}  # entries sit under one top folder
+    if "archive_format" in parts or "models" in parts:
+        return "an exported program (torch.export.save)"
+    if "constants.pkl" in parts or "code" in parts:
+        return "a TorchScript file (torch.jit.save)"
+    return None
+
+
 def _unreadable(p: Path, e: Exception) -> str:
     """One line saying why torch.load failed: torch's own messages run to paragraphs."""
     try:
@@ -71,6 +89,11 @@ def _unreadable(p: Path, e: Exception) -> str:
 def read_checkpoint(path: str | Path) -> dict:
     """torch.load with weights_only=True, turning every failure into a one-line error."""
     p = _resolve(path)
+    kind = _archive_kind(p)  # torch.load would hand a TorchScript file to torch.jit.load
+    if kind:
+        raise ChanscopeError(f"{str(p)!r} is {kind}, not a checkpoint: chanscope opens best.pt/last.pt of `chanscope "
+                             "train` and official CIFS/CAS state_dicts; save the weights with "
+                             "torch.save(model.state_dict(), path)")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (a torn file fails in many ways inside the unpickler)
@@ -90,6 +113,8 @@ def model_from_checkpoint(obj: dict, origin: str = "checkpoint") -> torch.nn.Mod
                                  f"({str(e).splitlines()[0]})") from None
         if obj.get("input_shape"):  # (C, H, W) of the training images; absent before 2026-11-27
             model.input_shape = tuple(int(v) for v in obj["input_shape"])
+        if obj.get("classes"):  # the training data's class names; absent before 2026-12-01
+            model.classes = [str(c) for c in obj["classes"]]
         return model
     sd = obj.get("state_dict", obj)
     if isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values()) \

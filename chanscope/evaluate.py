@@ -17,7 +17,7 @@ import torch.nn as nn
 from chanscope.attacks.pgd import pgd
 from chanscope.attacks.suite import AttackSpec, correct, parse_attacks, run_attack
 
-__all__ = ["evaluate", "sanity_checks", "EvalResult", "EVAL_COLUMNS", "accuracy_under"]
+__all__ = ["default_attacks", "evaluate", "sanity_checks", "EvalResult", "EVAL_COLUMNS", "accuracy_under"]
 
 EVAL_COLUMNS = ["attack", "eps", "steps", "step_size", "restarts", "loss", "class", "n", "natural_acc",
                 "robust_acc"]
@@ -40,6 +40,11 @@ def _batches(n: int, bs: int):
         yield slice(i, min(n, i + bs))
 
 
+def percent(k: int, n: int) -> float:
+    """k of n as a percentage with two decimals: exact to one image in 10,000, and free of float32 noise."""
+    return round(100.0 * k / n, 2)
+
+
 def _rows(name: str, spec: AttackSpec, nat: torch.Tensor, rob: torch.Tensor, y: torch.Tensor,
           classes: list[str], loss: str | None = None) -> list[dict]:
     base = {"attack": name, "eps": spec.eps, "steps": spec.steps, "step_size": spec.step_size,
@@ -50,8 +55,8 @@ def _rows(name: str, spec: AttackSpec, nat: torch.Tensor, rob: torch.Tensor, y: 
         n = int(sel.sum())
         if n == 0:
             continue
-        rows.append({**base, "class": cname, "n": n, "natural_acc": 100.0 * float(nat[sel].float().mean()),
-                     "robust_acc": 100.0 * float(rob[sel].float().mean())})
+        rows.append({**base, "class": cname, "n": n, "natural_acc": percent(int(nat[sel].sum()), n),
+                     "robust_acc": percent(int(rob[sel].sum()), n)})
     return rows
 
 
@@ -79,6 +84,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[s
         t0 = time.time()
         torch.manual_seed(seed)
         rob, comps, worst = [], {}, 0.0
+        if progress and dist_util.is_main():
+            progress(spec.name, 0, len(y_all))
         for s in _batches(len(y), batch_size):
             details: dict = {}
             r, w, _ = run_attack(spec, model, x[s], y[s], beta_atk=beta_atk, seed=seed, details=details)
@@ -112,12 +119,13 @@ def accuracy_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
                      random_start=random_start or k > 0)
             r &= correct(model, xa, yb)
         ok.append(r)
-    return 100.0 * float(torch.cat(ok).float().mean())
+    ok = torch.cat(ok)
+    return percent(int(ok.sum()), len(ok))
 
 
 def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, batch_size: int = 250,
                   surrogate: nn.Module | None = None, square_queries: int = 1000, seed: int = 0,
-                  loss: str = "ce") -> list[dict]:
+                  loss: str = "ce", progress: Progress | None = None) -> list[dict]:
     """Gradient-masking checks; each entry: check, passed, numbers, detail.
 
     Tolerance: one percentage point plus one example, for sampling noise on a finite set.
@@ -126,10 +134,18 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     x, y = x.to(dev), y.to(dev)
     tol = 1.0 + 100.0 / max(1, len(y))
     checks = []
+    runs = {"done": 0, "total": 6 + (surrogate is not None)}  # attacks measured, for the progress display
+
+    def tick() -> None:
+        runs["done"] += 1
+        if progress:
+            progress("sanity checks", runs["done"], runs["total"])
 
     def acc(steps: int, restarts: int = 1, e: float = eps, rs: bool = False, src=None) -> float:
-        return accuracy_under(model, x, y, eps=e, steps=steps, alpha=2.5 * e / steps, restarts=restarts,
-                              random_start=rs, loss=loss, batch_size=batch_size, source=src, seed=seed)
+        a = accuracy_under(model, x, y, eps=e, steps=steps, alpha=2.5 * e / steps, restarts=restarts,
+                           random_start=rs, loss=loss, batch_size=batch_size, source=src, seed=seed)
+        tick()
+        return a
 
     a10, a20, a50 = acc(10), acc(20), acc(50)
     checks.append({"check": "more PGD steps never raise accuracy", "passed": a20 <= a10 + tol and a50 <= a20 + tol,
@@ -144,7 +160,8 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     sq = []
     for s in _batches(len(y), batch_size):
         sq.append(run_attack(sq_spec, model, x[s], y[s], seed=seed)[0])
-    a_sq = 100.0 * float(torch.cat(sq).float().mean())
+    a_sq = percent(int(torch.cat(sq).sum()), len(y))
+    tick()
     checks.append({"check": "black-box Square is not stronger than white-box PGD", "passed": a_sq >= a50 - tol,
                    "numbers": {"square": a_sq, "pgd50": a50, "queries": square_queries}})
     if surrogate is not None:
@@ -163,11 +180,22 @@ def verdict(checks: list[dict]) -> str:
     return "possible gradient masking: " + "; ".join(failed)
 
 
-def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None, step_size: float | None = None,
+DEFAULT_ATTACKS = "fgsm,pgd20,cw20"
+ADAPTIVE_DEFAULT = "adaptive20"  # models with probes or auxiliary heads (CIFS, CAS): the attack that counts
+
+
+def default_attacks(model: nn.Module) -> str:
+    """The attacks `eval` runs when none are named: the adaptive one too where the model has extra heads."""
+    from chanscope.attacks.suite import has_probes
+
+    return DEFAULT_ATTACKS + (f",{ADAPTIVE_DEFAULT}" if has_probes(model) else "")
+
+
+def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None = None, step_size: float | None = None,
              restarts: int = 1, random_start: bool = False, beta_atk: float = 2.0, square_queries: int = 1000,
              sanity: bool = False, surrogate: str | None = None, batch_size: int = 250, data: str | None = None,
              data_root: str | None = None, download: bool = False, out: str | None = None, seed: int = 0,
-             device: str | None = None, progress: Progress | None = None,
+             device: str | None = None, classes_by: str = "name", progress: Progress | None = None,
              on_ready: Callable[[dict], None] | None = None) -> tuple[EvalResult, dict]:
     """Evaluate a checkpoint and write eval.csv and eval.json (atomically) into `out` or the run folder."""
     import json
@@ -177,18 +205,22 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
     from chanscope.checkpoint import load_model
     from chanscope.errors import check_positive_int, check_range
     from chanscope.io import atomic_write_csv, atomic_write_json
-    from chanscope.runs import check_fits, data_of_run, run_dir_of, test_subset, writable_dir
+    from chanscope.runs import check_fits, data_of_run, match_classes, run_dir_of, test_subset, writable_dir
     from chanscope.train.loop import versions
 
     t0 = time.time()
-    specs = parse_attacks(attacks, eps, step_size=step_size, restarts=restarts, random_start=random_start,
-                          square_queries=square_queries)
+    if attacks is not None:  # a bad attack list fails before the model is read
+        parse_attacks(attacks, eps, step_size=step_size, restarts=restarts, random_start=random_start,
+                      square_queries=square_queries)
     device = str(dist_util.setup_device(device)[0])
     check_positive_int(batch_size, "batch size")
     check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
     net = load_model(model_path, device)
+    specs = parse_attacks(attacks or default_attacks(net), eps, step_size=step_size, restarts=restarts,
+                          random_start=random_start, square_queries=square_queries)
     sur = load_model(surrogate, device) if surrogate else None
     ds = data_of_run(model_path, data, data_root, download)
+    class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")
     x, y = test_subset(ds, n, seed)
     check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")
     if sur is not None:  # the model fits the data (checked above), so the surrogate must fit it too
@@ -196,16 +228,19 @@ def run_eval(model_path: str, attacks: str, eps: float, *, n: int | None = None,
     out_dir = writable_dir(out or run_dir_of(model_path))
     if on_ready:
         on_ready({"n": len(y), "data": ds.name, "device": str(next(net.parameters()).device),
-                  "specs": specs, "out": out_dir})
+                  "specs": specs, "out": out_dir, "notes": [class_note] if class_note else []})
     result = evaluate(net, x, y, ds.classes, specs, batch_size=batch_size, beta_atk=beta_atk, seed=seed,
                       progress=progress)
     if sanity:
+        if progress and dist_util.is_main():
+            progress("sanity checks", 0, 6 + (sur is not None))
         result.sanity = sanity_checks(net, x, y, eps, batch_size=batch_size, surrogate=sur,
                                       square_queries=square_queries, seed=seed,
-                                      loss="joint" if has_probes(net) else "ce")
+                                      loss="joint" if has_probes(net) else "ce", progress=progress)
     summary = {
         "model": str(model_path), "arch": getattr(net, "arch", None),
         "model_kwargs": getattr(net, "model_kwargs", None), "data": ds.describe() | {"n_eval": len(y)},
+        "classes_note": class_note,
         "eps": eps, "attacks": [s.to_dict() for s in specs], "beta_atk": beta_atk, "seed": seed,
         "overall": json.loads(result.overall().to_json(orient="records")), "max_linf": result.max_linf,
         "attack_seconds": result.seconds, "sanity": result.sanity,

@@ -52,6 +52,13 @@ def _write_error(path: Path, cause: OSError) -> WriteError:
     return err
 
 
+def _file_mode() -> int:
+    """The mode an ordinary open() would give a new file: 0666 less the umask (mkstemp makes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     try:
@@ -61,6 +68,7 @@ def _atomic(path: Path, write) -> None:
         raise _write_error(path, e) from None
     rec = None
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             rec = _Recording(f)
             write(rec)

@@ -54,7 +54,7 @@ SCALES: dict[str, Scale] = {
                            "eval_steps": 10, "eval_step_size": 2 / 255},
                  "fgsm,pgd20,cw20,adaptive20", 1000, 500, 200, 1000, "pgd20", 1000),
     # the paper's recipe (GPU)
-    "paper": Scale("paper", {}, "fgsm,pgd20,pgd100,cw20,adaptive20", None, 1000, 1000, None, "pgd20", 5000),
+    "paper": Scale("paper", {}, "fgsm,pgd20,pgd100,cw20,adaptive20", None, 1000, 1000, 10000, "pgd20", 5000),
 }
 
 
@@ -119,7 +119,8 @@ def plan(out: Path, scale: str, *, data: str | None = None, data_root: str | Non
         stages.append(Stage(f"train {name}", name, "train", lambda run=run, e=cfg.epochs: _train_done(run, e),
                             do_train, f"chanscope train {opts}{' --natural' if method.get('natural') else ''} "
                                       f"--preset {sc.preset} ... --out {run}"
-                                      + (f" --init {out / warm / 'last.pt'}" if warm else "")))
+                                      + (f" --init {out / warm / 'last.pt'}" if warm else ""),
+                            extra={"config": cfg, "run": run}))
     from chanscope.activations import run_activations
     from chanscope.evaluate import run_eval
 
@@ -178,18 +179,82 @@ def _order(stages: list[Stage]) -> list[Stage]:
     return sorted(stages, key=key)  # stable: keeps the model order inside each group
 
 
-def reproduce(out: str | Path, scale: str = "smoke", *, data: str | None = None, data_root: str | None = None,
-              with_cas: bool = False, cifs_scratch: bool = True, seed: int = 0, device: str | None = None,
-              progress: Callable[[str, int, int], None] | None = None,
+_STUDY_DEFAULTS = {"scale": "smoke", "data": "embedded", "seed": 0, "bf16": None, "with_cas": False,
+                   "cifs_scratch": True}
+_ADDITIVE = ("with_cas", "cifs_scratch")  # may be turned on later: they add models, they change none
+
+
+def _data_key(data: str | None) -> str:
+    """The data as recorded: a path resolved (a study may be continued from another folder), a name as is."""
+    if not data:
+        return "embedded"
+    p = Path(data).expanduser()
+    return str(p.resolve()) if p.exists() else data
+
+
+def study_options(record: dict, given: dict[str, Any]) -> dict[str, Any]:
+    """The options a study runs with: those given, else those the folder was made with, else the defaults.
+
+    Raises a one-line error naming every option that differs from the folder's (nothing is written): a
+    study's models, evaluations and figures all come from one data set, scale, seed and recipe.
+    """
+    made = record.get("options") or {k: record[k] for k in ("scale", "data", "seed", "bf16", "with_cas")
+                                     if k in record}  # records written before options were kept together
+    if "data" in made:
+        made["data"] = _data_key(made["data"])
+    if "data" in given and given["data"] is not None:
+        given = {**given, "data": _data_key(given["data"])}
+    opts, diff = {}, []
+    for k, default in _STUDY_DEFAULTS.items():
+        g = given.get(k)
+        opts[k] = g if g is not None else made.get(k, default)
+        if g is not None and k in made and g != made[k] and not (k in _ADDITIVE and g):
+            diff.append(f"{k} {made[k]!r} (given {g!r})")
+    if diff and record.get("stages"):
+        raise ChanscopeError("this study folder was made with " + ", ".join(diff) + "; rerun with its options to "
+                             "continue it (or leave them out), or pick another --out for a new study")
+    settings = record.get("scale_settings")
+    if record.get("stages") and settings is not None and settings != json.loads(json.dumps(
+            SCALES[opts["scale"]].__dict__)):
+        raise ChanscopeError(f"scale {opts['scale']!r} has other settings than when this study folder was made "
+                             "(another chanscope version); pick another --out for a new study")
+    return opts
+
+
+def _check_runs(stages: list[Stage]) -> None:
+    """Refuse a study folder whose trained runs were made with another recipe (e.g. another scale)."""
+    from chanscope.train.config import config_diff
+    from chanscope.train.loop import load_run_config
+
+    for st in stages:
+        cfg = st.extra.get("config")
+        if cfg is None or not (st.extra["run"] / "config.json").is_file():
+            continue
+        stored = load_run_config(st.extra["run"])
+        diff = config_diff(stored, cfg, set(cfg.to_dict()) - _FREE_IN_STUDY)
+        if diff:
+            raise ChanscopeError(f"{st.extra['run']} was trained with other options than this study asks for "
+                                 f"({'; '.join(diff[:3])}); rerun with the options it was made with, or pick "
+                                 "another --out")
+
+
+_FREE_IN_STUDY = {"device", "preset", "download", "data_root", "init", "layout", "cuda_graphs"}
+
+
+def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = None, data_root: str | None = None,
+              with_cas: bool | None = None, cifs_scratch: bool | None = None, seed: int | None = None,
+              device: str | None = None, progress: Callable[[str, int, int], None] | None = None,
               on_stage: Callable[[str, str, float], None] | None = None,
               time_limit: float | None = None, bf16: bool | None = None) -> dict:
     """Run (or continue) the whole study into `out`; returns the pipeline record (also pipeline.json).
 
+    Options left as None take the value the folder was made with (a new folder: scale smoke, embedded data,
+    seed 0); an option that differs from the folder's is refused before anything is written.
     time_limit: seconds after which no new stage starts (a lent machine's budget); the report then covers
     the finished stages and a later call continues with the rest.
     bf16: autocast of the training stages (None: CUDA only); evaluation and activations stay float32.
     """
-    if scale not in SCALES:
+    if scale is not None and scale not in SCALES:
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
     out = writable_dir(out)
     record_path = out / "pipeline.json"
@@ -198,10 +263,15 @@ def reproduce(out: str | Path, scale: str = "smoke", *, data: str | None = None,
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ChanscopeError(f"{record_path} is not valid JSON; delete it and run again (finished stages are "
                              "found again from their run folders)") from None
-    record.update({"scale": scale, "scale_settings": SCALES[scale].__dict__ if scale in SCALES else None,
-                   "data": data or "embedded", "with_cas": with_cas, "seed": seed, "bf16": bf16})
-    stages = plan(out, scale, data=data, data_root=data_root, with_cas=with_cas, cifs_scratch=cifs_scratch,
-                  seed=seed, device=device, progress=progress, bf16=bf16)
+    opts = study_options(record, {"scale": scale, "data": data, "seed": seed, "bf16": bf16, "with_cas": with_cas,
+                                  "cifs_scratch": cifs_scratch})
+    scale, seed, bf16 = opts["scale"], opts["seed"], opts["bf16"]
+    data = None if opts["data"] == "embedded" else opts["data"]
+    stages = plan(out, scale, data=data, data_root=data_root, with_cas=opts["with_cas"],
+                  cifs_scratch=opts["cifs_scratch"], seed=seed, device=device, progress=progress, bf16=bf16)
+    _check_runs(stages)
+    record.update({"scale": scale, "scale_settings": SCALES[scale].__dict__, "data": opts["data"],
+                   "with_cas": opts["with_cas"], "seed": seed, "bf16": bf16, "options": opts})
     from chanscope.train.loop import versions
 
     record["versions"] = versions()

@@ -16,10 +16,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from chanscope.analysis import most_and_least_robust  # noqa: E402
 from chanscope.errors import ChanscopeError  # noqa: E402
 from chanscope.io import atomic_write_bytes, atomic_write_csv  # noqa: E402
 
-__all__ = ["nr_channels", "class_alignment", "class_robustness", "training_curves", "read_run_csv", "PALETTE"]
+__all__ = ["images_used", "nr_channels", "class_alignment", "class_robustness", "training_curves", "read_run_csv",
+           "PALETTE"]
 
 PALETTE = sns.color_palette("colorblind")
 _HINT = {
@@ -59,6 +61,24 @@ def _save(fig, out: Path, name: str, data: pd.DataFrame) -> pd.DataFrame:
     plt.close(fig)
     atomic_write_csv(out / f"{name}.csv", data)
     return data
+
+
+def images_used(run: str | Path, stage: str = "activations") -> str:
+    """Which test images a run's figure or table was computed on, e.g. '300 test images, pgd10 (activations)'.
+
+    stage: activations (channels.csv / classes.csv) or eval (eval.csv)."""
+    import json
+
+    run = Path(run)
+    try:
+        if stage == "eval":
+            ev = pd.read_csv(run / "eval.csv")
+            row = ev[ev["class"] == "all"].iloc[0]
+            return f"{int(row.n)} test images (eval)"
+        meta = json.loads((run / "activations.json").read_text())
+        return f"{meta['data']['n_used']} test images, {meta['attack']['name']} (activations)"
+    except (OSError, ValueError, KeyError, IndexError, pd.errors.ParserError):
+        return f"{stage} stage"
 
 
 def _label(run: Path) -> str:
@@ -107,7 +127,8 @@ def nr_channels(runs: list[str | Path], out: str | Path, class_name: str | None 
         ax.set_xlabel("channel, sorted by relevance")
     axes[0][0].set_ylabel("magnitude / model's mean natural magnitude" if normalize else "mean activation magnitude")
     axes[0][0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"Channel magnitudes vs relevance ({class_name or 'all classes'})", fontsize=11)
+    fig.suptitle(f"Channel magnitudes vs relevance ({class_name or 'all classes'}; "
+                 f"{', '.join(f'{lb}: {images_used(r)}' for r, lb in zip(runs, _labels(runs)))})", fontsize=9)
     fig.tight_layout()
     return _save(fig, Path(out), name, data)
 
@@ -123,8 +144,7 @@ def class_alignment(run: str | Path, out: str | Path, classes: list[str] | None 
             raise ChanscopeError(f"unknown classes {unknown}; classes: {', '.join(cl.class_name)}")
         chosen = list(classes)
     else:
-        order = cl.sort_values("adv_acc", kind="stable")
-        chosen = [order.class_name.iloc[-1], order.class_name.iloc[0]]
+        chosen = list(most_and_least_robust(cl))
     data = ch[ch.class_name.isin(chosen)][["class_name", "channel", "relevance", "mag_nat", "mag_adv"]].copy()
     fig, axes = plt.subplots(1, len(chosen), figsize=(4.2 * len(chosen), 3.6), sharey=True, squeeze=False)
     for ax, c in zip(axes[0], chosen):
@@ -138,7 +158,7 @@ def class_alignment(run: str | Path, out: str | Path, classes: list[str] | None 
         ax.set_xlabel("channel relevance")
     axes[0][0].set_ylabel("mean activation magnitude")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Magnitude vs relevance, {_label(Path(run))}", fontsize=11)
+    fig.suptitle(f"Magnitude vs relevance, {_label(Path(run))} (robust accuracy: {images_used(run)})", fontsize=10)
     fig.tight_layout()
     return _save(fig, Path(out), name, data.assign(model=_label(Path(run))))
 
@@ -172,39 +192,72 @@ def class_robustness(runs: list[str | Path], out: str | Path, attack: str | None
     axes[1].set_ylabel(f"robust accuracy %\n({data.attack.iloc[0]})")
     axes[1].set_xticks(x, classes, rotation=30)
     axes[0].legend(fontsize=8, ncol=len(models))
-    fig.suptitle("Per-class accuracy", fontsize=11)
+    fig.suptitle("Per-class accuracy (" + ", ".join(f"{lb}: {images_used(r, 'eval')}" for r, lb in
+                                                 zip(runs, _labels(runs))) + ")", fontsize=10)
     fig.tight_layout()
     return _save(fig, Path(out), name, data)
 
 
+_LOSS_TITLES = {"ce": "cross-entropy", "joint": "joint loss: CE + probes' CE (CIFS, CAS)",
+                "trades": "TRADES loss: CE + beta KL"}
+
+
+def _loss_kind(run: Path) -> str:
+    """The training loss a run's train_loss column holds (config.json), 'ce' where it does not say."""
+    import json
+
+    try:
+        return str(json.loads((Path(run) / "config.json").read_text())["resolved"]["loss"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "ce"
+
+
 def training_curves(runs: list[str | Path], out: str | Path, name: str = "training") -> pd.DataFrame:
-    """Loss, training accuracy, test natural and test PGD accuracy per epoch."""
+    """Training loss (one panel per kind of loss: CIFS's joint loss is not on cross-entropy's scale), natural
+    and PGD accuracy per epoch; one legend below the panels: colours are models, line styles are what
+    was measured."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
     cols = ["epoch", "train_loss", "train_acc", "test_nat_acc", "test_pgd_acc"]
     extra = ["train_eval_nat_acc", "train_eval_pgd_acc"]
     frames = []
     for run, label in zip(runs, _labels(runs)):
         m = read_run_csv(run, "metrics.csv", cols)
         m = m[cols + [c for c in extra if c in m.columns]].copy()
+        m.insert(0, "loss_kind", _loss_kind(Path(run)))
         m.insert(0, "model", label)
         frames.append(m)
     data = pd.concat(frames, ignore_index=True)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for i, (model, g) in enumerate(data.groupby("model", sort=False)):
+    kinds = list(dict.fromkeys(data.loss_kind))
+    fig, axes = plt.subplots(1, len(kinds) + 2, figsize=(4.3 * (len(kinds) + 2), 3.6))
+    loss_ax = dict(zip(kinds, axes))
+    acc_axes = axes[len(kinds):]
+    eval_mode = False
+    for i, (_, g) in enumerate(data.groupby("model", sort=False)):
         c = PALETTE[i % 10]
-        axes[0].plot(g.epoch, g.train_loss, color=c, label=model)
-        axes[1].plot(g.epoch, g.train_acc, color=c, ls="--", label=f"{model} train")
-        axes[1].plot(g.epoch, g.test_nat_acc, color=c, label=f"{model} test")
-        axes[2].plot(g.epoch, g.test_pgd_acc, color=c, label=f"{model} test")
+        loss_ax[g.loss_kind.iloc[0]].plot(g.epoch, g.train_loss, color=c, marker=".")
+        acc_axes[0].plot(g.epoch, g.train_acc, color=c, ls="--")
+        acc_axes[0].plot(g.epoch, g.test_nat_acc, color=c, marker=".")
+        acc_axes[1].plot(g.epoch, g.test_pgd_acc, color=c, marker=".")
         if "train_eval_pgd_acc" in g and g.train_eval_pgd_acc.notna().any():  # as test sees the model
-            axes[1].plot(g.epoch, g.train_eval_nat_acc, color=c, ls=":", label=f"{model} train (eval mode)")
-            axes[2].plot(g.epoch, g.train_eval_pgd_acc, color=c, ls=":", label=f"{model} train (eval mode)")
-    for ax, t in zip(axes, ("training loss", "natural accuracy % (dashed: training batches)",
-                            "PGD accuracy % (dotted: training images)")):
-        ax.set_title(t, fontsize=10)
+            eval_mode = True
+            acc_axes[0].plot(g.epoch, g.train_eval_nat_acc, color=c, ls=":")
+            acc_axes[1].plot(g.epoch, g.train_eval_pgd_acc, color=c, ls=":")
+    for kind, ax in loss_ax.items():
+        ax.set_title(f"training loss: {_LOSS_TITLES.get(kind, kind)}", fontsize=9)
+    acc_axes[0].set_title("natural accuracy %", fontsize=10)
+    acc_axes[1].set_title("PGD accuracy %", fontsize=10)
+    for ax in axes:
         ax.set_xlabel("epoch")
-    axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=6, ncol=2)
-    axes[2].legend(fontsize=6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = [Line2D([], [], color=PALETTE[i % 10], lw=2, label=m) for i, m in enumerate(dict.fromkeys(data.model))]
+    handles += [Line2D([], [], color="0.3", marker=".", label="test images"),
+                Line2D([], [], color="0.3", ls="--", label="training batches (train mode)")]
+    if eval_mode:
+        handles.append(Line2D([], [], color="0.3", ls=":", label="training images (eval mode)"))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 6),
+               fontsize=8, frameon=False)
     fig.tight_layout()
     return _save(fig, Path(out), name, data)
 

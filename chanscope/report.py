@@ -10,9 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chanscope.analysis import spearman
+from chanscope.analysis import most_and_least_robust, spearman
 from chanscope.io import atomic_write_bytes, atomic_write_csv
-from chanscope.plots import class_alignment, class_robustness, nr_channels, read_run_csv, training_curves
+from chanscope.plots import (
+    class_alignment,
+    class_robustness,
+    images_used,
+    nr_channels,
+    read_run_csv,
+    training_curves,
+)
 
 __all__ = ["observations", "write_report", "write_outputs"]
 
@@ -28,6 +35,11 @@ def _fmt(v, nd: int = 1) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{v:.{nd}f}" if isinstance(v, (float, np.floating)) else str(v)
+
+
+def _num(v) -> str | None:
+    """A setting as written (0.125 stays 0.125; a table's fixed decimals would print 0)."""
+    return None if v is None else f"{v:g}"
 
 
 def _md(df: pd.DataFrame, nd: int = 1) -> str:
@@ -87,7 +99,8 @@ def observations(runs: dict[str, Path]) -> list[dict]:
                                f"average, positive in {pos}/{len(ca)} classes; PR change {-pr:+.1%}"})
         rho = spearman(ca.spearman_nat.to_numpy(), ca.adv_acc.to_numpy())
         verdict = "holds" if rho >= 0.4 else ("does not hold" if rho <= 0 else "unclear")
-        best, worst = ca.loc[ca.adv_acc.idxmax()], ca.loc[ca.adv_acc.idxmin()]
+        hi, lo = most_and_least_robust(ca)
+        best, worst = ca[ca.class_name == hi].iloc[0], ca[ca.class_name == lo].iloc[0]
         obs.append({"observation": "3. Robust classes align magnitude with relevance, non-robust ones do not",
                     "verdict": verdict,
                     "numbers": f"AT, over {len(ca)} classes: rank correlation of (Spearman magnitude~relevance) with "
@@ -128,11 +141,14 @@ def write_report(runs: list[Path], out: Path, figures: Path | None = None, recor
         c = cfg.get("config", {})
         m = pd.read_csv(r / "metrics.csv") if (r / "metrics.csv").is_file() else pd.DataFrame()
         rows.append({"model": r.name, "method": c.get("method"), "natural only": c.get("natural"),
-                     "arch": c.get("arch"), "width": c.get("width"), "epochs": c.get("epochs"),
+                     "arch": c.get("arch"), "width": _num(c.get("width")),
+                     "epochs": f"{len(m)}/{c['epochs']}" if "epochs" in c else None,
                      "train images": cfg.get("data", {}).get("n_train"), "PGD steps": c.get("steps"),
                      "init": Path(c["init"]).parent.name if c.get("init") else "-",
                      "train s": float(m.seconds.sum()) if len(m) else None})
-    lines += ["## Models", "", _md(pd.DataFrame(rows), 0), ""]
+    lines += ["## Models", ""]
+    lines += [_md(pd.DataFrame(rows), 0), ""] if rows else ["No model has been trained yet; run again to continue.",
+                                                             ""]
     data = next((_json(r / "config.json").get("data", {}) for r in runs if (r / "config.json").is_file()), {})
     if data:
         lines += [f"Data: {data.get('source')} ({'; '.join(data.get('notes', []))})", ""]
@@ -166,6 +182,9 @@ def write_report(runs: list[Path], out: Path, figures: Path | None = None, recor
                                                 "n_nr"]])
     if al:
         lines += ["## Per-class alignment (penultimate layer, gradient relevance)", "",
+                  "nat_acc and adv_acc here come from the activations stage (" + "; ".join(
+                      f"{r.name}: {images_used(r)}" for r in runs if (r / "classes.csv").is_file())
+                  + "), the robust accuracy tables above from the eval stage.", "",
                   _md(pd.concat(al, ignore_index=True), 3), ""]
     obs = observations(byname)
     if obs:
@@ -191,6 +210,7 @@ def write_outputs(out: Path, record: dict, stages: list[str]) -> None:
     out = Path(out)
     figs = out / "figures"
     models = [m for m in dict.fromkeys(stages) if (out / m / "channels.csv").is_file()]
+    trained_models = [m for m in dict.fromkeys(stages) if (out / m / "config.json").is_file()]
     main = [m for m in ("standard", "at", "cifs") if m in models]
     if main:
         nr_channels([out / m for m in main], figs)
@@ -198,7 +218,7 @@ def write_outputs(out: Path, record: dict, stages: list[str]) -> None:
     for m in ("at", "cifs"):
         if m in models:
             class_alignment(out / m, figs, name=f"class_alignment_{m}")
-    trained = [out / m for m in models if (out / m / "metrics.csv").is_file()]
+    trained = [out / m for m in trained_models if (out / m / "metrics.csv").is_file()]
     if trained:
         training_curves(trained, figs)
     res = out / "results"
@@ -206,4 +226,4 @@ def write_outputs(out: Path, record: dict, stages: list[str]) -> None:
         for f in ("eval.csv", "classes.csv", "metrics.csv"):
             if (out / m / f).is_file():
                 atomic_write_csv(res / f"{m}_{f}", read_run_csv(out / m, f))
-    write_report([out / m for m in models], out / "report.md", figs, record)
+    write_report([out / m for m in trained_models], out / "report.md", figs, record)

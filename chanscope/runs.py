@@ -12,7 +12,7 @@ from torch import nn
 from chanscope.data import ImageData, balanced_subset, load_data
 from chanscope.errors import ChanscopeError
 
-__all__ = ["run_dir_of", "data_of_run", "test_subset", "writable_dir", "check_fits"]
+__all__ = ["run_dir_of", "data_of_run", "test_subset", "writable_dir", "check_fits", "match_classes", "CLASSES_BY"]
 
 
 def run_dir_of(model_path: str | Path) -> Path:
@@ -87,3 +87,34 @@ def check_fits(model: nn.Module, shape: tuple[int, ...], num_classes: int, what:
     if k != num_classes:
         raise ChanscopeError(f"{what} predicts {k} classes, {data_name} has {num_classes}; "
                              "give the data it was trained on (--data)")
+
+
+CLASSES_BY = ("name", "position")
+
+
+def match_classes(model: nn.Module, data: ImageData, by: str = "name", what: str = "the model") -> str | None:
+    """Make the data's labels mean the model's classes; returns a note when something was mapped.
+
+    by="name": the data must name the classes the model was trained on (checkpoints record them); the same
+    names in another order are mapped by name, other names are refused. by="position": label i of the data is
+    taken as the model's class i, whatever the names, and rows carry the model's names. Models that record no
+    class names (older checkpoints, the official code's) keep the data's labels and names.
+    """
+    if by not in CLASSES_BY:
+        raise ChanscopeError(f"classes_by must be one of {', '.join(CLASSES_BY)}, not {by!r}")
+    names = getattr(model, "classes", None)
+    if not names or list(names) == list(data.classes) or len(names) != data.num_classes:
+        return None  # nothing recorded, the same, or a count mismatch that check_fits reports
+    if by == "position":
+        note = f"data {data.name!r} classes {data.classes[:3]}... taken by position as {list(names)[:3]}..."
+        data.classes = list(names)
+        return note
+    if sorted(names) == sorted(data.classes):
+        perm = torch.tensor([list(names).index(c) for c in data.classes])
+        data.y_test, data.y_train = perm[data.y_test], perm[data.y_train]
+        data.classes = list(names)
+        return f"data {data.name!r} lists the model's classes in another order; labels mapped by name"
+    first = next((a, b) for a, b in zip(names, data.classes) if a != b)
+    raise ChanscopeError(f"{what} was trained on classes {', '.join(names)}; data {data.name!r} has "
+                         f"{', '.join(data.classes)} (first difference: {first[0]!r} vs {first[1]!r}); give the data "
+                         "it was trained on, or take the labels by position (classes_by='position')")

@@ -1,15 +1,31 @@
-"""Consoles, error exit and progress bars shared by every command."""
+"""Consoles, error exit and progress display shared by every command.
+
+On a terminal (or in a notebook) progress is a live rich bar with an ETA. Off a terminal (a log file, CI,
+a pipe) a live bar would only appear at the end, so progress becomes plain lines at an interval, and tables
+get a wide console instead of being cut to 80 columns.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+LINE_EVERY = float(os.environ.get("CHANSCOPE_PROGRESS_EVERY", "30"))  # seconds between plain progress lines
+_WIDE = 200  # columns of a console that is not a terminal (COLUMNS overrides)
+
 console = Console(quiet=os.environ.get("RANK", "0") != "0")  # under torchrun only rank 0 prints
 err_console = Console(stderr=True)
+for _c in (console, err_console):
+    if not _c.is_terminal and not _c.is_jupyter and "COLUMNS" not in os.environ:
+        _c.width = _WIDE
+
+
+def interactive() -> bool:
+    return console.is_terminal or console.is_jupyter
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -18,11 +34,82 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def progress() -> Progress:
-    """Bar with count, a free-text field (rate, loss), elapsed time and ETA."""
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class LineProgress:
+    """The part of rich's Progress the commands use, printed as plain lines: one per task when it starts,
+    then at most one every `every` seconds, and one when it completes; each with count, rate-based ETA and
+    elapsed time."""
+
+    def __init__(self, out: Console, every: float = LINE_EVERY) -> None:
+        self.console, self.every = out, every
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def add_task(self, description: str, total: float | None = None, **fields) -> int:
+        tid = len(self.tasks)
+        self.tasks[tid] = {"description": description, "total": total, "completed": 0, "info": fields.get("info", ""),
+                           "t0": time.time(), "printed": 0.0, "done": False}
+        return tid
+
+    def update(self, task_id: int, *, completed: float | None = None, total: float | None = None,
+               description: str | None = None, info: str | None = None, **_) -> None:
+        t = self.tasks[task_id]
+        if description is not None and description != t["description"]:  # a new epoch: a new line and clock
+            t.update(description=description, t0=time.time(), printed=0.0, done=False)
+        for k, v in (("completed", completed), ("total", total), ("info", info)):
+            if v is not None:
+                t[k] = v
+        now = time.time()
+        finished = t["total"] is not None and t["completed"] >= t["total"]
+        if (finished and not t["done"]) or now - t["printed"] >= self.every:
+            t["printed"], t["done"] = now, finished
+            self.console.print(self._line(t, now), highlight=False, markup=False)
+
+    @staticmethod
+    def _line(t: dict, now: float) -> str:
+        done, total, secs = t["completed"], t["total"], now - t["t0"]
+        count = f"{int(done)}/{int(total)}" if total else f"{int(done)}"
+        pct = f" ({100 * done / total:.0f}%)" if total else ""
+        eta = ""
+        if total and 0 < done < total:
+            eta = f", eta {_clock(secs * (total - done) / done)}"
+        info = f"  {t['info']}" if t["info"] else ""
+        return f"{t['description']}: {count}{pct}{info}  elapsed {_clock(secs)}{eta}"
+
+
+def progress() -> Progress | LineProgress:
+    """A live bar with count, a free-text field (rate, loss), elapsed time and ETA on a terminal; plain
+    progress lines elsewhere."""
+    if not interactive():
+        return LineProgress(console)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
                     TimeRemainingColumn(), console=console)
+
+
+# library messages name options as the Python API spells them; on the command line they are flags
+_FLAGS = {"classes_by='position'": "--classes-by position"}
+
+
+def _as_flags(message: str) -> str:
+    for option, flag in _FLAGS.items():
+        message = message.replace(option, flag)
+    return message
 
 
 def handle_errors(fn):
@@ -36,6 +123,6 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ChanscopeError as e:
-            raise fail(str(e)) from None
+            raise fail(_as_flags(str(e))) from None
 
     return wrapper

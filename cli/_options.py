@@ -13,3 +13,6 @@ DataOpt = Annotated[Optional[str], typer.Option(
 DataRootOpt = Annotated[Optional[str], typer.Option(help="Folder of torchvision's data sets (for named data).")]
 DownloadOpt = Annotated[Optional[bool], typer.Option("--download", help="Let torchvision download named data.")]
 EpsOpt = Annotated[Optional[str], typer.Option(help="L-inf budget in pixel units, e.g. 8/255.")]
+ClassesByOpt = Annotated[str, typer.Option(
+    help="How the data's labels meet the model's classes: name (the names the checkpoint records must match; "
+    "another order is mapped) or position (label i is the model's class i, rows get the model's names).")]

@@ -13,7 +13,7 @@ from chanscope.errors import parse_fraction
 from chanscope.relevance import RELEVANCE_METHODS
 
 from ._console import console, progress
-from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
+from ._options import ClassesByOpt, DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
 
 SHOWN = {"class_name": "class", "n": "n", "nat_acc": "nat%", "adv_acc": "adv%", "cosine_adv_nat": "cos",
          "mean_abs_gap": "|gap|", "nr_over_abs": "NR over", "nr_over_rel": "NR rel", "pr_under_abs": "PR under",
@@ -30,7 +30,9 @@ def activations_command(
     relevance_on: Annotated[str, typer.Option(help="Score relevance on natural or adversarial inputs.")]
     = "natural",
     eps: EpsOpt = "8/255",
-    n: Annotated[Optional[int], typer.Option(help="Class-balanced test images (default: all).")] = None,
+    n: Annotated[Optional[int], typer.Option(
+        help="Class-balanced test images (default 1000, or the whole test set where it is smaller). The whole "
+        "CIFAR-10 test set (--n 10000) takes 10x as long as the default.")] = None,
     threshold: Annotated[float, typer.Option(help="Active: magnitude > threshold x the input's largest.")] = 1e-2,
     beta_atk: Annotated[float, typer.Option(help="Joint-loss beta for adaptive attacks.")] = 2.0,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 250,
@@ -38,6 +40,7 @@ def activations_command(
     data_root: DataRootOpt = None,
     download: DownloadOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the run's).")] = None,
+    classes_by: ClassesByOpt = "name",
     seed: SeedOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -48,6 +51,8 @@ def activations_command(
     def on_ready(info: dict) -> None:
         console.print(f"[bold]chanscope activations[/] {model}: layers {', '.join(info['layers'])}, {info['n']} "
                       f"images of {info['data']}, attack {info['attack']}, relevance {relevance}")
+        for note in info["notes"]:
+            console.print(f"[yellow]note:[/] {note}")
         bar.start()
         task["id"] = bar.add_task("images", total=info["n"], info="")
 
@@ -56,7 +61,7 @@ def activations_command(
             str(model), layers=list(layer) if layer else None, attack=attack, eps=parse_fraction(eps),
             relevance=relevance, relevance_on=relevance_on, n=n, threshold=threshold, beta_atk=beta_atk,
             batch_size=batch_size, data=data, data_root=data_root, download=bool(download),
-            out=str(out) if out else None, seed=seed or 0, device=device, on_ready=on_ready,
+            out=str(out) if out else None, seed=seed or 0, device=device, classes_by=classes_by, on_ready=on_ready,
             progress=lambda done, total: bar.update(task["id"], completed=done))
     finally:
         bar.stop()

@@ -12,13 +12,14 @@ from chanscope.errors import parse_fraction
 from chanscope.evaluate import run_eval, verdict
 
 from ._console import console, progress
-from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
+from ._options import ClassesByOpt, DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
 
 
 def eval_command(
     model: Annotated[Path, typer.Option(help="Checkpoint (.pt) or run folder; official CIFS checkpoints too.")],
-    attacks: Annotated[str, typer.Option(help="Comma list: fgsm, pgd20, pgd100, cw20, aa, square, adaptive.")]
-    = "fgsm,pgd20,cw20",
+    attacks: Annotated[Optional[str], typer.Option(
+        help="Comma list of fgsm, pgd<K>, cw<K>, adaptive<K>, aa, square (e.g. pgd20,adaptive20; default: "
+        "fgsm,pgd20,cw20, plus adaptive20 for models with probes or auxiliary heads, CIFS and CAS).")] = None,
     eps: EpsOpt = "8/255",
     n: Annotated[Optional[int], typer.Option(help="Class-balanced test images (default: the whole test set).")]
     = None,
@@ -35,6 +36,7 @@ def eval_command(
     download: DownloadOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for eval.csv/eval.json (default: the run's).")]
     = None,
+    classes_by: ClassesByOpt = "name",
     seed: SeedOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -46,9 +48,14 @@ def eval_command(
     def on_ready(info: dict) -> None:
         console.print(f"[bold]chanscope eval[/] {model}: {info['n']} test images of {info['data']}, eps {e:.5f}, "
                       f"attacks {', '.join(s.name for s in info['specs'])} on {info['device']}")
+        for note in info["notes"]:
+            console.print(f"[yellow]note:[/] {note}")
         bar.start()
-        for s in info["specs"]:
-            tasks[s.name] = bar.add_task(s.name, total=info["n"], info="")
+
+    def on_progress(name: str, done: int, total: int) -> None:
+        if name not in tasks:  # each attack's clock starts when it does
+            tasks[name] = bar.add_task(name, total=total, info="")
+        bar.update(tasks[name], completed=done)
 
     try:
         result, summary = run_eval(
@@ -56,8 +63,7 @@ def eval_command(
             restarts=restarts, random_start=random_start, beta_atk=beta_atk, square_queries=square_queries,
             sanity=sanity, surrogate=str(surrogate) if surrogate else None, batch_size=batch_size, data=data,
             data_root=data_root, download=bool(download), out=str(out) if out else None, seed=seed or 0,
-            device=device, on_ready=on_ready, progress=lambda name, done, total: bar.update(tasks[name],
-                                                                                              completed=done))
+            device=device, classes_by=classes_by, on_ready=on_ready, progress=on_progress)
     finally:
         bar.stop()
     print_eval(result, summary, str(model), e)

@@ -9,18 +9,23 @@ from typing import Annotated, Optional
 import typer
 
 from chanscope.pipeline import SCALES, reproduce
+from chanscope.train import TrainInterrupted
 
-from ._console import console, progress
+from ._console import console, fail, progress
 from ._options import DataOpt, DataRootOpt, DeviceOpt, SeedOpt
 
 
 def reproduce_command(
-    scale: Annotated[str, typer.Option(help=f"One of: {', '.join(SCALES)}.")] = "smoke",
+    scale: Annotated[Optional[str], typer.Option(
+        help=f"One of: {', '.join(SCALES)} (default: the study folder's, else smoke).")] = None,
     data: DataOpt = None,
     data_root: DataRootOpt = None,
-    with_cas: Annotated[bool, typer.Option("--with-cas", help="Also train and study CAS.")] = False,
-    cifs_scratch: Annotated[bool, typer.Option(help="Also report CIFS trained from scratch.")] = True,
-    out: Annotated[Optional[Path], typer.Option(help="Study folder (default runs/reproduce-<scale>).")] = None,
+    with_cas: Annotated[Optional[bool], typer.Option("--with-cas", help="Also train and study CAS.")] = None,
+    cifs_scratch: Annotated[Optional[bool], typer.Option(
+        "--cifs-scratch/--no-cifs-scratch", help="Also report CIFS trained from scratch (default yes).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Study folder (default runs/reproduce-<scale>). An existing one continues with the options it was "
+        "made with; other data, scale, seed or bf16 are refused.")] = None,
     time_limit: Annotated[Optional[float], typer.Option(
         help="Minutes: start no new stage after this; the report covers what is done, a rerun continues.")] = None,
     bf16: Annotated[Optional[bool], typer.Option(
@@ -30,7 +35,7 @@ def reproduce_command(
     device: DeviceOpt = None,
 ) -> None:
     """Train standard, AT and CIFS (CAS), evaluate, record activations, plot and report; resumable."""
-    out = out or Path("runs") / f"reproduce-{scale}"
+    out = out or Path("runs") / f"reproduce-{scale or 'smoke'}"
     t0 = time.time()
     bar = progress()
     tasks: dict[str, int] = {}
@@ -40,12 +45,21 @@ def reproduce_command(
             tasks[label] = bar.add_task(label, total=total, info="")
         bar.update(tasks[label], completed=done, total=total)
 
+    current = {"stage": None}
+
     def on_stage(name: str, status: str, secs: float) -> None:
+        current["stage"] = name if status == "running" else None
         bar.console.print(f"[bold]{name}[/]: {status}" + (f" ({secs:.0f}s)" if secs else ""), highlight=False)
 
-    with bar:
-        record = reproduce(out, scale, data=data, data_root=data_root, with_cas=with_cas, cifs_scratch=cifs_scratch,
-                           seed=seed or 0, device=device, progress=on_progress, on_stage=on_stage,
-                           time_limit=time_limit * 60 if time_limit is not None else None, bf16=bf16)
+    try:
+        with bar:
+            record = reproduce(out, scale, data=data, data_root=data_root, with_cas=with_cas,
+                               cifs_scratch=cifs_scratch, seed=seed, device=device, progress=on_progress,
+                               on_stage=on_stage, time_limit=time_limit * 60 if time_limit is not None else None,
+                               bf16=bf16)
+    except (TrainInterrupted, KeyboardInterrupt):
+        where = f" during {current['stage']!r}" if current["stage"] else ""
+        raise fail(f"interrupted{where}; finished stages and trained epochs are kept in {out}: run the same command "
+                   "again to continue", code=130) from None
     console.print(f"study in {out}: report.md, figures/, results/ ({time.time() - t0:.0f}s this invocation; "
                   f"{sum(s['seconds'] for s in record['stages'].values()):.0f}s of stages in all)")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from chanscope.errors import parse_int_list
 from chanscope.train import METHODS, PRESETS, TrainInterrupted, build_config, config_diff, load_run_config, train
+from chanscope.train.config import default_preset
 
 from ._console import console, fail, progress
 from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
@@ -19,7 +20,8 @@ from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, Seed
 
 def train_command(
     method: Annotated[Optional[str], typer.Option(help=f"One of: {', '.join(METHODS)} (default cifs).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help=f"One of: {', '.join(PRESETS)} (default paper).")] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        help=f"One of: {', '.join(PRESETS)} (default: paper on a GPU, cpu on a CPU).")] = None,
     arch: Annotated[Optional[str], typer.Option(help="Registry name, e.g. resnet18, wrn28_10.")] = None,
     width: Annotated[Optional[float], typer.Option(help="Channel multiplier, e.g. 0.25 on CPU.")] = None,
     natural: Annotated[Optional[bool], typer.Option("--natural", help="cifs/cas: natural training only.")] = None,
@@ -86,6 +88,10 @@ def train_command(
         cfg = candidate
         cfg.preset = stored.preset
     else:
+        if preset is None:
+            preset = default_preset(device)
+            console.print(f"[yellow]note:[/] no --preset given: {preset!r} on this device"
+                          + (" (the paper's recipe is --preset paper)" if preset != "paper" else ""))
         cfg = build_config(preset, **given)
     if out is None:
         out = Path("runs") / f"{cfg.method}-{cfg.arch}-{datetime.now():%Y%m%d-%H%M%S}"

@@ -177,11 +177,27 @@ def _torchvision(key: str, root: str | Path | None, download: bool) -> ImageData
             ys = [d.targets.to(torch.int64) for d in (tr, te)]
             classes, augment = list(tr.classes), False
     except RuntimeError as e:
-        raise ChanscopeError(f"torchvision could not open {key} under {str(root)!r} ({e}); "
-                             "check the folder or add --download") from None
+        raise ChanscopeError(f"torchvision could not open {key} under {str(root)!r} ({e}); {_layout_hint(key, root)}"
+                             ) from None
     except (ImportError, ModuleNotFoundError) as e:
         raise ChanscopeError(f"reading {key} needs an extra package: {e}; pip install scipy") from None
     return ImageData(key, f"torchvision {key} at {root}", xs[0], ys[0], xs[1], ys[1], classes, augment)
+
+
+_LAYOUT = {"cifar10": "cifar-10-batches-py/ (the python version's data_batch_1..5 and test_batch)",
+           "svhn": "train_32x32.mat and test_32x32.mat",
+           "fashion-mnist": "FashionMNIST/raw/ with the four *-ubyte or *-ubyte.gz files"}
+
+
+def _layout_hint(key: str, root: Path) -> str:
+    """Where torchvision looks under the data root, and where the files are if they sit one level off."""
+    expected = f"torchvision expects {root}/{_LAYOUT[key]}"
+    if key == "fashion-mnist":
+        stray = sorted(p.name for p in root.glob("*-ubyte*")) if root.is_dir() else []
+        if stray:
+            return (f"{expected}; {', '.join(stray[:2])}... are in {root} itself: move them into "
+                    f"{root}/FashionMNIST/raw/")
+    return f"{expected} (or add --download on a machine with internet)"
 
 
 def _gunzip_idx(raw: Path) -> None:

@@ -21,7 +21,7 @@ from chanscope.errors import (
 )
 from chanscope.models import list_models
 
-__all__ = ["TrainConfig", "PRESETS", "METHODS", "build_config", "config_diff"]
+__all__ = ["TrainConfig", "PRESETS", "METHODS", "build_config", "config_diff", "default_preset"]
 
 # method -> (feature selection of the model, loss the training attack and the update use)
 METHODS: dict[str, tuple[str, str]] = {
@@ -150,6 +150,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def default_preset(device: str | None = None) -> str:
+    """The preset a run gets when none is named: the paper's recipe where a GPU runs it, the CPU preset on a
+    CPU (the paper's 120 full-width epochs would take weeks there)."""
+    from chanscope.device import pick_device
+
+    return "paper" if pick_device(device).type == "cuda" else "cpu"
+
+
 def build_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     """Paper defaults, then the preset, then the explicit options (None means 'not given')."""
     if preset is not None and preset not in PRESETS:
@@ -173,6 +181,9 @@ def build_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
 def validate(cfg: TrainConfig) -> None:
     if cfg.method not in METHODS:
         raise ChanscopeError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
+    if cfg.natural and cfg.method in ("at", "trades"):
+        raise ChanscopeError(f"natural training with method {cfg.method!r} is method 'standard' (natural only "
+                             "applies to cifs and cas, whose architecture differs); use method standard")
     if cfg.arch not in list_models():
         raise ChanscopeError(f"unknown arch {cfg.arch!r}; known: {', '.join(list_models())}")
     check_eps(cfg.eps, "eps")

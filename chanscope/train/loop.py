@@ -132,7 +132,7 @@ def evaluate_subset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tra
     counts = torch.tensor([nat, adv], dtype=torch.float64)
     dist_util.all_reduce_sum([counts])
     n = max(1, total)
-    return 100.0 * float(counts[0]) / n, 100.0 * float(counts[1]) / n
+    return round(100.0 * float(counts[0]) / n, 2), round(100.0 * float(counts[1]) / n, 2)
 
 
 # ----------------------------------------------------------------------------------------------- Ctrl-C
@@ -320,7 +320,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
 
     def save_last(epoch: int) -> None:
         if main_rank:
-            save_checkpoint(last_path, model, config=cfg.to_dict(), input_shape=input_shape,
+            save_checkpoint(last_path, model, config=cfg.to_dict(), input_shape=input_shape, classes=data.classes,
                             train_state=snapshot(epoch))
         dist_util.barrier()
 
@@ -368,7 +368,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             sums = torch.tensor([partial["loss_sum"], partial["correct"], partial["seen"]], dtype=torch.float64)
             dist_util.all_reduce_sum([sums])
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0] / sums[2].clamp_min(1)),
-                   "train_acc": 100.0 * float(sums[1] / sums[2].clamp_min(1)),
+                   "train_acc": round(100.0 * float(sums[1] / sums[2].clamp_min(1)), 2),
                    "test_nat_acc": nat, "test_pgd_acc": adv, "train_eval_nat_acc": tr_nat,
                    "train_eval_pgd_acc": tr_adv, "seconds": round(seconds, 2)}
             rows.append(row)
@@ -378,7 +378,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
                 best_metric, best_epoch = metric, epoch + 1
                 if main_rank:
                     save_checkpoint(out / "best.pt", model, config=cfg.to_dict(), input_shape=input_shape,
-                                    epoch=epoch + 1, metrics=row)
+                                    classes=data.classes, epoch=epoch + 1, metrics=row)
             save_last(epoch + 1)
             if main_rank:
                 atomic_write_csv(out / "metrics.csv", pd.DataFrame(rows, columns=METRIC_COLUMNS))
@@ -387,8 +387,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     total = time.time() - t_start
     summary = {"best_epoch": best_epoch, "best_" + metric_key: best_metric, "epochs": len(rows),
                "wall_seconds_this_invocation": round(total, 1)}
-    if main_rank:
-        atomic_write_json(out / "summary.json", summary)
+    if main_rank and (start_epoch < cfg.epochs or not (out / "summary.json").is_file()):
+        atomic_write_json(out / "summary.json", summary)  # a resume with nothing left to train keeps its record
     return TrainResult(out, pd.DataFrame(rows, columns=METRIC_COLUMNS), best_epoch, best_metric, cfg, total)
 
 
