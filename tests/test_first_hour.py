@@ -94,7 +94,8 @@ def test_a_study_folder_refuses_runs_trained_with_another_recipe(tmp_path):
     run.mkdir(parents=True)
     cfg = build_config("smoke", **pipeline.SCALES["smoke"].train, method="standard", seed=0)
     (run / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
-    with pytest.raises(ChanscopeError, match=r"standard was trained with other options .*batch_size: run has 64, given 128"):
+    with pytest.raises(ChanscopeError, match=r"standard was trained with other options .*batch_size: run has 64, "
+                                             "given 128"):
         pipeline.reproduce(tmp_path / "s", "cpu")
     res = runner.invoke(app, ["reproduce", "--scale", "cpu", "--out", str(tmp_path / "s")])
     assert res.exit_code == 2 and "Traceback" not in res.output
