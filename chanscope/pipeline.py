@@ -42,15 +42,17 @@ class Scale:
 SCALES: dict[str, Scale] = {
     # a few minutes on 2 CPU cores, embedded data: checks the pipeline, not the paper
     "smoke": Scale("smoke", {"width": 0.125, "subset": 1000, "epochs": 3, "batch_size": 64, "steps": 2,
-                             "step_size": 4 / 255, "eval_n": 100, "eval_steps": 3, "eval_step_size": 3 / 255},
+                             "step_size": 4 / 255, "val_n": 100, "eval_n": 100, "eval_steps": 3,
+                             "eval_step_size": 3 / 255},
                    "fgsm,pgd10,cw10,adaptive10", 200, 0, 100, 300, "pgd10", 100),
     # about an hour on 2 CPU cores with the full CIFAR-10 archive
     "cpu": Scale("cpu", {"width": 0.25, "subset": 5000, "epochs": 8, "steps": 3, "step_size": 3 / 255,
-                         "eval_n": 500, "eval_steps": 10, "eval_step_size": 2 / 255},
+                         "val_n": 500, "eval_n": 500, "eval_steps": 10, "eval_step_size": 2 / 255},
                  "fgsm,pgd20,cw20,adaptive20", 500, 100, 100, 1000, "pgd20", 1000),
     # about 6 minutes on one H200 (sized from a measured run): full-width ResNet-18, 20k images, 5 epochs,
     # PGD-5 training; the first try with all 50k images finished 3 of AT's 5 epochs in its 10-minute call
-    "gpu": Scale("paper", {"subset": 20000, "epochs": 5, "steps": 5, "step_size": 2 / 255, "eval_n": 1000,
+    "gpu": Scale("paper", {"subset": 20000, "epochs": 5, "steps": 5, "step_size": 2 / 255, "val_n": 1000,
+                           "eval_n": 1000,
                            "eval_steps": 10, "eval_step_size": 2 / 255},
                  "fgsm,pgd20,cw20,adaptive20", 1000, 500, 200, 1000, "pgd20", 1000),
     # the paper's recipe (GPU)

@@ -220,7 +220,7 @@ def training_curves(runs: list[str | Path], out: str | Path, name: str = "traini
     from matplotlib.ticker import MaxNLocator
 
     cols = ["epoch", "train_loss", "train_acc", "test_nat_acc", "test_pgd_acc"]
-    extra = ["train_eval_nat_acc", "train_eval_pgd_acc"]
+    extra = ["val_nat_acc", "val_pgd_acc", "train_eval_nat_acc", "train_eval_pgd_acc"]
     frames = []
     for run, label in zip(runs, _labels(runs)):
         m = read_run_csv(run, "metrics.csv", cols)
@@ -233,13 +233,18 @@ def training_curves(runs: list[str | Path], out: str | Path, name: str = "traini
     fig, axes = plt.subplots(1, len(kinds) + 2, figsize=(4.3 * (len(kinds) + 2), 3.6))
     loss_ax = dict(zip(kinds, axes))
     acc_axes = axes[len(kinds):]
-    eval_mode = False
+    eval_mode = val_runs = False
     for i, (_, g) in enumerate(data.groupby("model", sort=False)):
         c = PALETTE[i % 10]
         loss_ax[g.loss_kind.iloc[0]].plot(g.epoch, g.train_loss, color=c, marker=".")
         acc_axes[0].plot(g.epoch, g.train_acc, color=c, ls="--")
-        acc_axes[0].plot(g.epoch, g.test_nat_acc, color=c, marker=".")
-        acc_axes[1].plot(g.epoch, g.test_pgd_acc, color=c, marker=".")
+        held = "val" if "val_pgd_acc" in g and g.val_pgd_acc.notna().any() else "test"
+        val_runs = val_runs or held == "val"
+        acc_axes[0].plot(g.epoch, g[f"{held}_nat_acc"], color=c, marker=".")
+        acc_axes[1].plot(g.epoch, g[f"{held}_pgd_acc"], color=c, marker=".")
+        if held == "val":  # the test subset, measured after the last epoch only
+            acc_axes[0].plot(g.epoch, g.test_nat_acc, color=c, marker="*", ls="none", ms=9)
+            acc_axes[1].plot(g.epoch, g.test_pgd_acc, color=c, marker="*", ls="none", ms=9)
         if "train_eval_pgd_acc" in g and g.train_eval_pgd_acc.notna().any():  # as test sees the model
             eval_mode = True
             acc_axes[0].plot(g.epoch, g.train_eval_nat_acc, color=c, ls=":")
@@ -252,8 +257,10 @@ def training_curves(runs: list[str | Path], out: str | Path, name: str = "traini
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles = [Line2D([], [], color=PALETTE[i % 10], lw=2, label=m) for i, m in enumerate(dict.fromkeys(data.model))]
-    handles += [Line2D([], [], color="0.3", marker=".", label="test images"),
-                Line2D([], [], color="0.3", ls="--", label="training batches (train mode)")]
+    handles += [Line2D([], [], color="0.3", marker=".", label="validation images" if val_runs else "test images")]
+    if val_runs:
+        handles.append(Line2D([], [], color="0.3", marker="*", ls="none", ms=9, label="test images (last epoch)"))
+    handles.append(Line2D([], [], color="0.3", ls="--", label="training batches (train mode)"))
     if eval_mode:
         handles.append(Line2D([], [], color="0.3", ls=":", label="training images (eval mode)"))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 6),

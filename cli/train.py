@@ -114,9 +114,12 @@ def train_command(
 
     def on_epoch(row: dict) -> None:
         task["t"] = time.time()
+        held = "val" if cfg.val_n else "test"
+        test = (f"  test nat {row['test_nat_acc']:.1f}% pgd {row['test_pgd_acc']:.1f}%"
+                if cfg.val_n and row["test_nat_acc"] == row["test_nat_acc"] else "")  # measured after the last epoch
         bar.console.print(f"epoch {row['epoch']:>3}  lr {row['lr']:.4f}  loss {row['train_loss']:.3f}  "
-                          f"train {row['train_acc']:.1f}%  test nat {row['test_nat_acc']:.1f}%  "
-                          f"pgd {row['test_pgd_acc']:.1f}%  {row['seconds']:.0f}s", highlight=False)
+                          f"train {row['train_acc']:.1f}%  {held} nat {row[held + '_nat_acc']:.1f}%  "
+                          f"pgd {row[held + '_pgd_acc']:.1f}%{test}  {row['seconds']:.0f}s", highlight=False)
 
     try:
         result = train(cfg, out, resume=resume, on_batch=on_batch, on_epoch=on_epoch, on_start=on_start)
@@ -126,11 +129,14 @@ def train_command(
     finally:
         bar.stop()
     table = Table(title=f"{cfg.method} {cfg.arch} ({out})")
-    for col in ("epoch", "lr", "train loss", "train acc %", "test nat %", "test PGD %", "s"):
+    for col in ("epoch", "lr", "train loss", "train acc %", "val nat %", "val PGD %", "test nat %", "test PGD %",
+                "s"):
         table.add_column(col, justify="right")
     for _, r in result.metrics.iterrows():
         table.add_row(f"{int(r.epoch)}", f"{r.lr:.4f}", f"{r.train_loss:.3f}", f"{r.train_acc:.1f}",
-                      f"{r.test_nat_acc:.1f}", f"{r.test_pgd_acc:.1f}", f"{r.seconds:.0f}")
+                      *[f"{v:.1f}" if v == v else "-" for v in (r.val_nat_acc, r.val_pgd_acc, r.test_nat_acc,
+                                                                r.test_pgd_acc)], f"{r.seconds:.0f}")
     console.print(table)
-    console.print(f"best epoch {result.best_epoch} ({result.best_metric:.1f}%), {result.seconds:.0f}s; "
+    console.print(f"best epoch {result.best_epoch} ({result.best_metric:.1f}% on the "
+                  f"{'validation split' if cfg.val_n else 'test subset'}), {result.seconds:.0f}s; "
                   f"files in {out}: config.json metrics.csv last.pt best.pt")

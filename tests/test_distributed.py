@@ -77,7 +77,7 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(tmp_path):
 
     cfg = build_config("smoke", **CFG)
     torch.manual_seed(cfg.seed)
-    data = prepare_data(cfg)
+    data, _ = prepare_data(cfg)
     model = build_model(cfg, data).train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     loader = BatchLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)

@@ -44,6 +44,9 @@ class TrainConfig:
     data_root: str | None = None  # torchvision folder for named data sets
     download: bool = False  # let torchvision download (machines with internet)
     subset: int | None = None  # class-balanced seeded training subset
+    # held-out validation split carved from the training set before the subset (class-balanced, seeded; never
+    # trained on): best.pt and every per-epoch number used for selection come from it; 0: none (older runs)
+    val_n: int = 1000
     augment: bool | None = None  # crop 4 + flip; None: as the data source says (CIFAR-like: yes)
     # optimisation (paper: SGD 0.1, momentum 0.9, wd 2e-4, batch 128, 120 epochs, lr x0.1 at 75, 90)
     epochs: int = 120
@@ -67,7 +70,8 @@ class TrainConfig:
     topk: int = 2  # logits summed for the relevance (paper: top-2)
     train_label: str = "true"  # top-1 class of the training mask: true (paper), pred, or mix:p (true w.p. p)
     mask: str = "softmax"  # softmax (paper) | softmax_t:T | softmax_scaled (x channels) | sigmoid
-    # per-epoch test on a fixed class-balanced subset (paper test: PGD-20, step 0.8/255, no random start)
+    # per-epoch check on eval_n validation (and training) images, PGD on the joint loss for CIFS/CAS; the
+    # test subset of the same size is measured after the last epoch only (paper test: PGD-20, step 0.8/255)
     eval_n: int = 1000
     eval_steps: int = 20
     eval_step_size: float = 0.8 / 255
@@ -136,16 +140,17 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
+        d = {"val_n": 0, **d}  # runs made before the validation split had none
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # ~minutes per AT epoch on 2 CPU cores: ResNet-18 at width 1/4, 10k images, PGD-5
-    "cpu": {"width": 0.25, "subset": 10000, "epochs": 15, "steps": 5, "step_size": 2 / 255,
+    "cpu": {"width": 0.25, "subset": 10000, "epochs": 15, "steps": 5, "step_size": 2 / 255, "val_n": 500,
             "eval_n": 500, "eval_steps": 10, "eval_step_size": 2 / 255},
     # seconds: a pipeline check, not a result
-    "smoke": {"width": 0.125, "subset": 500, "epochs": 2, "batch_size": 64, "steps": 2,
+    "smoke": {"width": 0.125, "subset": 500, "epochs": 2, "batch_size": 64, "steps": 2, "val_n": 100,
               "step_size": 4 / 255, "eval_n": 100, "eval_steps": 3, "eval_step_size": 3 / 255},
 }
 
@@ -194,6 +199,8 @@ def validate(cfg: TrainConfig) -> None:
     check_positive_int(cfg.epochs, "epochs")
     check_positive_int(cfg.batch_size, "batch size")
     check_positive_int(cfg.eval_every, "eval every")
+    if cfg.val_n < 0:
+        raise ChanscopeError(f"val_n={cfg.val_n} must be 0 (no validation split) or a number of images, e.g. 500")
     check_positive(cfg.width, "width", "0.25")
     check_positive(cfg.lr, "lr", "0.1")
     check_range(cfg.beta, "beta", 0.0, example="2 (the paper's)")

@@ -41,8 +41,8 @@ from chanscope.train.config import TrainConfig
 
 __all__ = ["train", "TrainResult", "TrainInterrupted", "evaluate_subset", "versions", "METRIC_COLUMNS"]
 
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_nat_acc", "test_pgd_acc", "train_eval_nat_acc",
-                  "train_eval_pgd_acc", "seconds"]
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_nat_acc", "val_pgd_acc", "test_nat_acc",
+                  "test_pgd_acc", "train_eval_nat_acc", "train_eval_pgd_acc", "seconds"]
 
 
 class TrainInterrupted(Exception):
@@ -170,8 +170,38 @@ def _set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def prepare_data(cfg: TrainConfig) -> ImageData:
+@dataclass
+class Split:
+    """The held-out validation images carved from the training set, and how to find them again."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    record: dict[str, Any]
+
+
+def carve_validation(data: ImageData, n: int, seed: int) -> Split:
+    """Take n class-balanced seeded images out of data's training set (in place) and return them."""
+    import hashlib
+
+    if n == 0:
+        return Split(data.x_train[:0], data.y_train[:0], {"n": 0})
+    if n > len(data.y_train) // 2:
+        raise ChanscopeError(f"val_n={n} would take over half of the {len(data.y_train)} training images; "
+                             "use a smaller validation split")
+    idx = balanced_subset(data.y_train, n, data.num_classes, seed)
+    keep = torch.ones(len(data.y_train), dtype=torch.bool)
+    keep[idx] = False
+    split = Split(data.x_train[idx], data.y_train[idx],
+                  {"n": len(idx), "seed": seed, "from": "training set, before the subset",
+                   "indices_sha256": hashlib.sha256(idx.numpy().tobytes()).hexdigest()})
+    data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
+    data.notes.append(f"validation split of {len(idx)} training images held out (seed {seed})")
+    return split
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[ImageData, Split]:
     data = load_data(cfg.data, cfg.data_root, cfg.download, subset=None, seed=cfg.seed)
+    val = carve_validation(data, cfg.val_n, cfg.seed)
     if cfg.subset is not None:
         n = cfg.subset
         if cfg.preset and n >= len(data.y_train):  # a preset's subset never exceeds the data
@@ -180,7 +210,7 @@ def prepare_data(cfg: TrainConfig) -> ImageData:
             idx = balanced_subset(data.y_train, n, data.num_classes, cfg.seed)
             data.x_train, data.y_train = data.x_train[idx], data.y_train[idx]
             data.notes.append(f"class-balanced training subset of {len(idx)} (seed {cfg.seed})")
-    return data
+    return data, val
 
 
 def build_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
@@ -232,11 +262,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     device, distributed = dist_util.setup_device(cfg.device)
     main_rank = dist_util.is_main()
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
-    data = prepare_data(cfg)
+    data, val = prepare_data(cfg)
     input_shape = list(data.x_train.shape[1:])  # in every checkpoint: eval refuses images of another size
     augment = data.augment if cfg.augment is None else cfg.augment
-    if cfg.eval_n > len(data.y_test):
-        raise ChanscopeError(f"eval_n={cfg.eval_n} is larger than the test set ({len(data.y_test)})")
+    if cfg.eval_n > len(data.y_test) or (cfg.val_n and cfg.eval_n > cfg.val_n):
+        raise ChanscopeError(f"eval_n={cfg.eval_n} is larger than the test set ({len(data.y_test)}) or the "
+                             f"validation split ({cfg.val_n})")
     model = build_model(cfg, data)
     if cfg.init and state is None:
         _load_init(model, cfg.init)
@@ -276,6 +307,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     eval_idx = balanced_subset(data.y_test, cfg.eval_n, data.num_classes, cfg.seed)
     x_eval = data.x_test[eval_idx].to(device).float().div_(255)
     y_eval = data.y_test[eval_idx].to(device)
+    v_idx = balanced_subset(val.y, cfg.eval_n, data.num_classes, cfg.seed) if cfg.val_n else None
+    x_val = val.x[v_idx].to(device).float().div_(255) if cfg.val_n else None
+    y_val = val.y[v_idx].to(device) if cfg.val_n else None
     # the same measurement on training images: eval mode, mask from the prediction (as test sees the model)
     tr_idx = balanced_subset(data.y_train, min(cfg.eval_n, len(data.y_train)), data.num_classes, cfg.seed)
     x_tr_eval = data.x_train[tr_idx].to(device).float().div_(255)
@@ -302,7 +336,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
                      "layout": resolve_layout(cfg.layout, device.type), "cpu_alloc": current_cpu_alloc(),
                      "compile": run_cfg.compile},
                      "model": {"arch": cfg.arch, "model_kwargs": model.model_kwargs},
-                     "data": data.describe(), "versions": versions()}
+                     "data": data.describe(), "validation": val.record, "versions": versions()}
     config_record["resolved"]["world_size"] = dist_util.world_size()
     if main_rank:
         atomic_write_json(out / "config.json", config_record)
@@ -324,7 +358,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
                             train_state=snapshot(epoch))
         dist_util.barrier()
 
-    metric_key = "test_pgd_acc" if cfg.adversarial else "test_nat_acc"
+    # selection reads the validation split; runs made without one (val_n 0) select on the test subset
+    held_out = "val" if cfg.val_n else "test"
+    metric_key = f"{held_out}_pgd_acc" if cfg.adversarial else f"{held_out}_nat_acc"
     with _sigint_flag() as flag:
         for epoch in range(start_epoch, cfg.epochs):
             if stop_after is not None and epoch >= stop_after:
@@ -361,15 +397,18 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             lr = opt.param_groups[0]["lr"]
             sched.step()
             seconds = partial["seconds"] + time.time() - t0
-            do_eval = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-            nat, adv = evaluate_subset(model, x_eval, y_eval, cfg) if do_eval else (float("nan"),) * 2
-            tr_nat, tr_adv = (evaluate_subset(model, x_tr_eval, y_tr_eval, cfg) if do_eval
-                              else (float("nan"),) * 2)
+            last = epoch + 1 == cfg.epochs
+            do_eval = (epoch + 1) % cfg.eval_every == 0 or last
+            nan2 = (float("nan"),) * 2
+            v_nat, v_adv = evaluate_subset(model, x_val, y_val, cfg) if do_eval and cfg.val_n else nan2
+            nat, adv = evaluate_subset(model, x_eval, y_eval, cfg) if (last or not cfg.val_n) and do_eval else nan2
+            tr_nat, tr_adv = evaluate_subset(model, x_tr_eval, y_tr_eval, cfg) if do_eval else nan2
             sums = torch.tensor([partial["loss_sum"], partial["correct"], partial["seen"]], dtype=torch.float64)
             dist_util.all_reduce_sum([sums])
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0] / sums[2].clamp_min(1)),
                    "train_acc": round(100.0 * float(sums[1] / sums[2].clamp_min(1)), 2),
-                   "test_nat_acc": nat, "test_pgd_acc": adv, "train_eval_nat_acc": tr_nat,
+                   "val_nat_acc": v_nat, "val_pgd_acc": v_adv, "test_nat_acc": nat, "test_pgd_acc": adv,
+                   "train_eval_nat_acc": tr_nat,
                    "train_eval_pgd_acc": tr_adv, "seconds": round(seconds, 2)}
             rows.append(row)
             partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
