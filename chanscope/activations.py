@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -18,7 +19,23 @@ from chanscope.relevance import RelevanceAccumulator, relevance_scores
 
 DEFAULT_N = 1000  # test images when none are asked for: a full test set under PGD-20 is a long wait on a CPU
 
-__all__ = ["study_activations", "LayerResult"]
+__all__ = ["study_activations", "LayerResult", "write_examples", "read_examples"]
+
+
+def write_examples(path, examples: dict[str, np.ndarray]) -> None:
+    """The per-image arrays of one layer as a .npz file, written atomically."""
+    import io
+
+    from chanscope.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **examples)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_examples(path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
 
 @dataclass
@@ -26,6 +43,9 @@ class LayerResult:
     layer: str
     channels: pd.DataFrame
     classes: pd.DataFrame
+    # per image, for intervals over images (chanscope.verdicts): y, nat_ok, adv_ok (N,), mag_nat and mag_adv
+    # (N, C), relevance (classes, C); the tables above are exact streaming sums of the same numbers
+    examples: dict[str, np.ndarray] | None = None
 
 
 def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str], layers: list[str],
@@ -44,6 +64,8 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
     nat_ok = torch.zeros(k, dtype=torch.float64)
     adv_ok = torch.zeros(k, dtype=torch.float64)
     count = torch.zeros(k, dtype=torch.float64)
+    kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    kept_ok: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -54,8 +76,11 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
                 robust, _, xa = run_attack(attack, model, xb, yb, beta_atk=beta_atk, seed=seed)
                 with torch.no_grad():
                     nat_pred = model(xb).argmax(1)
-                rec.observe(xb, yb, "natural")
-                rec.observe(xa, yb, "adversarial")
+                m_nat = rec.observe(xb, yb, "natural")
+                m_adv = rec.observe(xa, yb, "adversarial")
+                for name in layers:
+                    kept.setdefault(name, []).append((m_nat[name].float().cpu(), m_adv[name].float().cpu()))
+                kept_ok.append(((nat_pred == yb).cpu(), robust.cpu(), yb.cpu()))
                 yc = yb.cpu()
                 count.index_add_(0, yc, torch.ones(len(yc), dtype=torch.float64))
                 nat_ok.index_add_(0, yc, (nat_pred == yb).double().cpu())
@@ -85,7 +110,12 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
                             s_nat.std().numpy(), s_adv.std().numpy(), s_nat.frequency().numpy(),
                             s_adv.frequency().numpy(), s_nat.count.numpy())
         ch = ch[ch.n > 0].reset_index(drop=True)
-        results.append(LayerResult(name, ch, classes_table(ch, nat_acc, adv_acc)))
+        ok = [dist_util.gather_cat(torch.cat(t)) for t in zip(*kept_ok)]
+        mags = [dist_util.gather_cat(torch.cat(t)) for t in zip(*kept[name])]
+        examples = {"y": ok[2].numpy(), "nat_ok": ok[0].numpy(), "adv_ok": ok[1].numpy(),
+                    "mag_nat": mags[0].numpy(), "mag_adv": mags[1].numpy(),
+                    "relevance": rel[name].mean().numpy().astype(np.float32)}
+        results.append(LayerResult(name, ch, classes_table(ch, nat_acc, adv_acc), examples))
     return results, time.time() - t0
 
 
@@ -93,7 +123,7 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
                     relevance: str = "gradient", relevance_on: str = "natural", n: int | None = None,
                     threshold: float = 1e-2, beta_atk: float = 2.0, batch_size: int = 250, data: str | None = None,
                     data_root: str | None = None, download: bool = False, out: str | None = None, seed: int = 0,
-                    device: str | None = None, classes_by: str = "name",
+                    device: str | None = None, classes_by: str = "name", follow_mask: bool = False,
                     progress: Callable[[int, int], None] | None = None,
                     on_ready: Callable[[dict], None] | None = None) -> tuple[list[LayerResult], dict]:
     """Record a checkpoint's channel statistics and write channels.csv, classes.csv, activations.json
@@ -120,7 +150,7 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     check_positive_int(batch_size, "batch size")
     check_range(threshold, "threshold", 0.0, 1.0, example="0.01 (a channel is active above 1% of the image's largest)")
     check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
-    specs = parse_attacks(attack, eps)
+    specs = parse_attacks(attack, eps, follow=follow_mask)
     if len(specs) != 1:
         raise ChanscopeError("--attack takes one attack, e.g. pgd20")
     net = load_model(model_path, device)
@@ -149,6 +179,7 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
         suffix = "" if len(results) == 1 else f"-{res.layer}"
         atomic_write_csv(out_dir / f"channels{suffix}.csv", res.channels[CHANNEL_COLUMNS])
         atomic_write_csv(out_dir / f"classes{suffix}.csv", res.classes[CLASS_COLUMNS])
+        write_examples(out_dir / f"examples{suffix}.npz", res.examples)
         atomic_write_json(out_dir / f"activations{suffix}.json",
                           {"layer": res.layer, **meta, "wall_seconds": round(time.time() - t0, 1)})
     meta["wall_seconds"] = round(time.time() - t0, 1)

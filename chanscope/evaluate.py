@@ -30,6 +30,9 @@ class EvalResult:
     max_linf: dict[str, float]
     seconds: dict[str, float]
     sanity: list[dict] = field(default_factory=list)
+    # per image (in the order of the evaluated subset): label, natural and each attack's correctness (0/1);
+    # the same subset (n, seed) pairs images across models for paired intervals
+    examples: pd.DataFrame | None = None
 
     def overall(self) -> pd.DataFrame:
         return self.table[self.table["class"] == "all"].reset_index(drop=True)
@@ -78,6 +81,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[s
     x, y = x[part].to(dev), y[part].to(dev)
     nat = dist_util.gather_cat(natural_correct(model, x, y, batch_size))
     rows: list[dict] = []
+    per_image = {"label": y_all.cpu().numpy(), "natural": nat.cpu().numpy().astype(int)}
     max_linf: dict[str, float] = {}
     seconds: dict[str, float] = {}
     for spec in specs:
@@ -97,11 +101,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[s
                 progress(spec.name, s.stop * dist_util.world_size(), len(y_all))
         rob_all = dist_util.gather_cat(torch.cat(rob))
         rows += _rows(spec.name, spec, nat, rob_all, y_all, classes)
+        per_image[spec.name] = rob_all.cpu().numpy().astype(int)
         for k, v in comps.items():
-            rows += _rows(f"{spec.name}:{k}", spec, nat, dist_util.gather_cat(torch.cat(v)), y_all, classes, loss=k)
+            comp = dist_util.gather_cat(torch.cat(v))
+            rows += _rows(f"{spec.name}:{k}", spec, nat, comp, y_all, classes, loss=k)
+            per_image[f"{spec.name}:{k}"] = comp.cpu().numpy().astype(int)
         max_linf[spec.name] = worst
         seconds[spec.name] = round(time.time() - t0, 2)
-    return EvalResult(pd.DataFrame(rows, columns=EVAL_COLUMNS), max_linf, seconds)
+    return EvalResult(pd.DataFrame(rows, columns=EVAL_COLUMNS), max_linf, seconds,
+                      examples=pd.DataFrame(per_image))
 
 
 def accuracy_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, alpha: float,
@@ -173,6 +181,20 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     return checks
 
 
+def strongest_components(examples: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per adaptive attack: how many images each component broke, and how many only that component broke
+    (images correct on the natural input)."""
+    out: dict[str, dict[str, int]] = {}
+    for top in {c.split(":")[0] for c in examples.columns if ":" in c}:
+        comps = [c for c in examples.columns if c.startswith(top + ":")]
+        nat = examples["natural"].to_numpy() == 1
+        broke = {c: (examples[c].to_numpy() == 0) & nat for c in comps}
+        n_broke = sum(b.astype(int) for b in broke.values())
+        out[top] = {c.split(":", 1)[1]: int(b.sum()) for c, b in broke.items()}
+        out[top] |= {f"only {c.split(':', 1)[1]}": int((b & (n_broke == 1)).sum()) for c, b in broke.items()}
+    return out
+
+
 def verdict(checks: list[dict]) -> str:
     failed = [c["check"] for c in checks if not c["passed"]]
     if not failed:
@@ -195,7 +217,8 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
              restarts: int = 1, random_start: bool = False, beta_atk: float = 2.0, square_queries: int = 1000,
              sanity: bool = False, surrogate: str | None = None, batch_size: int = 250, data: str | None = None,
              data_root: str | None = None, download: bool = False, out: str | None = None, seed: int = 0,
-             device: str | None = None, classes_by: str = "name", progress: Progress | None = None,
+             device: str | None = None, classes_by: str = "name", follow_mask: bool = False,
+             progress: Progress | None = None,
              on_ready: Callable[[dict], None] | None = None) -> tuple[EvalResult, dict]:
     """Evaluate a checkpoint and write eval.csv and eval.json (atomically) into `out` or the run folder."""
     import json
@@ -211,13 +234,13 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
     t0 = time.time()
     if attacks is not None:  # a bad attack list fails before the model is read
         parse_attacks(attacks, eps, step_size=step_size, restarts=restarts, random_start=random_start,
-                      square_queries=square_queries)
+                      square_queries=square_queries, follow=follow_mask)
     device = str(dist_util.setup_device(device)[0])
     check_positive_int(batch_size, "batch size")
     check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
     net = load_model(model_path, device)
     specs = parse_attacks(attacks or default_attacks(net), eps, step_size=step_size, restarts=restarts,
-                          random_start=random_start, square_queries=square_queries)
+                          random_start=random_start, square_queries=square_queries, follow=follow_mask)
     sur = load_model(surrogate, device) if surrogate else None
     ds = data_of_run(model_path, data, data_root, download)
     class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")
@@ -243,11 +266,13 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
         "classes_note": class_note,
         "eps": eps, "attacks": [s.to_dict() for s in specs], "beta_atk": beta_atk, "seed": seed,
         "overall": json.loads(result.overall().to_json(orient="records")), "max_linf": result.max_linf,
-        "attack_seconds": result.seconds, "sanity": result.sanity,
+        "attack_seconds": result.seconds, "adaptive_components": strongest_components(result.examples),
+        "sanity": result.sanity,
         "verdict": verdict(result.sanity) if sanity else None, "surrogate": str(surrogate) if surrogate else None,
         "wall_seconds": round(time.time() - t0, 1), "versions": versions(), "out": str(out_dir),
     }
     if dist_util.is_main():
         atomic_write_csv(out_dir / "eval.csv", result.table)
+        atomic_write_csv(out_dir / "eval_examples.csv", result.examples)
         atomic_write_json(out_dir / "eval.json", summary)
     return result, summary

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from chanscope.errors import ChanscopeError
+from chanscope.errors import ChanscopeError, check_positive_int
 from chanscope.io import atomic_write_json
 from chanscope.runs import writable_dir
 from chanscope.train.config import build_config
@@ -48,15 +48,15 @@ SCALES: dict[str, Scale] = {
     # about an hour on 2 CPU cores with the full CIFAR-10 archive
     "cpu": Scale("cpu", {"width": 0.25, "subset": 5000, "epochs": 8, "steps": 3, "step_size": 3 / 255,
                          "val_n": 500, "eval_n": 500, "eval_steps": 10, "eval_step_size": 2 / 255},
-                 "fgsm,pgd20,cw20,adaptive20", 500, 100, 100, 1000, "pgd20", 1000),
+                 "fgsm,pgd20,cw20,adaptive20r2", 500, 100, 100, 1000, "pgd20", 1000),
     # about 6 minutes on one H200 (sized from a measured run): full-width ResNet-18, 20k images, 5 epochs,
     # PGD-5 training; the first try with all 50k images finished 3 of AT's 5 epochs in its 10-minute call
     "gpu": Scale("paper", {"subset": 20000, "epochs": 5, "steps": 5, "step_size": 2 / 255, "val_n": 1000,
                            "eval_n": 1000,
                            "eval_steps": 10, "eval_step_size": 2 / 255},
-                 "fgsm,pgd20,cw20,adaptive20", 1000, 500, 200, 1000, "pgd20", 1000),
+                 "fgsm,pgd20,cw20,adaptive20r2", 1000, 500, 200, 1000, "pgd20", 1000),
     # the paper's recipe (GPU)
-    "paper": Scale("paper", {}, "fgsm,pgd20,pgd100,cw20,adaptive20", None, 1000, 1000, 10000, "pgd20", 5000),
+    "paper": Scale("paper", {}, "fgsm,pgd20,pgd100,cw20,adaptive20r2", None, 1000, 1000, 10000, "pgd20", 5000),
 }
 
 
@@ -91,99 +91,149 @@ def _train_done(run: Path, epochs: int) -> bool:
     return (run / "summary.json").is_file() and m.is_file() and len(pd.read_csv(m)) >= epochs
 
 
-def plan(out: Path, scale: str, *, data: str | None = None, data_root: str | None = None, with_cas: bool = False,
-         cifs_scratch: bool = True, seed: int = 0, device: str | None = None, eval_models: list[str] | None = None,
-         progress: Callable[[str, int, int], None] | None = None, bf16: bool | None = None) -> list[Stage]:
-    if scale not in SCALES:
-        raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
-    sc = SCALES[scale]
-    stages: list[Stage] = []
-    common = {**sc.train, "seed": seed, "device": device, "bf16": bf16}
-    if data:
-        common["data"] = data
-    if data_root:
-        common["data_root"] = data_root
-    models = _models(with_cas, cifs_scratch)
-    compared = [m for m, _, _ in models if not m.endswith("-nat")]
-    for name, method, warm in models:
-        run = out / name
-        cfg = build_config(sc.preset, **common, **method,
-                           init=str(out / warm / "last.pt") if warm else None)
+@dataclass
+class _Ctx:
+    """What every stage of one seed shares."""
 
-        def do_train(cfg=cfg, run=run, name=name) -> None:
-            resume = (run / "last.pt").is_file()
-            cb = (lambda e, i, n, loss: progress(f"train {name} epoch {e + 1}/{cfg.epochs}", i, n)) if progress \
-                else None
-            train(cfg, run, resume=resume, on_batch=cb)
+    out: Path  # the study folder
+    prefix: str  # "" for the first seed, "seed<s>/" for the others
+    sc: Scale
+    seed: int
+    data: str | None
+    data_root: str | None
+    device: str | None
+    bf16: bool | None
+    progress: Callable[[str, int, int], None] | None
 
-        opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in method.items() if k != "natural")
-        opts += {True: " --bf16", False: " --no-bf16"}.get(bf16, "")
-        stages.append(Stage(f"train {name}", name, "train", lambda run=run, e=cfg.epochs: _train_done(run, e),
-                            do_train, f"chanscope train {opts}{' --natural' if method.get('natural') else ''} "
-                                      f"--preset {sc.preset} ... --out {run}"
-                                      + (f" --init {out / warm / 'last.pt'}" if warm else ""),
-                            extra={"config": cfg, "run": run}))
-    from chanscope.activations import run_activations
+    def run(self, name: str) -> Path:
+        return self.out / f"{self.prefix}{name}"
+
+    def label(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def cb(self, label: str):
+        p = self.progress
+        return (lambda a, done, total: p(label, done, total)) if p else None
+
+
+def _train_stage(c: _Ctx, name: str, method: dict[str, Any], warm: str | None) -> Stage:
+    run = c.run(name)
+    common = {**c.sc.train, "seed": c.seed, "device": c.device, "bf16": c.bf16, "data": c.data,
+              "data_root": c.data_root}
+    cfg = build_config(c.sc.preset, **common, **method, init=str(c.run(warm) / "last.pt") if warm else None)
+    label = c.label(name)
+
+    def do_train() -> None:
+        cb = (lambda e, i, n, loss: c.progress(f"train {label} epoch {e + 1}/{cfg.epochs}", i, n)) \
+            if c.progress else None
+        train(cfg, run, resume=(run / "last.pt").is_file(), on_batch=cb)
+
+    opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in method.items() if k != "natural")
+    opts += {True: " --bf16", False: " --no-bf16"}.get(c.bf16, "")
+    command = (f"chanscope train {opts}{' --natural' if method.get('natural') else ''} --preset {c.sc.preset} "
+               f"--seed {c.seed} ... --out {run}" + (f" --init {c.run(warm) / 'last.pt'}" if warm else ""))
+    return Stage(f"train {label}", label, "train", lambda: _train_done(run, cfg.epochs), do_train, command,
+                 extra={"config": cfg, "run": run})
+
+
+def _control_stage(c: _Ctx, like: Stage) -> Stage:
+    """The random control: the compared architecture as initialised by the seed, never trained."""
+    run = c.run("random")
+
+    def make() -> None:
+        from chanscope.train.loop import random_control
+
+        random_control(like.extra["config"], run)
+
+    return Stage(f"control {c.label('random')}", c.label("random"), "train", lambda: (run / "best.pt").is_file(),
+                 make, f"(python) chanscope.train.loop.random_control(config of {like.model}, {run})")
+
+
+def _eval_stages(c: _Ctx, name: str) -> list[Stage]:
     from chanscope.evaluate import run_eval
 
-    aa_stages: list[Stage] = []
-    for name in (eval_models or compared):
-        run = out / name
-        ckpt = str(run / "best.pt")
-
-        def cb(label: str):
-            return (lambda a, done, total: progress(label, done, total)) if progress else None
-
-        stages.append(Stage(f"eval {name}", name, "eval", lambda run=run: (run / "eval.json").is_file(),
-                            lambda ckpt=ckpt, name=name: run_eval(
-                                ckpt, sc.eval_attacks, 8 / 255, n=sc.eval_n, data=data, data_root=data_root,
-                                seed=seed, device=device, square_queries=sc.square_queries,
-                                progress=cb(f"eval {name}")),
-                            f"chanscope eval --model {ckpt} --attacks {sc.eval_attacks} --n {sc.eval_n}"))
-        stages.append(Stage(f"sanity {name}", name, "sanity",
-                            lambda run=run: (run / "sanity" / "eval.json").is_file(),
-                            lambda ckpt=ckpt, run=run, name=name: run_eval(
-                                ckpt, "pgd20", 8 / 255, n=sc.sanity_n, sanity=True, data=data, data_root=data_root,
-                                seed=seed, device=device, out=str(run / "sanity"), square_queries=sc.square_queries,
-                                progress=cb(f"sanity {name}")),
-                            f"chanscope eval --model {ckpt} --attacks pgd20 --n {sc.sanity_n} --sanity "
-                            f"--out {run / 'sanity'}"))
-        if sc.aa_n:
-            aa_stages.append(Stage(f"autoattack {name}", name, "aa",
-                                   lambda run=run: (run / "aa" / "eval.json").is_file(),
-                                lambda ckpt=ckpt, run=run, name=name: run_eval(
-                                    ckpt, "aa", 8 / 255, n=sc.aa_n, data=data, data_root=data_root, seed=seed,
-                                    device=device, out=str(run / "aa"), progress=cb(f"autoattack {name}")),
-                                f"chanscope eval --model {ckpt} --attacks aa --n {sc.aa_n} --out {run / 'aa'}"))
-        stages.append(Stage(f"activations {name}", name, "activations",
-                            lambda run=run: (run / "activations.json").is_file(),
-                            lambda ckpt=ckpt, name=name: run_activations(
-                                ckpt, attack=sc.act_attack, n=sc.act_n, data=data, data_root=data_root, seed=seed,
-                                device=device, progress=(lambda d, t: progress(f"activations {name}", d, t))
-                                if progress else None),
-                            f"chanscope activations --model {ckpt} --attack {sc.act_attack} --n {sc.act_n}"))
-    return _order(stages + aa_stages)
+    run, label, sc = c.run(name), c.label(name), c.sc
+    ckpt = str(run / "best.pt")
+    kw = {"data": c.data, "data_root": c.data_root, "seed": c.seed, "device": c.device}
+    stages = [
+        Stage(f"eval {label}", label, "eval", lambda: (run / "eval.json").is_file(),
+              lambda: run_eval(ckpt, sc.eval_attacks, 8 / 255, n=sc.eval_n, square_queries=sc.square_queries,
+                               follow_mask=True, progress=c.cb(f"eval {label}"), **kw),
+              f"chanscope eval --model {ckpt} --attacks {sc.eval_attacks} --n {sc.eval_n} --follow-mask "
+              f"--seed {c.seed}"),
+        Stage(f"sanity {label}", label, "sanity", lambda: (run / "sanity" / "eval.json").is_file(),
+              lambda: run_eval(ckpt, "pgd20", 8 / 255, n=sc.sanity_n, sanity=True, out=str(run / "sanity"),
+                               square_queries=sc.square_queries, progress=c.cb(f"sanity {label}"), **kw),
+              f"chanscope eval --model {ckpt} --attacks pgd20 --n {sc.sanity_n} --sanity --seed {c.seed} "
+              f"--out {run / 'sanity'}")]
+    if sc.aa_n:
+        stages.append(Stage(f"autoattack {label}", label, "aa", lambda: (run / "aa" / "eval.json").is_file(),
+                            lambda: run_eval(ckpt, "aa", 8 / 255, n=sc.aa_n, out=str(run / "aa"),
+                                             progress=c.cb(f"autoattack {label}"), **kw),
+                            f"chanscope eval --model {ckpt} --attacks aa --n {sc.aa_n} --seed {c.seed} "
+                            f"--out {run / 'aa'}"))
+    return stages
 
 
-_CORE = ("standard", "at", "cifs-nat", "cifs")
+def _activations_stage(c: _Ctx, name: str) -> Stage:
+    from chanscope.activations import run_activations
+
+    run, label, sc = c.run(name), c.label(name), c.sc
+    ckpt = str(run / "best.pt")
+    prog = (lambda d, t: c.progress(f"activations {label}", d, t)) if c.progress else None
+    # a model with probes is studied under the attack its attacker would use: adaptive, through the mask
+    selects = name.startswith(("cifs", "cas"))
+    attack = sc.act_attack.replace("pgd", "adaptive") if selects else sc.act_attack
+    return Stage(f"activations {label}", label, "activations", lambda: (run / "activations.json").is_file(),
+                 lambda: run_activations(ckpt, attack=attack, n=sc.act_n, data=c.data, data_root=c.data_root,
+                                         seed=c.seed, device=c.device, follow_mask=selects, progress=prog),
+                 f"chanscope activations --model {ckpt} --attack {attack} --n {sc.act_n} --seed {c.seed}"
+                 + (" --follow-mask" if selects else ""))
+
+
+def plan(out: Path, scale: str, *, data: str | None = None, data_root: str | None = None, with_cas: bool = False,
+         cifs_scratch: bool = True, seed: int = 0, seeds: int = 1, device: str | None = None,
+         eval_models: list[str] | None = None, progress: Callable[[str, int, int], None] | None = None,
+         bf16: bool | None = None) -> list[Stage]:
+    """Every stage of the study: per seed (seed, seed + 1, ...; the first in `out`, the others in
+    `out/seed<s>`) train the models, make the random control, evaluate and record activations."""
+    if scale not in SCALES:
+        raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    check_positive_int(seeds, "seeds")
+    stages: list[Stage] = []
+    models = _models(with_cas, cifs_scratch)
+    compared = eval_models or [m for m, _, _ in models if not m.endswith("-nat")]
+    for k in range(seeds):
+        c = _Ctx(Path(out), "" if k == 0 else f"seed{seed + k}/", SCALES[scale], seed + k, data, data_root, device,
+                 bf16, progress)
+        trains = [_train_stage(c, name, method, warm) for name, method, warm in models]
+        at = next(st for st in trains if st.model == c.label("at"))
+        stages += trains + [_control_stage(c, at), _activations_stage(c, "random")]
+        for name in compared:
+            stages += _eval_stages(c, name) + [_activations_stage(c, name)]
+    return _order(stages)
+
+
+_CORE = ("standard", "at", "cifs-nat", "cifs", "random")
 
 
 def _order(stages: list[Stage]) -> list[Stage]:
     """Core comparison first (train, then study), then CAS and CIFS-from-scratch, then AutoAttack last:
-    a reproduction cut short still has its main figures."""
+    a reproduction cut short still has its main figures. Within a group, seed by seed."""
     def key(st: Stage) -> tuple[int, int]:
-        core = st.model in _CORE
+        core = st.model.rsplit("/", 1)[-1] in _CORE
+        seed_rank = 0 if "/" not in st.model else 1
         if st.kind == "aa":
-            return (4, 0)
+            return (4, seed_rank)
         if st.kind == "train":
-            return (0 if core else 2, 0)
-        return (1 if core else 3, 0)
+            return (0 if core else 2, seed_rank)
+        return (1 if core else 3, seed_rank)
     return sorted(stages, key=key)  # stable: keeps the model order inside each group
 
 
 _STUDY_DEFAULTS = {"scale": "smoke", "data": "embedded", "seed": 0, "bf16": None, "with_cas": False,
-                   "cifs_scratch": True}
-_ADDITIVE = ("with_cas", "cifs_scratch")  # may be turned on later: they add models, they change none
+                   "cifs_scratch": True, "seeds": 1}
+_ADDITIVE = ("with_cas", "cifs_scratch", "seeds")  # may change later: they add models (or leave some out)
 
 
 def _data_key(data: str | None) -> str:
@@ -245,13 +295,17 @@ _FREE_IN_STUDY = {"device", "preset", "download", "data_root", "init", "layout",
 
 def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = None, data_root: str | None = None,
               with_cas: bool | None = None, cifs_scratch: bool | None = None, seed: int | None = None,
-              device: str | None = None, progress: Callable[[str, int, int], None] | None = None,
-              on_stage: Callable[[str, str, float], None] | None = None,
-              time_limit: float | None = None, bf16: bool | None = None) -> dict:
+              seeds: int | None = None, only: str | None = None, device: str | None = None,
+              progress: Callable[[str, int, int], None] | None = None,
+              on_stage: Callable[[str, str, float], None] | None = None, time_limit: float | None = None,
+              bf16: bool | None = None) -> dict:
     """Run (or continue) the whole study into `out`; returns the pipeline record (also pipeline.json).
 
     Options left as None take the value the folder was made with (a new folder: scale smoke, embedded data,
     seed 0); an option that differs from the folder's is refused before anything is written.
+    seeds: how many seeds (seed, seed + 1, ...); verdicts read the spread over them.
+    only: "train" runs the training stages and the random controls only (compute started early; a later
+    call without it evaluates and reports).
     time_limit: seconds after which no new stage starts (a lent machine's budget); the report then covers
     the finished stages and a later call continues with the rest.
     bf16: autocast of the training stages (None: CUDA only); evaluation and activations stay float32.
@@ -265,12 +319,17 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ChanscopeError(f"{record_path} is not valid JSON; delete it and run again (finished stages are "
                              "found again from their run folders)") from None
+    if only not in (None, "train"):
+        raise ChanscopeError(f"only={only!r}: give 'train' (train every model and control, nothing else) or none")
     opts = study_options(record, {"scale": scale, "data": data, "seed": seed, "bf16": bf16, "with_cas": with_cas,
-                                  "cifs_scratch": cifs_scratch})
+                                  "cifs_scratch": cifs_scratch, "seeds": seeds})
     scale, seed, bf16 = opts["scale"], opts["seed"], opts["bf16"]
     data = None if opts["data"] == "embedded" else opts["data"]
     stages = plan(out, scale, data=data, data_root=data_root, with_cas=opts["with_cas"],
-                  cifs_scratch=opts["cifs_scratch"], seed=seed, device=device, progress=progress, bf16=bf16)
+                  cifs_scratch=opts["cifs_scratch"], seed=seed, seeds=opts["seeds"], device=device,
+                  progress=progress, bf16=bf16)
+    if only == "train":
+        stages = [st for st in stages if st.kind == "train"]
     _check_runs(stages)
     record.update({"scale": scale, "scale_settings": SCALES[scale].__dict__, "data": opts["data"],
                    "with_cas": opts["with_cas"], "seed": seed, "bf16": bf16, "options": opts})
@@ -298,8 +357,9 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
         atomic_write_json(record_path, record)
         if on_stage:
             on_stage(st.name, "done", secs)
-    from chanscope.report import write_outputs
+    if only is None:
+        from chanscope.report import write_outputs
 
-    write_outputs(out, record, stages=[s.model for s in stages if s.kind == "eval"])
+        write_outputs(out, record, models=[s.model for s in stages if s.kind in ("eval", "activations")])
     atomic_write_json(record_path, record)
     return record

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chanscope.analysis import most_and_least_robust, spearman
+from chanscope import verdicts
+from chanscope.activations import read_examples
+from chanscope.analysis import most_and_least_robust
 from chanscope.io import atomic_write_bytes, atomic_write_csv
 from chanscope.plots import (
     class_alignment,
@@ -20,8 +22,9 @@ from chanscope.plots import (
     read_run_csv,
     training_curves,
 )
+from chanscope.verdicts import Seed
 
-__all__ = ["observations", "write_report", "write_outputs"]
+__all__ = ["observations", "write_report", "write_outputs", "load_seeds"]
 
 
 def _json(p: Path) -> dict:
@@ -64,131 +67,122 @@ def _overall(run: Path) -> dict[str, float]:
     return out
 
 
-def _se(p: float, n: float) -> float:
-    """Binomial standard error of an accuracy in percent."""
-    return 100 * math.sqrt(max(p / 100 * (1 - p / 100), 1e-4) / max(n, 1))
-
-
-def _relgap(run: Path) -> float:
-    ch = pd.read_csv(run / "channels.csv")
-    return float((ch.mag_adv - ch.mag_nat).abs().mean() / ch.mag_nat.mean())
+def load_seeds(runs: dict[str, Path]) -> list[Seed]:
+    """The per-image records of named runs ('at', 'seed1/at', ...), grouped by seed (the part before '/')."""
+    groups: dict[str, Seed] = {}
+    for name, run in runs.items():
+        prefix, model = name.rsplit("/", 1) if "/" in name else ("", name)
+        seed = groups.setdefault(prefix, Seed())
+        if (run / "examples.npz").is_file():
+            seed.act[model] = read_examples(run / "examples.npz")
+            seed.act_attack[model] = _json(run / "activations.json").get("attack", {}).get("name", "?")
+        if (run / "eval_examples.csv").is_file():
+            seed.ev[model] = pd.read_csv(run / "eval_examples.csv")
+    return [groups[k] for k in sorted(groups)]
 
 
 def observations(runs: dict[str, Path]) -> list[dict]:
-    """Verdicts on the paper's observations 1-4 from the runs named standard, at and cifs (if present)."""
-    obs = []
-    have = {k: v for k, v in runs.items() if (v / "classes.csv").is_file()}
-    if "standard" in have and "at" in have:
-        cs, ca = pd.read_csv(have["standard"] / "classes.csv"), pd.read_csv(have["at"] / "classes.csv")
-        gs, ga = _relgap(have["standard"]), _relgap(have["at"])
-        holds = ca.cosine_adv_nat.mean() > cs.cosine_adv_nat.mean() and ga < gs
-        obs.append({"observation": "1. AT aligns adversarial with natural activations",
-                    "verdict": "holds" if holds else "does not hold",
-                    "numbers": f"cosine(adv, nat) standard {cs.cosine_adv_nat.mean():.3f} vs AT "
-                               f"{ca.cosine_adv_nat.mean():.3f}; mean abs(adv - nat) / mean nat: standard {gs:.3f} vs "
-                               f"AT {ga:.3f}"})
-    if "at" in have:
-        ca = pd.read_csv(have["at"] / "classes.csv")
-        pos = int((ca.nr_over_abs > 0).sum())
-        rel = ca.nr_over_rel.mean()
-        pr = ca.pr_under_rel.mean()
-        verdict = "holds" if rel > 0 and pos >= 0.7 * len(ca) else ("unclear" if rel > 0 else "does not hold")
-        obs.append({"observation": "2. Under AT, NR channels are still over-activated by adversarial data",
-                    "verdict": verdict,
-                    "numbers": f"AT: NR over-activation {ca.nr_over_abs.mean():+.4f} ({rel:+.1%} of natural) on "
-                               f"average, positive in {pos}/{len(ca)} classes; PR change {-pr:+.1%}"})
-        rho = spearman(ca.spearman_nat.to_numpy(), ca.adv_acc.to_numpy())
-        verdict = "holds" if rho >= 0.4 else ("does not hold" if rho <= 0 else "unclear")
+    """Verdicts on the paper's observations 1-4 (chanscope.verdicts) from runs named standard, at, cifs,
+    random (and seed<s>/<name> for further seeds); the most and least robust AT class come from classes.csv,
+    as in the class-alignment figure."""
+    obs = verdicts.observations(load_seeds(runs))
+    at = runs.get("at")
+    if at is not None and (at / "classes.csv").is_file():
+        ca = pd.read_csv(at / "classes.csv")
         hi, lo = most_and_least_robust(ca)
         best, worst = ca[ca.class_name == hi].iloc[0], ca[ca.class_name == lo].iloc[0]
-        obs.append({"observation": "3. Robust classes align magnitude with relevance, non-robust ones do not",
-                    "verdict": verdict,
-                    "numbers": f"AT, over {len(ca)} classes: rank correlation of (Spearman magnitude~relevance) with "
-                               f"robust accuracy = {rho:.2f}; most robust {best.class_name} ({best.adv_acc:.1f}%, "
-                               f"rho {best.spearman_nat:.2f}), least robust {worst.class_name} "
-                               f"({worst.adv_acc:.1f}%, rho {worst.spearman_nat:.2f})"})
-    if "at" in runs and "cifs" in runs:
-        oa, oc = _overall(runs["at"]), _overall(runs["cifs"])
-        pgd_at = next((k for k in oa if k.startswith("pgd")), None)
-        adap = next((k for k in oc if k.startswith("adaptive") and ":" not in k), None)
-        if pgd_at and adap and pgd_at in oc:
-            a, c = oa[pgd_at], oc[adap]
-            se = math.hypot(_se(a, oa[f"n:{pgd_at}"]), _se(c, oc[f"n:{adap}"]))
-            diff = c - a
-            verdict = "holds" if diff > 2 * se else ("does not hold" if diff < -2 * se else "unclear (within noise)")
-            extra = ""
-            if (runs["cifs"] / "classes.csv").is_file() and (runs["at"] / "classes.csv").is_file():
-                nc = pd.read_csv(runs["cifs"] / "classes.csv").nr_over_rel.mean()
-                na = pd.read_csv(runs["at"] / "classes.csv").nr_over_rel.mean()
-                extra = f"; NR over-activation CIFS {nc:+.1%} vs AT {na:+.1%}"
-            obs.append({"observation": "4. CIFS suppresses NR channels and beats AT at the same budget",
-                        "verdict": verdict,
-                        "numbers": f"AT {pgd_at} {a:.1f}% vs CIFS worst-case adaptive {c:.1f}% (CIFS {pgd_at} on "
-                                   f"final logits {oc[pgd_at]:.1f}%); difference {diff:+.1f} points, 2 SE = "
-                                   f"{2 * se:.1f}; natural AT {oa['natural']:.1f}% vs CIFS {oc['natural']:.1f}%"
-                                   + extra})
+        for o in obs:
+            if o["observation"].startswith("3."):
+                o["numbers"] += (f"; most robust {best.class_name} ({best.adv_acc:.1f}%, alignment "
+                                 f"{best.spearman_adv:+.2f}), least robust {worst.class_name} ({worst.adv_acc:.1f}%, "
+                                 f"{worst.spearman_adv:+.2f}) ({images_used(at)})")
     return obs
 
 
-def write_report(runs: list[Path], out: Path, figures: Path | None = None, record: dict | None = None) -> str:
-    """Write the markdown report to `out` and return it."""
-    runs = [Path(r) for r in runs]
-    byname = {r.name: r for r in runs}
-    lines = ["# chanscope report", ""]
+def _observation_lines(obs: list[dict], n_seeds: int) -> list[str]:
+    lines = ["## The paper's observations", "",
+             f"Each rule is stated so that it can fail; [a, b] are 95% intervals (bootstrap over test images, paired "
+             f"between models of a seed, and over {n_seeds} seed{'s' if n_seeds != 1 else ''}).", ""]
+    for o in obs:
+        lines += [f"### {o['observation']}: **{o['verdict']}**", "", f"- Rule: {o['rule']}.",
+                  f"- Numbers: {o['numbers']}.", f"- Control: {o['control']}.",
+                  f"- What it shows: {o['what it shows']}.", ""]
+    return lines
+
+
+def _models_lines(runs: dict[str, Path]) -> list[str]:
     rows = []
-    for r in runs:
+    for name, r in runs.items():
         cfg = _json(r / "config.json")
         c = cfg.get("config", {})
         m = pd.read_csv(r / "metrics.csv") if (r / "metrics.csv").is_file() else pd.DataFrame()
-        rows.append({"model": r.name, "method": c.get("method"), "natural only": c.get("natural"),
-                     "arch": c.get("arch"), "width": _num(c.get("width")),
+        rows.append({"model": name, "method": c.get("method"), "natural only": c.get("natural"),
+                     "arch": c.get("arch"), "width": _num(c.get("width")), "seed": c.get("seed"),
                      "epochs": f"{len(m)}/{c['epochs']}" if "epochs" in c else None,
-                     "train images": cfg.get("data", {}).get("n_train"), "PGD steps": c.get("steps"),
+                     "train images": cfg.get("data", {}).get("n_train"),
+                     "val images": cfg.get("validation", {}).get("n", 0), "PGD steps": c.get("steps"),
                      "init": Path(c["init"]).parent.name if c.get("init") else "-",
                      "train s": float(m.seconds.sum()) if len(m) else None})
-    lines += ["## Models", ""]
+    lines = ["## Models", ""]
     lines += [_md(pd.DataFrame(rows), 0), ""] if rows else ["No model has been trained yet; run again to continue.",
                                                              ""]
-    data = next((_json(r / "config.json").get("data", {}) for r in runs if (r / "config.json").is_file()), {})
+    data = next((_json(r / "config.json").get("data", {}) for r in runs.values() if (r / "config.json").is_file()),
+                {})
     if data:
         lines += [f"Data: {data.get('source')} ({'; '.join(data.get('notes', []))})", ""]
-    ev_rows = []
-    for r in runs:
+    return lines
+
+
+def _eval_lines(runs: dict[str, Path]) -> list[str]:
+    ev_rows, lines = [], []
+    for name, r in runs.items():
         o = _overall(r)
         if o:
-            ev_rows.append({"model": r.name, "natural": o.get("natural"),
+            ev_rows.append({"model": name, "natural": o.get("natural"),
                             **{k: v for k, v in o.items() if not k.startswith("n:") and k != "natural"}})
     if ev_rows:
-        ev = pd.DataFrame(ev_rows)
-        lines += ["## Robust accuracy (%, all classes)", "", _md(ev), ""]
-        ns = {k.split(":", 1)[1]: int(v) for r in runs for k, v in _overall(r).items() if k.startswith("n:")}
+        lines += ["## Robust accuracy (%, all classes)", "", _md(pd.DataFrame(ev_rows)), ""]
+        ns = {k.split(":", 1)[1]: int(v) for r in runs.values() for k, v in _overall(r).items() if k.startswith("n:")}
         lines += ["Test images per attack: " + ", ".join(f"{k} {v}" for k, v in ns.items()), ""]
     san = []
-    for r in runs:
+    for name, r in runs.items():
         j = _json(r / "sanity" / "eval.json")
+        for c in j.get("sanity") or []:
+            san.append({"model": name, "check": c["check"], "result": "pass" if c["passed"] else "FAIL",
+                        "numbers": ", ".join(f"{k} {_fmt(v)}" for k, v in c["numbers"].items())})
         if j.get("sanity"):
-            for c in j["sanity"]:
-                san.append({"model": r.name, "check": c["check"], "result": "pass" if c["passed"] else "FAIL",
-                            "numbers": ", ".join(f"{k} {_fmt(v)}" for k, v in c["numbers"].items())})
-            san.append({"model": r.name, "check": "verdict", "result": j.get("verdict"), "numbers": ""})
+            san.append({"model": name, "check": "verdict", "result": j.get("verdict"), "numbers": ""})
     if san:
         lines += ["## Gradient-masking checks", "", _md(pd.DataFrame(san)), ""]
+    return lines
+
+
+def _alignment_lines(runs: dict[str, Path]) -> list[str]:
     al = []
-    for r in runs:
+    for name, r in runs.items():
         if (r / "classes.csv").is_file():
             cl = pd.read_csv(r / "classes.csv")
-            al.append(cl.assign(model=r.name)[["model", "class_name", "nat_acc", "adv_acc", "cosine_adv_nat",
-                                                "nr_over_rel", "pr_under_rel", "spearman_nat", "spearman_adv",
-                                                "n_nr"]])
-    if al:
-        lines += ["## Per-class alignment (penultimate layer, gradient relevance)", "",
-                  "nat_acc and adv_acc here come from the activations stage (" + "; ".join(
-                      f"{r.name}: {images_used(r)}" for r in runs if (r / "classes.csv").is_file())
-                  + "), the robust accuracy tables above from the eval stage.", "",
-                  _md(pd.concat(al, ignore_index=True), 3), ""]
+            al.append(cl.assign(model=name)[["model", "class_name", "nat_acc", "adv_acc", "cosine_adv_nat",
+                                              "nr_over_rel", "pr_under_rel", "spearman_nat", "spearman_adv",
+                                              "n_nr"]])
+    if not al:
+        return []
+    return ["## Per-class alignment (penultimate layer, gradient relevance)", "",
+            "nat_acc and adv_acc here come from the activations stage (" + "; ".join(
+                f"{name}: {images_used(r)}" for name, r in runs.items() if (r / "classes.csv").is_file())
+            + "), the robust accuracy tables above from the eval stage.", "",
+            _md(pd.concat(al, ignore_index=True), 3), ""]
+
+
+def write_report(runs: list[Path], out: Path, figures: Path | None = None, record: dict | None = None,
+                 names: list[str] | None = None) -> str:
+    """Write the markdown report to `out` and return it. names: how the runs are called (default their
+    folder names; a study passes 'at', 'seed1/at', ...)."""
+    byname = dict(zip(names or [Path(r).name for r in runs], (Path(r) for r in runs)))
+    lines = ["# chanscope report", "", *_models_lines(byname), *_eval_lines(byname), *_alignment_lines(byname)]
     obs = observations(byname)
     if obs:
-        lines += ["## The paper's observations", "", _md(pd.DataFrame(obs)), ""]
+        lines += _observation_lines(obs, len(load_seeds(byname)))
     if figures is not None and figures.is_dir():
         lines += ["## Figures", ""]
         for png in sorted(figures.glob("*.png")):
@@ -197,33 +191,34 @@ def write_report(runs: list[Path], out: Path, figures: Path | None = None, recor
     if record and record.get("stages"):
         st = pd.DataFrame([{"stage": k, "seconds": v["seconds"], "command": f"`{v['command']}`"}
                            for k, v in record["stages"].items()])
-        total = st.seconds.sum()
-        lines += ["## Commands and wall times", "", _md(st, 0), "", f"Total {total / 60:.1f} min; "
+        lines += ["## Commands and wall times", "", _md(st, 0), "", f"Total {st.seconds.sum() / 60:.1f} min; "
                   f"versions: {json.dumps(record.get('versions', {}))}", ""]
     text = "\n".join(lines)
     atomic_write_bytes(out, text.encode())
     return text
 
 
-def write_outputs(out: Path, record: dict, stages: list[str]) -> None:
-    """Figures, results CSVs and report.md of a reproduction folder."""
+def write_outputs(out: Path, record: dict, models: list[str]) -> None:
+    """Figures (first seed), results CSVs and report.md of a reproduction folder; models are paths relative
+    to it ('at', 'seed1/at', 'random')."""
     out = Path(out)
     figs = out / "figures"
-    models = [m for m in dict.fromkeys(stages) if (out / m / "channels.csv").is_file()]
-    trained_models = [m for m in dict.fromkeys(stages) if (out / m / "config.json").is_file()]
-    main = [m for m in ("standard", "at", "cifs") if m in models]
+    studied = [m for m in dict.fromkeys(models) if (out / m / "channels.csv").is_file()]
+    trained = [m for m in dict.fromkeys(models) if (out / m / "config.json").is_file()]
+    main = [m for m in ("standard", "at", "cifs", "random") if m in studied]
     if main:
         nr_channels([out / m for m in main], figs)
-        class_robustness([out / m for m in models if (out / m / "eval.csv").is_file()], figs)
+    evaluated = [out / m for m in studied if "/" not in m and (out / m / "eval.csv").is_file()]
+    if evaluated:
+        class_robustness(evaluated, figs)
     for m in ("at", "cifs"):
-        if m in models:
+        if m in studied:
             class_alignment(out / m, figs, name=f"class_alignment_{m}")
-    trained = [out / m for m in trained_models if (out / m / "metrics.csv").is_file()]
-    if trained:
-        training_curves(trained, figs)
-    res = out / "results"
-    for m in models:
+    curves = [out / m for m in trained if "/" not in m and (out / m / "metrics.csv").is_file()]
+    if curves:
+        training_curves(curves, figs)
+    for m in studied:
         for f in ("eval.csv", "classes.csv", "metrics.csv"):
             if (out / m / f).is_file():
-                atomic_write_csv(res / f"{m}_{f}", read_run_csv(out / m, f))
-    write_report([out / m for m in trained_models], out / "report.md", figs, record)
+                atomic_write_csv(out / "results" / f"{m.replace('/', '_')}_{f}", read_run_csv(out / m, f))
+    write_report([out / m for m in trained], out / "report.md", figs, record, names=trained)

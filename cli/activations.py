@@ -35,6 +35,8 @@ def activations_command(
         "CIFAR-10 test set (--n 10000) takes 10x as long as the default.")] = None,
     threshold: Annotated[float, typer.Option(help="Active: magnitude > threshold x the input's largest.")] = 1e-2,
     beta_atk: Annotated[float, typer.Option(help="Joint-loss beta for adaptive attacks.")] = 2.0,
+    follow_mask: Annotated[bool, typer.Option(
+        "--follow-mask", help="An adaptive --attack differentiates through CIFS's relevance and mask.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 250,
     data: DataOpt = None,
     data_root: DataRootOpt = None,
@@ -61,7 +63,8 @@ def activations_command(
             str(model), layers=list(layer) if layer else None, attack=attack, eps=parse_fraction(eps),
             relevance=relevance, relevance_on=relevance_on, n=n, threshold=threshold, beta_atk=beta_atk,
             batch_size=batch_size, data=data, data_root=data_root, download=bool(download),
-            out=str(out) if out else None, seed=seed or 0, device=device, classes_by=classes_by, on_ready=on_ready,
+            out=str(out) if out else None, seed=seed or 0, device=device, classes_by=classes_by,
+            follow_mask=follow_mask, on_ready=on_ready,
             progress=lambda done, total: bar.update(task["id"], completed=done))
     finally:
         bar.stop()

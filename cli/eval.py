@@ -18,7 +18,8 @@ from ._options import ClassesByOpt, DataOpt, DataRootOpt, DeviceOpt, DownloadOpt
 def eval_command(
     model: Annotated[Path, typer.Option(help="Checkpoint (.pt) or run folder; official CIFS checkpoints too.")],
     attacks: Annotated[Optional[str], typer.Option(
-        help="Comma list of fgsm, pgd<K>, cw<K>, adaptive<K>, aa, square (e.g. pgd20,adaptive20; default: "
+        help="Comma list of fgsm, pgd<K>, cw<K>, adaptive<K>, aa, square; r<N> after a name gives it N restarts "
+        "(e.g. pgd20,adaptive20r2; default: "
         "fgsm,pgd20,cw20, plus adaptive20 for models with probes or auxiliary heads, CIFS and CAS).")] = None,
     eps: EpsOpt = "8/255",
     n: Annotated[Optional[int], typer.Option(help="Class-balanced test images (default: the whole test set).")]
@@ -27,6 +28,9 @@ def eval_command(
     restarts: Annotated[int, typer.Option(help="PGD restarts (after the first, random starts).")] = 1,
     random_start: Annotated[bool, typer.Option("--random-start", help="Random start for PGD.")] = False,
     beta_atk: Annotated[float, typer.Option(help="Joint-loss beta of adaptive attacks (official: 2).")] = 2.0,
+    follow_mask: Annotated[bool, typer.Option(
+        "--follow-mask", help="Adaptive attacks differentiate through CIFS's relevance and mask (end to end, "
+        "slower) instead of stopping at the mask as the official evaluation does.")] = False,
     square_queries: Annotated[int, typer.Option(help="Queries of Square (alone and in --sanity).")] = 1000,
     sanity: Annotated[bool, typer.Option("--sanity", help="Run the gradient-masking checks.")] = False,
     surrogate: Annotated[Optional[Path], typer.Option(help="Checkpoint for the transfer check.")] = None,
@@ -63,7 +67,8 @@ def eval_command(
             restarts=restarts, random_start=random_start, beta_atk=beta_atk, square_queries=square_queries,
             sanity=sanity, surrogate=str(surrogate) if surrogate else None, batch_size=batch_size, data=data,
             data_root=data_root, download=bool(download), out=str(out) if out else None, seed=seed or 0,
-            device=device, classes_by=classes_by, on_ready=on_ready, progress=on_progress)
+            device=device, classes_by=classes_by, follow_mask=follow_mask, on_ready=on_ready,
+            progress=on_progress)
     finally:
         bar.stop()
     print_eval(result, summary, str(model), e)

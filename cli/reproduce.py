@@ -32,6 +32,12 @@ def reproduce_command(
         "--bf16/--no-bf16", help="bf16 autocast of the training stages (default: CUDA only; on a CPU with AMX "
         "--bf16 about halves them); evaluation stays float32.")] = None,
     seed: SeedOpt = None,
+    seeds: Annotated[Optional[int], typer.Option(
+        help="Seeds (--seed, --seed + 1, ...; the others in <out>/seed<s>/); verdicts read their spread. "
+        "Default: the folder's, else 1.")] = None,
+    only: Annotated[Optional[str], typer.Option(
+        help="train: run only the training stages and random controls (start the long compute early; a later "
+        "call without --only evaluates and reports).")] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Train standard, AT and CIFS (CAS), evaluate, record activations, plot and report; resumable."""
@@ -54,7 +60,8 @@ def reproduce_command(
     try:
         with bar:
             record = reproduce(out, scale, data=data, data_root=data_root, with_cas=with_cas,
-                               cifs_scratch=cifs_scratch, seed=seed, device=device, progress=on_progress,
+                               cifs_scratch=cifs_scratch, seed=seed, seeds=seeds, only=only, device=device,
+                               progress=on_progress,
                                on_stage=on_stage, time_limit=time_limit * 60 if time_limit is not None else None,
                                bf16=bf16)
     except (TrainInterrupted, KeyboardInterrupt):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from chanscope.report import _md, _overall, _relgap, observations
+from chanscope.report import _md, _overall, load_seeds, observations
+from chanscope.verdicts import relgap
 
 
 def main(study: str, *ablations: str) -> None:
@@ -36,7 +37,7 @@ def main(study: str, *ablations: str) -> None:
         if (out / m / "classes.csv").is_file():
             c = pd.read_csv(out / m / "classes.csv")
             al.append({"model": m, "cosine(adv, nat)": c.cosine_adv_nat.mean(),
-                       "mean abs gap / mean nat": _relgap(out / m),
+                       "mean abs gap / mean nat": relgap(load_seeds({m: out / m})[0].act[m]),
                        "NR over-activation (rel)": c.nr_over_rel.mean(),
                        "PR under-activation (rel)": c.pr_under_rel.mean(),
                        "Spearman nat": c.spearman_nat.mean(), "Spearman adv": c.spearman_adv.mean(),
@@ -45,7 +46,8 @@ def main(study: str, *ablations: str) -> None:
     print(_md(pd.DataFrame(al), 3))
     print()
     print("### The paper's observations\n")
-    print(_md(pd.DataFrame(observations({m: out / m for m in models}))))
+    for o in observations({m: out / m for m in [*models, "random"]}):
+        print(f"- **{o['observation']}: {o['verdict']}.** {o['numbers']}. Control: {o['control']}.")
     print()
     st = pd.DataFrame([{"stage": k, "minutes": v["seconds"] / 60} for k, v in rec["stages"].items()])
     print(f"### Wall time per stage (total {st.minutes.sum():.0f} min)\n")

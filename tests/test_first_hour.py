@@ -15,8 +15,8 @@ from chanscope.cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from chanscope import pipeline, plots, report
-from chanscope.activations import run_activations
+from chanscope import pipeline, plots, report, verdicts
+from chanscope.activations import run_activations, write_examples
 from chanscope.analysis import most_and_least_robust
 from chanscope.checkpoint import load_model, save_checkpoint
 from chanscope.data import ImageData, load_data
@@ -75,7 +75,7 @@ def test_a_study_folder_refuses_options_it_was_not_made_with(tmp_path):
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["pipeline.json"]
     # options left out are the folder's; turning on more models is allowed
     opts = pipeline.study_options(json.loads(before), {"seed": None, "with_cas": True})
-    assert opts == {**made, "with_cas": True}
+    assert opts == {**made, "with_cas": True, "seeds": 1}
     # an archive given by another path to the same file is the same data
     arch = tmp_path / "d.tar.gz"
     arch.write_bytes(b"x")
@@ -181,6 +181,11 @@ def _study_run(path, adv_acc):
                        "spearman_adv": 0.4, "n_pr": 2, "n_nr": 1})
     cl.to_csv(path / "classes.csv", index=False)
     (path / "activations.json").write_text(json.dumps({"data": {"n_used": 300}, "attack": {"name": "pgd10"}}))
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 3)
+    write_examples(path / "examples.npz", {"y": y, "nat_ok": np.ones(30, int), "adv_ok": rng.integers(0, 2, 30),
+                                           "mag_nat": rng.random((30, 3)), "mag_adv": rng.random((30, 3)),
+                                           "relevance": np.tile([-1.0, 0.5, 1.0], (10, 1))})
 
 
 def test_figure_and_report_pick_the_same_classes_from_the_same_images(tmp_path, monkeypatch):
@@ -199,6 +204,8 @@ def test_figure_and_report_pick_the_same_classes_from_the_same_images(tmp_path, 
     drawn = plots.class_alignment(tmp_path / "at", tmp_path / "fig")
     assert set(drawn.class_name) == {"deer", "bird"}
     assert titles[0].startswith("deer") and "300 test images, pgd10 (activations)" in titles[-1]
+    monkeypatch.setattr(verdicts, "N_BOOT", 50)
+    monkeypatch.setattr(verdicts, "N_PERM", 50)
     obs = report.observations({"at": tmp_path / "at"})
     assert "most robust deer (53.3%" in obs[-1]["numbers"] and "least robust bird" in obs[-1]["numbers"]
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -45,10 +46,14 @@ def test_pipeline_writes_everything(study):
         assert _png_ok(out / "figures" / f"{name}.png") and (out / "figures" / f"{name}.pdf").is_file()
     report = (out / "report.md").read_text()
     assert "## The paper's observations" in report and "## Commands and wall times" in report
+    # the control every verdict can fail against, and the per-image records the intervals come from
+    assert (out / "random" / "best.pt").is_file() and (out / "random" / "examples.npz").is_file()
+    assert json.loads((out / "random" / "config.json").read_text())["config"]["method"] == "random"
+    for o in ("### 1. AT aligns", "### 2. Under AT", "### 3. Robust classes", "### 4. CIFS suppresses"):
+        assert o in report, o
+    assert report.count("- Rule: ") == 4 and "random network" in report and (out / "at" / "eval_examples.csv").is_file()
     assert set(record["stages"]) >= {"train standard", "train at", "eval cifs", "activations at"}
     # the warm start: AT starts from the natural model, CIFS from the natural CIFS model
-    import json
-
     assert json.loads((out / "at" / "config.json").read_text())["config"]["init"].endswith("standard/last.pt")
     assert json.loads((out / "cifs" / "config.json").read_text())["config"]["init"].endswith("cifs-nat/last.pt")
 
@@ -83,14 +88,15 @@ def test_plots_draw_exactly_the_input_statistics(study, tmp_path):
     assert np.allclose(al.sort_values(["class_name", "channel"]).mag_adv,
                        ch[ch.class_name.isin(["cat", "dog"])].sort_values(["class_name", "channel"]).mag_adv)
     tr = plots.training_curves(runs, tmp_path)
-    assert np.allclose(tr[tr.model == "at"].test_pgd_acc, pd.read_csv(out / "at" / "metrics.csv").test_pgd_acc)
+    assert np.allclose(tr[tr.model == "at"].val_pgd_acc, pd.read_csv(out / "at" / "metrics.csv").val_pgd_acc)
     twin = tmp_path / "other" / "at"  # two runs of one name (fp32 vs bf16 studies): told apart by their parent
     twin.mkdir(parents=True)
     m = pd.read_csv(out / "at" / "metrics.csv")
     m.assign(test_pgd_acc=m.test_pgd_acc + 1).to_csv(twin / "metrics.csv", index=False)
     both = plots.training_curves([out / "at", twin], tmp_path, name="pair")
     assert set(both.model) == {f"{out.name}/at", "other/at"}
-    assert np.allclose(both[both.model == "other/at"].test_pgd_acc.to_numpy(), m.test_pgd_acc.to_numpy() + 1)
+    assert np.allclose(both[both.model == "other/at"].test_pgd_acc.to_numpy(), m.test_pgd_acc.to_numpy() + 1,
+                       equal_nan=True)
 
 
 def test_missing_or_incomplete_runs_give_one_line_errors(study, tmp_path):
@@ -160,10 +166,22 @@ def test_time_limit_starts_no_new_stage_and_a_rerun_continues(study, monkeypatch
 def test_plan_passes_bf16_to_every_training_stage(tmp_path):
     """`reproduce --bf16` trains every model with bf16 autocast (also on CPU) and records it in the command."""
     def cfgs(**kw):
-        trains = [s for s in pipeline.plan(tmp_path, "smoke", **kw) if s.kind == "train"]
-        return trains, [s.run.__defaults__[0] for s in trains]  # do_train(cfg=...) binds each stage's config
+        trains = [s for s in pipeline.plan(tmp_path, "smoke", **kw) if s.kind == "train" and "config" in s.extra]
+        return trains, [s.extra["config"] for s in trains]
 
     trains, on = cfgs(bf16=True)
     assert len(trains) == 5 and all(c.uses_bf16("cpu") for c in on) and all("--bf16" in s.command for s in trains)
     trains, off = cfgs()
     assert not any(c.uses_bf16("cpu") for c in off) and all(c.uses_bf16("cuda") for c in off)
+
+
+def test_plan_runs_every_seed_in_its_own_folder_with_its_own_control(tmp_path):
+    stages = pipeline.plan(tmp_path, "smoke", seed=3, seeds=2)
+    cfgs = {s.model: s.extra["config"] for s in stages if "config" in s.extra}
+    assert cfgs["at"].seed == 3 and cfgs["seed4/at"].seed == 4
+    assert cfgs["seed4/at"].init == str(tmp_path / "seed4" / "standard" / "last.pt")  # its own warm start
+    names = {s.name for s in stages}
+    assert {"control random", "control seed4/random", "activations seed4/random", "eval seed4/cifs"} <= names
+    assert "eval random" not in names  # the control is studied, not evaluated
+    cifs_act = next(s for s in stages if s.name == "activations cifs")
+    assert "--attack adaptive10" in cifs_act.command and "--follow-mask" in cifs_act.command

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from chanscope.data import load_data
@@ -39,3 +40,195 @@ def test_selection_reads_validation_and_test_is_measured_once(tmp_path):
     assert rec["validation"]["n"] == 50 and rec["config"]["val_n"] == 50
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["best_val_pgd_acc"] == float(
         np.nanmax(m.val_pgd_acc))
+
+
+# ------------------------------------------------------------------------ synthetic per-image records
+from chanscope import verdicts  # noqa: E402
+from chanscope.verdicts import Seed  # noqa: E402
+
+K, C, PER = 10, 16, 30
+
+
+@pytest.fixture(autouse=True)
+def fewer_draws(monkeypatch):
+    """400 bootstrap draws and 1000 permutations: the rules are the same, the suite quicker."""
+    monkeypatch.setattr(verdicts, "N_BOOT", 400)
+    monkeypatch.setattr(verdicts, "N_PERM", 1000)
+
+
+def _ex(seed, *, nr_shift=0.0, deform=0.0, align=None, adv_acc=None, nat_acc=None):
+    """Per-image records of a made-up model: NR channels raised by nr_shift under attack, adversarial
+    magnitudes deformed channel-wise by `deform`, and per class an alignment of the adversarial magnitude
+    with relevance of strength align[c]."""
+    rng = np.random.default_rng(seed)
+    rel = np.tile(np.linspace(-1, 1, C), (K, 1)) + 0.01 * np.random.default_rng(99).standard_normal((K, C))
+    y = np.repeat(np.arange(K), PER)
+    nat = np.abs(1 + 0.1 * rng.standard_normal((len(y), C)))
+    pattern = np.where(np.arange(C) % 2 == 0, 1.0, -1.0)
+    align = np.zeros(K) if align is None else np.asarray(align)
+    adv = nat * (1 + deform * pattern) + nr_shift * (rel[y] < 0) + align[y][:, None] * rel[y] \
+        + 0.05 * rng.standard_normal((len(y), C))
+    nat_acc = np.full(K, 0.8) if nat_acc is None else np.asarray(nat_acc)
+    adv_acc = np.full(K, 0.4) if adv_acc is None else np.asarray(adv_acc)
+    nat_ok = rng.random(len(y)) < nat_acc[y]
+    return {"y": y, "nat_ok": nat_ok.astype(int), "adv_ok": (nat_ok & (rng.random(len(y)) < adv_acc[y] /
+                                                                        nat_acc[y])).astype(int),
+            "mag_nat": nat.astype(np.float32), "mag_adv": np.clip(adv, 0, None).astype(np.float32),
+            "relevance": rel.astype(np.float32)}
+
+
+def _seeds(n=2, **models):
+    return [Seed(act={m: _ex(10 * i + j, **kw) for j, (m, kw) in enumerate(models.items())}) for i in range(n)]
+
+
+def test_interval_is_paired_and_covers_the_point():
+    seeds = _seeds(at={"nr_shift": 0.3}, random={"nr_shift": 0.3})
+    same = verdicts.interval(seeds, lambda s, w: verdicts.nr_over(s.act["at"], w) - verdicts.nr_over(s.act["at"], w))
+    assert same.lo == same.hi == 0.0  # one weight vector per seed serves every model
+    iv = verdicts.interval(seeds, lambda s, w: verdicts.nr_over(s.act["at"], w))
+    assert iv.lo < iv.value < iv.hi and abs(iv.value - 0.3) < 0.05
+    w = np.zeros(K * PER)
+    w[:PER] = 2.0  # only class 0, twice: the weighted means are class 0's
+    nat, _ = verdicts.class_means(seeds[0].act["at"], w)
+    assert np.allclose(nat[0], seeds[0].act["at"]["mag_nat"][:PER].mean(0))
+
+
+def test_observation_1_rule():
+    holds = verdicts.observation_1(_seeds(standard={"deform": 0.5}, at={"deform": 0.05}))
+    fails = verdicts.observation_1(_seeds(standard={"deform": 0.05}, at={"deform": 0.5}))
+    assert holds["verdict"] == "holds" and fails["verdict"] == "does not hold"
+
+
+def test_observation_2_must_fail_when_the_random_control_shows_the_same():
+    assert verdicts.observation_2(_seeds(at={"nr_shift": 0.3}, random={"nr_shift": 0.0}))["verdict"] == "holds"
+    same = verdicts.observation_2(_seeds(at={"nr_shift": 0.3}, random={"nr_shift": 0.3}))
+    assert same["verdict"] != "holds" and "random network" in same["control"]
+    more = verdicts.observation_2(_seeds(at={"nr_shift": 0.3}, random={"nr_shift": 0.6}))
+    assert more["verdict"] == "does not hold"
+
+
+def test_observation_3_needs_both_halves_and_survives_the_confound():
+    rob = np.linspace(0.1, 0.7, K)  # robust accuracy rises with the class label
+    aligned = verdicts.observation_3(_seeds(at={"align": np.linspace(0.0, 1.0, K), "adv_acc": rob}))
+    assert aligned["verdict"] == "holds", aligned["numbers"]
+    flat = verdicts.observation_3(_seeds(at={"align": np.zeros(K), "adv_acc": rob}))
+    assert flat["verdict"] != "holds"  # no alignment anywhere: no evidence for the claim
+    # alignment follows how well a class was learned, and robust accuracy does too: the partial correlation
+    # with natural accuracy controlled must keep the verdict from "holds"
+    learned = np.linspace(0.35, 0.95, K)
+    confound = verdicts.observation_3(_seeds(at={"align": np.linspace(0, 1, K), "adv_acc": rob,
+                                                 "nat_acc": learned}))
+    shuffled = verdicts.observation_3(_seeds(at={"align": np.linspace(0, 1, K)[::-1], "adv_acc": rob}))
+    assert shuffled["verdict"] == "does not hold"
+    assert confound["verdict"] != "holds" and "partial (natural controlled)" in confound["numbers"]
+
+
+def test_observation_4_rule_both_halves():
+    def seeds(cifs_nr, cifs_acc):
+        out = _seeds(at={"nr_shift": 0.3}, cifs={"nr_shift": cifs_nr})
+        rng = np.random.default_rng(0)
+        for s in out:
+            n = 300
+            at = (rng.random(n) < 0.40).astype(int)
+            s.ev = {"at": pd.DataFrame({"label": 0, "natural": 1, "pgd20": at}),
+                    "cifs": pd.DataFrame({"label": 0, "natural": 1, "adaptive20:joint": 1,
+                                          "adaptive20": (rng.random(n) < cifs_acc).astype(int)})}
+        return out
+
+    assert verdicts.observation_4(seeds(0.0, 0.60))["verdict"] == "holds"
+    assert verdicts.observation_4(seeds(0.0, 0.20))["verdict"] == "does not hold"
+    assert verdicts.observation_4(seeds(0.6, 0.60))["verdict"] == "does not hold"  # does not suppress NR
+
+
+def test_observation_2_does_not_hold_for_an_untrained_network(embedded):
+    """The issue's case: AT's rule earned by a network that never trained. Two random initialisations
+    of one architecture, one in the AT seat, one as the control: the verdict must not be 'holds'."""
+    from chanscope.activations import study_activations
+    from chanscope.attacks.suite import parse_attacks
+    from chanscope.models import create_model
+
+    x, y = embedded.x_test[::10].float() / 255, embedded.y_test[::10]
+    seed = Seed()
+    for name, init in (("at", 1), ("random", 2)):
+        torch.manual_seed(init)
+        net = create_model("resnet10", width=0.125).eval()
+        (res,), _ = study_activations(net, x, y, embedded.classes, ["layer4"], parse_attacks("pgd5", 8 / 255)[0])
+        seed.act[name] = res.examples
+    assert verdicts.observation_2([seed])["verdict"] != "holds"
+
+
+def test_per_image_records_reproduce_the_streamed_tables(embedded):
+    """examples.npz holds exactly the images the tables were summed from (an independent recomputation)."""
+    from chanscope.activations import study_activations
+    from chanscope.attacks.suite import parse_attacks
+    from chanscope.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("resnet10", width=0.125).eval()
+    x, y = embedded.x_test[::20].float() / 255, embedded.y_test[::20]
+    (res,), _ = study_activations(net, x, y, embedded.classes, ["layer4"], parse_attacks("fgsm", 8 / 255)[0],
+                                  batch_size=16)
+    ex = res.examples
+    nat, adv = verdicts.class_means(ex, None)
+    ch = res.channels.sort_values(["class", "channel"])
+    assert np.allclose(nat.ravel(), ch.mag_nat, rtol=1e-5) and np.allclose(adv.ravel(), ch.mag_adv, rtol=1e-5)
+    assert np.allclose(verdicts.class_accuracy(ex, None, "adv_ok"), res.classes.adv_acc, atol=0.01)
+    assert np.allclose(verdicts.alignment(ex), res.classes.spearman_adv, atol=1e-6)
+    cl = res.classes
+    assert np.isclose(verdicts.nr_over(ex), cl.nr_over_rel.mean(), rtol=1e-5)
+
+
+def test_adaptive_attack_follows_the_cifs_mask_as_a_hand_computed_gradient():
+    """With follow_mask the input gradient includes the path through the relevance and the softmax mask:
+    checked against the mask written out by hand for the nonlinear probe (GAP, Linear, Softplus(5), Linear)."""
+    from chanscope.attacks.suite import follow_mask
+    from chanscope.models.select import CIFS
+
+    torch.manual_seed(0)
+    sel = CIFS(6, 4, probe="nonlinear", hidden=5, topk=2).eval()
+    feat = torch.rand(3, 6, 2, 2, requires_grad=True)
+    w1, b1 = sel.probe[1].weight, sel.probe[1].bias
+    w2 = sel.probe[3].weight
+
+    def by_hand(f):
+        pooled = f.mean(dim=(2, 3))
+        h = pooled @ w1.T + b1
+        logits = torch.nn.functional.softplus(h, beta=5) @ w2.T + sel.probe[3].bias
+        top = logits.topk(2, dim=1).indices.detach()  # the chosen classes are a discrete choice
+        # d(sum of chosen logits) / d(pooled); per position that is 1/(H W) of it, summed over H W positions
+        g = (torch.sigmoid(5 * h) * w2[top].sum(1)) @ w1
+        return f * torch.softmax(g, dim=1)[:, :, None, None]
+
+    target = torch.randn(3, 6, 2, 2)
+    holder = torch.nn.Module()
+    holder.selectors = [sel]
+    with follow_mask(holder):
+        assert sel.end_to_end
+    assert not sel.end_to_end  # restored
+    sel.end_to_end = True
+    (g_model,) = torch.autograd.grad((sel(feat) * target).sum(), feat)
+    (g_hand,) = torch.autograd.grad((by_hand(feat) * target).sum(), feat)
+    assert torch.allclose(g_model, g_hand, atol=1e-6)
+    sel.end_to_end = False
+    (g_stop,) = torch.autograd.grad((sel(feat) * target).sum(), feat)
+    assert not torch.allclose(g_stop, g_hand, atol=1e-4)  # stopping at the mask drops a real term
+    assert torch.allclose(sel(feat), by_hand(feat), atol=1e-6)  # the forward is the same either way
+
+
+def test_follow_mask_attack_runs_and_is_recorded(tmp_path):
+    from chanscope.checkpoint import save_checkpoint
+    from chanscope.evaluate import run_eval
+    from chanscope.models import create_model
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "c.pt", create_model("resnet10", width=0.0625, feature_select="cifs").eval())
+    result, summary = run_eval(str(tmp_path / "c.pt"), "adaptive2r2", 8 / 255, n=10, follow_mask=True,
+                               out=str(tmp_path))
+    spec = summary["attacks"][0]
+    assert spec["follow_mask"] and spec["restarts"] == 2
+    comps = set(result.table.attack)
+    assert {"adaptive2r2:final_cw", "adaptive2r2:probe0_cw", "adaptive2r2:joint"} <= comps
+    assert set(summary["adaptive_components"]["adaptive2r2"]) >= {"joint", "only joint"}
+    ex = pd.read_csv(tmp_path / "eval_examples.csv")
+    assert len(ex) == 10 and ex["adaptive2r2"].sum() == round(
+        result.overall().set_index("attack").robust_acc["adaptive2r2"] / 10)

@@ -8,6 +8,8 @@ robust accuracy never exceeds natural accuracy).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,10 +18,12 @@ import torch.nn.functional as F
 
 from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
 from chanscope.errors import ChanscopeError, check_eps, check_positive_int
+from chanscope.losses import cw_margin
 
-__all__ = ["AttackSpec", "parse_attacks", "run_attack", "ATTACK_NAMES", "has_probes", "correct"]
+__all__ = ["AttackSpec", "parse_attacks", "run_attack", "ATTACK_NAMES", "has_probes", "correct", "follow_mask"]
 
-ATTACK_NAMES = ("fgsm", "pgd<K> (pgd20, pgd100, ...)", "cw<K> (cw20, ...)", "aa", "square", "adaptive")
+ATTACK_NAMES = ("fgsm", "pgd<K> (pgd20, pgd100, ...)", "cw<K> (cw20, ...)", "aa", "square",
+                "adaptive<K> (adaptive20, ...; r<N> after any of these: N restarts, e.g. adaptive20r2)")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class AttackSpec:
     loss: str = "ce"  # ce | cw | joint | probe<i> | final (adaptive: all)
     random_start: bool = False
     queries: int = 0  # square
+    follow_mask: bool = False  # adaptive: differentiate through CIFS's relevance and mask (end to end)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,9 +47,28 @@ def has_probes(model: nn.Module) -> bool:
     return bool(getattr(model, "selectors", []))
 
 
+@contextmanager
+def follow_mask(model: nn.Module, on: bool = True) -> Iterator[nn.Module]:
+    """Let gradients with respect to the input flow through every CIFS mask (its relevance is computed on
+    the features themselves, with create_graph) for the duration; restored afterwards."""
+    sels = [s for s in getattr(model, "selectors", []) if hasattr(s, "end_to_end")]
+    before = [s.end_to_end for s in sels]
+    for s in sels:
+        s.end_to_end = on
+    try:
+        yield model
+    finally:
+        for s, b in zip(sels, before):
+            s.end_to_end = b
+
+
 def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None = None, restarts: int = 1,
-                  random_start: bool = False, square_queries: int = 1000) -> list[AttackSpec]:
-    """Defaults follow the paper's test: step eps/10 (0.8/255 at 8/255), zero start, one restart."""
+                  random_start: bool = False, square_queries: int = 1000,
+                  follow: bool = False) -> list[AttackSpec]:
+    """Defaults follow the paper's test: step eps/10 (0.8/255 at 8/255), zero start, one restart.
+
+    A name may carry its own restarts: pgd20r3, adaptive20r2. follow: adaptive attacks differentiate through
+    CIFS's relevance and mask."""
     check_eps(eps)
     check_positive_int(restarts, "restarts")
     items = [n.strip().lower() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
@@ -55,7 +79,7 @@ def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None
         check_eps(step_size, "step size")
     specs = []
     for n in items:
-        m = re.fullmatch(r"(pgd|cw|adaptive)(\d*)", n)
+        m = re.fullmatch(r"(pgd|cw|adaptive)(\d*)(?:r(\d+))?", n)
         if n == "fgsm":
             specs.append(AttackSpec(n, "fgsm", eps, 1, eps, 1, "ce"))
         elif m and (m[2] or m[1] == "adaptive"):
@@ -64,7 +88,10 @@ def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None
                 raise ChanscopeError(f"attack {n!r}: steps={steps} must be at least 1")
             kind = "adaptive" if m[1] == "adaptive" else "pgd"
             loss = {"pgd": "ce", "cw": "cw", "adaptive": "all"}[m[1]]
-            specs.append(AttackSpec(n, kind, eps, steps, alpha, restarts, loss, random_start))
+            own = int(m[3]) if m[3] else restarts
+            check_positive_int(own, f"restarts of {n}")
+            specs.append(AttackSpec(n, kind, eps, steps, alpha, own, loss, random_start,
+                                    follow_mask=follow and kind == "adaptive"))
         elif n in ("aa", "autoattack"):
             specs.append(AttackSpec(n, "aa", eps))
         elif n == "square":
@@ -81,20 +108,22 @@ def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return model(x).argmax(1) == y
 
 
-def _probe_loss(i: int):
+def _probe_loss(i: int, kind: str = "ce"):
     def fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _, aux = m(x, return_aux=True)
-        return F.cross_entropy(aux[i], y, reduction="none")
+        return F.cross_entropy(aux[i], y, reduction="none") if kind == "ce" else cw_margin(aux[i], y)
     return fn
 
 
 def adaptive_losses(model: nn.Module, beta: float = 2.0) -> dict[str, object]:
-    """The losses of the adaptive attack: joint (official evaluation), final logits, each probe."""
-    losses: dict[str, object] = {"final": attack_loss("ce")}
+    """The losses of the adaptive attack: cross-entropy and CW margin of the final logits, the joint loss
+    (official evaluation), and cross-entropy and CW margin of each probe's logits."""
+    losses: dict[str, object] = {"final": attack_loss("ce"), "final_cw": attack_loss("cw")}
     if has_probes(model):
         losses["joint"] = attack_loss("joint", beta)
         for i in range(len(model.selectors)):
             losses[f"probe{i}"] = _probe_loss(i)
+            losses[f"probe{i}_cw"] = _probe_loss(i, "cw")
     return losses
 
 
@@ -132,8 +161,10 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
         for cname, lfn in adaptive_losses(model, beta_atk).items():
             comp = correct(model, x, y)
             for r in range(spec.restarts):
-                comp &= account(pgd(model, x, y, eps=spec.eps, alpha=spec.step_size, steps=spec.steps,
-                                    loss=lfn, random_start=spec.random_start or r > 0))
+                with follow_mask(model) if spec.follow_mask else nullcontext():
+                    x_adv = pgd(model, x, y, eps=spec.eps, alpha=spec.step_size, steps=spec.steps, loss=lfn,
+                                random_start=spec.random_start or r > 0)
+                comp &= account(x_adv)
             if details is not None:
                 details[cname] = comp
             robust &= comp

@@ -94,17 +94,20 @@ class CIFS(_Selector):
             raise ValueError(f"topk={topk} must be at least 1")
         self.probe = make_probe(probe, channels, num_classes, hidden)
         self.probe_kind, self.topk, self.train_label, self.mask_kind = probe, topk, train_label, mask
+        self.end_to_end = False  # adaptive attacks: differentiate the input through the relevance and the mask
 
     def relevance(self, feat: torch.Tensor, label: torch.Tensor | None = None,
-                  create_graph: bool = False, use_label: torch.Tensor | None = None) -> torch.Tensor:
+                  create_graph: bool = False, use_label: torch.Tensor | None = None,
+                  attached: bool = False) -> torch.Tensor:
         """Per-channel relevance g (N, C) on a detached copy of `feat` (the mask is trained through the
-        probe's parameters only, as in the official code).
+        probe's parameters only, as in the official code); attached=True differentiates g as a function of
+        `feat` itself (create_graph), so a gradient reaches the input through the mask too.
 
         label: top-1 class where `use_label` (bool per sample, default all) is true; the probe's own
         top-1 prediction elsewhere. The runner-ups are always the probe's predictions 2..k.
         """
         with torch.enable_grad():  # AutoAttack/RobustBench call forward under no_grad
-            f = feat.detach().requires_grad_(True)
+            f = feat if attached else feat.detach().requires_grad_(True)
             logits = self.probe(f)
             k = min(self.topk, logits.shape[1])
             top = logits.topk(k, dim=1).indices
@@ -116,7 +119,7 @@ class CIFS(_Selector):
             else:
                 chosen = top
             score = logits.gather(1, chosen).sum()
-            (grad,) = torch.autograd.grad(score, f, create_graph=create_graph)
+            (grad,) = torch.autograd.grad(score, f, create_graph=create_graph or attached)
         return grad.sum(dim=(2, 3))
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
@@ -125,7 +128,9 @@ class CIFS(_Selector):
             label = self.label
             if self.p_true < 1:  # mix:p, per sample, from the global RNG (saved on resume)
                 use = torch.rand(feat.shape[0], device=feat.device) < self.p_true
-        g = self.relevance(feat, label, create_graph=torch.is_grad_enabled() and self.training, use_label=use)
+        attached = self.end_to_end and torch.is_grad_enabled() and feat.requires_grad
+        g = self.relevance(feat, label, create_graph=torch.is_grad_enabled() and self.training, use_label=use,
+                           attached=attached)
         mask = self.mask_fn(g)
         self.last_mask = mask.detach()
         self.last_logits = self.probe(feat)

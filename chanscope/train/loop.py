@@ -39,7 +39,8 @@ from chanscope.models import CifarResNet, create_model
 from chanscope.models.layout import resolve_layout
 from chanscope.train.config import TrainConfig
 
-__all__ = ["train", "TrainResult", "TrainInterrupted", "evaluate_subset", "versions", "METRIC_COLUMNS"]
+__all__ = ["train", "TrainResult", "TrainInterrupted", "evaluate_subset", "versions", "METRIC_COLUMNS",
+           "random_control"]
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_nat_acc", "val_pgd_acc", "test_nat_acc",
                   "test_pgd_acc", "train_eval_nat_acc", "train_eval_pgd_acc", "seconds"]
@@ -429,6 +430,23 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     if main_rank and (start_epoch < cfg.epochs or not (out / "summary.json").is_file()):
         atomic_write_json(out / "summary.json", summary)  # a resume with nothing left to train keeps its record
     return TrainResult(out, pd.DataFrame(rows, columns=METRIC_COLUMNS), best_epoch, best_metric, cfg, total)
+
+
+def random_control(cfg: TrainConfig, out: str | Path) -> Path:
+    """Write the control a verdict can fail against: cfg's architecture and normalisation as its seed
+    initialises them, never trained, as a run folder (config.json with method 'random', best.pt)."""
+    out = Path(out)
+    data, val = prepare_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data).eval()
+    shape = list(data.x_train.shape[1:])
+    record = {"config": {**cfg.to_dict(), "method": "random", "epochs": 0, "init": None},
+              "control": f"random initialisation (seed {cfg.seed}), never trained",
+              "model": {"arch": cfg.arch, "model_kwargs": model.model_kwargs}, "data": data.describe(),
+              "validation": val.record, "versions": versions()}
+    atomic_write_json(out / "config.json", record)
+    save_checkpoint(out / "best.pt", model, config=record["config"], input_shape=shape, classes=data.classes)
+    return out / "best.pt"
 
 
 def load_run_config(out: str | Path) -> TrainConfig:

@@ -1,0 +1,319 @@
+"""The paper's four observations as rules that can fail (design notes, section 3b).
+
+Every number a verdict reads is recomputed from per-image records (`examples.npz` of the activations stage,
+`eval_examples.csv` of the eval stage) and carries a 95% interval: a bootstrap over test images, paired
+between models of one seed (they saw the same images in the same order), and over seeds where there are
+several (seeds resampled, then images within each). Each rule is a comparison that a control can fail:
+the naturally trained model and a randomly initialised network of the same architecture.
+
+With gradient relevance at the penultimate layer the relevance of channel k to class y is W[y, k], and a
+cross-entropy attack raises exactly the channels whose W[y, k] is low: "NR channels are over-activated by
+adversarial data" is partly true by construction. Only the comparison with the random control says what
+adversarial training adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from chanscope.errors import ChanscopeError
+
+__all__ = ["Seed", "Interval", "interval", "observation_1", "observation_2", "observation_3", "observation_4",
+           "observations", "class_means", "nr_over", "alignment"]
+
+N_BOOT = 1000
+N_PERM = 2000
+
+
+@dataclass(eq=False)
+class Seed:
+    """One seed's per-image records: model -> activations examples, model -> eval examples."""
+
+    act: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    ev: dict[str, pd.DataFrame] = field(default_factory=dict)
+    act_attack: dict[str, str] = field(default_factory=dict)  # model -> the attack of its activations stage
+
+    def n(self, source: str) -> int:
+        sizes = {len(v["y"]) for v in self.act.values()} if source == "act" else {len(v) for v in self.ev.values()}
+        if len(sizes) != 1:
+            raise ChanscopeError(f"the models of one seed saw different numbers of test images ({sorted(sizes)}) "
+                                 f"in their {source} stage; rerun them with the same --n and --seed")
+        return sizes.pop()
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    lo: float
+    hi: float
+
+    def __str__(self) -> str:
+        return f"{self.value:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}]"
+
+    def pct(self) -> str:
+        return f"{self.value:.1f}% [{self.lo:.1f}, {self.hi:.1f}]"
+
+
+Stat = Callable[[Seed, "np.ndarray | None"], float]
+
+
+def interval(seeds: list[Seed], stat: Stat, source: str = "act", n_boot: int | None = None, rng: int = 0) -> Interval:
+    """The statistic's mean over seeds and its 95% bootstrap interval.
+
+    stat(seed, w) computes the statistic of one seed with image weights w (how often each image was drawn;
+    None: every image once); one w serves every model of the seed, so differences between models are paired.
+    """
+    gen = np.random.default_rng(rng)
+    n_boot = n_boot or N_BOOT
+    point = float(np.mean([stat(s, None) for s in seeds]))
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = gen.integers(0, len(seeds), len(seeds)) if len(seeds) > 1 else [0]
+        vals = []
+        for i in picked:
+            n = seeds[i].n(source)
+            vals.append(stat(seeds[i], np.bincount(gen.integers(0, n, n), minlength=n).astype(np.float64)))
+        draws[b] = np.mean(vals)
+    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
+    return Interval(point, float(lo), float(hi))
+
+
+# ------------------------------------------------------------------------------------ per-image statistics
+def class_means(ex: dict[str, np.ndarray], w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class mean natural and adversarial magnitudes (classes, channels) under image weights w."""
+    k = ex["relevance"].shape[0]
+    w = np.ones(len(ex["y"])) if w is None else w
+    onehot = np.zeros((k, len(ex["y"])))
+    onehot[ex["y"], np.arange(len(ex["y"]))] = w
+    counts = onehot.sum(1, keepdims=True).clip(min=1e-12)
+    return onehot @ ex["mag_nat"] / counts, onehot @ ex["mag_adv"] / counts
+
+
+def class_accuracy(ex: dict[str, np.ndarray], w: np.ndarray | None, key: str) -> np.ndarray:
+    k = ex["relevance"].shape[0]
+    w = np.ones(len(ex["y"])) if w is None else w
+    hit = np.bincount(ex["y"], weights=w * ex[key], minlength=k)
+    return 100.0 * hit / np.bincount(ex["y"], weights=w, minlength=k).clip(min=1e-12)
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)).clip(min=1e-12)
+
+
+def cosine(ex: dict[str, np.ndarray], w: np.ndarray | None = None) -> float:
+    """Observation 1: mean over classes of cosine(adversarial, natural) magnitude vectors."""
+    nat, adv = class_means(ex, w)
+    return float(_cosine_rows(adv, nat).mean())
+
+
+def relgap(ex: dict[str, np.ndarray], w: np.ndarray | None = None) -> float:
+    """Observation 1: mean |adversarial - natural| magnitude over classes and channels / mean natural."""
+    nat, adv = class_means(ex, w)
+    return float(np.abs(adv - nat).mean() / max(nat.mean(), 1e-12))
+
+
+def nr_over(ex: dict[str, np.ndarray], w: np.ndarray | None = None, nr: np.ndarray | None = None) -> float:
+    """Observation 2: mean over classes of (mean over NR channels of adv - nat) / (mean over NR of nat).
+
+    nr: (classes, channels) bool, default relevance < 0 (the permutation null passes shuffled ones)."""
+    nat, adv = class_means(ex, w)
+    nr = ex["relevance"] < 0 if nr is None else nr
+    cnt = nr.sum(1)
+    ok = cnt > 0
+    over = ((adv - nat) * nr).sum(1)[ok] / cnt[ok]
+    base = (nat * nr).sum(1)[ok] / cnt[ok]
+    return float(np.mean(over / np.clip(base, 1e-12, None)))
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share), along the last axis."""
+    from scipy.stats import rankdata
+
+    return rankdata(a, axis=-1)
+
+
+def alignment(ex: dict[str, np.ndarray], w: np.ndarray | None = None, kind: str = "adv") -> np.ndarray:
+    """Observation 3: per class, Spearman correlation over channels of magnitude (adversarial by default)
+    with relevance."""
+    nat, adv = class_means(ex, w)
+    ra, rr = _ranks(adv if kind == "adv" else nat), _ranks(ex["relevance"])
+    ra, rr = ra - ra.mean(1, keepdims=True), rr - rr.mean(1, keepdims=True)
+    return (ra * rr).sum(1) / (np.linalg.norm(ra, axis=1) * np.linalg.norm(rr, axis=1)).clip(min=1e-12)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    d = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / d) if d > 0 else float("nan")
+
+
+def _partial(ra: np.ndarray, rr: np.ndarray, rz: np.ndarray) -> float:
+    """Correlation of ranks ra and rr after both are residualised on ranks rz."""
+    rz = rz - rz.mean()
+    den = max(float(rz @ rz), 1e-12)
+    ea, er = ra - ra.mean(), rr - rr.mean()
+    return _pearson(ea - rz * (ea @ rz) / den, er - rz * (er @ rz) / den)
+
+
+def partial_rank_corr(a: np.ndarray, r: np.ndarray, z: np.ndarray) -> float:
+    """Rank correlation of a and r with the ranks of z partialled out (both residualised on rank(z))."""
+    return _partial(_ranks(a), _ranks(r), _ranks(z))
+
+
+def permutation_p(stat: Callable[[np.ndarray], float], r: np.ndarray, n_perm: int | None = None,
+                  rng: int = 0) -> float:
+    """One-sided p-value of stat(r) against stat over random permutations of r (add-one)."""
+    gen = np.random.default_rng(rng)
+    n_perm = n_perm or N_PERM
+    obs = stat(r)
+    null = np.array([stat(gen.permutation(r)) for _ in range(n_perm)])
+    return float((1 + np.sum(null >= obs)) / (n_perm + 1))
+
+
+# -------------------------------------------------------------------------------------------- the rules
+def _need(seeds: list[Seed], models: tuple[str, ...], source: str = "act") -> bool:
+    return bool(seeds) and all(m in (s.act if source == "act" else s.ev) for s in seeds for m in models)
+
+
+def _row(obs: str, verdict: str, rule: str, numbers: str, control: str, shows: str) -> dict:
+    return {"observation": obs, "verdict": verdict, "rule": rule, "numbers": numbers, "control": control,
+            "what it shows": shows}
+
+
+def observation_1(seeds: list[Seed]) -> dict | None:
+    """AT aligns adversarial with natural activations: its cosine exceeds, and its relative gap falls below,
+    the standard model's by more than the interval of the paired difference."""
+    if not _need(seeds, ("standard", "at")):
+        return None
+    cos = {m: interval(seeds, lambda s, w, m=m: cosine(s.act[m], w)) for m in ("standard", "at")}
+    gap = {m: interval(seeds, lambda s, w, m=m: relgap(s.act[m], w)) for m in ("standard", "at")}
+    d_cos = interval(seeds, lambda s, w: cosine(s.act["at"], w) - cosine(s.act["standard"], w))
+    d_gap = interval(seeds, lambda s, w: relgap(s.act["at"], w) - relgap(s.act["standard"], w))
+    verdict = ("holds" if d_cos.lo > 0 and d_gap.hi < 0 else
+               "does not hold" if d_cos.hi < 0 or d_gap.lo > 0 else "unclear")
+    ctl = ""
+    if _need(seeds, ("random",)):
+        ctl = (f"random network: cosine {interval(seeds, lambda s, w: cosine(s.act['random'], w))}, "
+               f"relative gap {interval(seeds, lambda s, w: relgap(s.act['random'], w))}")
+    return _row("1. AT aligns adversarial with natural activations", verdict,
+                "AT - standard: cosine(adv, nat) interval above 0 and relative gap interval below 0",
+                f"cosine standard {cos['standard']}, AT {cos['at']}, AT - standard {d_cos}; relative gap "
+                f"standard {gap['standard']}, AT {gap['at']}, AT - standard {d_gap}",
+                "the standard model is the control; " + ctl,
+                "whether AT's adversarial channel magnitudes stay closer to the natural ones than a standard "
+                "model's on the same images; not why, nor whether it holds at other layers")
+
+
+def _nr_null_p(ex: dict[str, np.ndarray], n_perm: int = 1000, rng: int = 0) -> float:
+    """Relevance-sign permutation null: NR labels shuffled across channels within each class (same count)."""
+    gen = np.random.default_rng(rng)
+    obs = nr_over(ex)
+    nr = ex["relevance"] < 0
+    null = [nr_over(ex, None, np.array([gen.permutation(row) for row in nr])) for _ in range(n_perm)]
+    return float((1 + np.sum(np.array(null) >= obs)) / (n_perm + 1))
+
+
+def observation_2(seeds: list[Seed]) -> dict | None:
+    """Under AT the NR channels are over-activated by adversarial data: AT's NR over-activation is above 0
+    and above the random control's (paired), both by more than the interval."""
+    if not _need(seeds, ("at", "random")):
+        return None
+    v = {m: interval(seeds, lambda s, w, m=m: nr_over(s.act[m], w)) for m in ("at", "random", "standard")
+         if _need(seeds, (m,))}
+    diff = interval(seeds, lambda s, w: nr_over(s.act["at"], w) - nr_over(s.act["random"], w))
+    p = float(np.mean([_nr_null_p(s.act["at"]) for s in seeds]))
+    verdict = ("holds" if v["at"].lo > 0 and diff.lo > 0 else
+               "does not hold" if v["at"].hi < 0 or diff.hi < 0 else "unclear")
+    std = f"; standard model {v['standard']}" if "standard" in v else ""
+    return _row("2. Under AT, NR channels are still over-activated by adversarial data", verdict,
+                "AT's NR over-activation interval above 0 and AT - random interval above 0",
+                f"NR over-activation (relative to natural) AT {v['at']}, AT - random {diff}; relevance-sign "
+                f"permutation null for AT: p = {p:.3f}",
+                f"random network {v['random']}{std}",
+                "whether AT over-activates NR channels more than an untrained network of the same architecture "
+                "under the same attack; part of the effect is built into gradient relevance and a CE attack")
+
+
+def _halves(ex: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Classes ordered by robust accuracy on all images (ties: lower label first): robust half, the rest."""
+    acc = class_accuracy(ex, None, "adv_ok")
+    order = sorted(range(len(acc)), key=lambda c: (-acc[c], c))
+    half = len(order) // 2
+    return np.array(order[:half]), np.array(order[half:])
+
+
+def observation_3(seeds: list[Seed], model: str = "at") -> dict | None:
+    """Robust classes align magnitude with relevance, non-robust ones do not: the robust half's alignment
+    (adversarial magnitudes) is above 0, above the non-robust half's, and the per-class relation with robust
+    accuracy survives controlling for natural accuracy (partial rank correlation, permutation p < 0.05)."""
+    if not _need(seeds, (model,)):
+        return None
+    halves = [_halves(s.act[model]) for s in seeds]
+
+    def part(which: int):
+        return lambda s, w: float(alignment(s.act[model], w)[halves[seeds.index(s)][which]].mean())
+
+    rob, non = interval(seeds, part(0)), interval(seeds, part(1))
+    gap = interval(seeds, lambda s, w: part(0)(s, w) - part(1)(s, w))
+    per = [(alignment(s.act[model]), class_accuracy(s.act[model], None, "adv_ok"),
+            class_accuracy(s.act[model], None, "nat_ok")) for s in seeds]
+    ranks = [(_ranks(a), _ranks(r), _ranks(n)) for a, r, n in per]  # permuting r permutes its ranks
+    rho = float(np.mean([_pearson(a, r) for a, r, _ in ranks]))
+    p_rho = float(np.mean([permutation_p(lambda rr, a=a: _pearson(a, rr), r) for a, r, _ in ranks]))
+    partial = float(np.mean([_partial(a, r, n) for a, r, n in ranks]))
+    p_part = float(np.mean([permutation_p(lambda rr, a=a, n=n: _partial(a, rr, n), r) for a, r, n in ranks]))
+    rho_nat = float(np.mean([_pearson(a, n) for a, _, n in ranks]))
+    verdict = ("holds" if rob.lo > 0 and gap.lo > 0 and p_part < 0.05 else
+               "does not hold" if rob.hi <= 0 or gap.hi <= 0 else "unclear")
+    return _row("3. Robust classes align magnitude with relevance, non-robust ones do not", verdict,
+                "robust half's alignment interval above 0, robust - non-robust interval above 0, and the partial "
+                "rank correlation with robust accuracy (natural accuracy controlled) has permutation p < 0.05",
+                f"alignment = Spearman(adversarial magnitude, relevance) over channels, {model}: robust half {rob}, "
+                f"non-robust half {non}, difference {gap}; over classes rank corr. with robust accuracy {rho:+.2f} "
+                f"(p = {p_rho:.3f}), with natural accuracy {rho_nat:+.2f}, partial (natural controlled) "
+                f"{partial:+.2f} (p = {p_part:.3f})",
+                "natural accuracy as the confound (partial correlation)",
+                "whether alignment tracks robustness beyond how well a class was learned; with 10 classes a "
+                "permutation p-value is coarse, and the halves are chosen on the same images")
+
+
+def _worst_case(ev: pd.DataFrame, w: np.ndarray | None) -> float:
+    """Robust accuracy (%) under the worst case per image over every attack in an eval (components aside)."""
+    attacks = [c for c in ev.columns if c not in ("label", "natural") and ":" not in c]
+    ok = ev[attacks].to_numpy().min(1) if attacks else ev["natural"].to_numpy()
+    w = np.ones(len(ok)) if w is None else w
+    return float(100.0 * (ok * w).sum() / w.sum())
+
+
+def observation_4(seeds: list[Seed]) -> dict | None:
+    """CIFS suppresses NR channels (its NR over-activation under its own adaptive attack is below AT's) and
+    beats AT at the same budget (worst case per image over each model's attacks, paired)."""
+    if not (_need(seeds, ("at", "cifs"), "ev") and _need(seeds, ("at", "cifs"))):
+        return None
+    nr = interval(seeds, lambda s, w: nr_over(s.act["cifs"], w) - nr_over(s.act["at"], w))
+    acc = {m: interval(seeds, lambda s, w, m=m: _worst_case(s.ev[m], w), "ev") for m in ("at", "cifs")}
+    diff = interval(seeds, lambda s, w: _worst_case(s.ev["cifs"], w) - _worst_case(s.ev["at"], w), "ev")
+    suppress = "holds" if nr.hi < 0 else "does not hold" if nr.lo > 0 else "unclear"
+    beats = "holds" if diff.lo > 0 else "does not hold" if diff.hi < 0 else "unclear"
+    verdict = ("holds" if suppress == beats == "holds" else
+               "does not hold" if "does not hold" in (suppress, beats) else "unclear")
+    atk = seeds[0].act_attack
+    return _row("4. CIFS suppresses NR channels and beats AT at the same budget", verdict,
+                "CIFS - AT NR over-activation interval below 0 (each under its own attack) and CIFS - AT worst-case "
+                "robust accuracy interval above 0 (paired images)",
+                f"suppresses: {suppress}, CIFS - AT NR over-activation {nr} (CIFS under {atk.get('cifs', '?')}, AT "
+                f"under {atk.get('at', '?')}); beats: {beats}, worst-case robust accuracy AT {acc['at'].pct()}, "
+                f"CIFS {acc['cifs'].pct()}, difference {diff.value:+.1f} points [{diff.lo:+.1f}, {diff.hi:+.1f}]",
+                "AT at the same budget and warm start",
+                "the comparison at this budget and these attacks; a larger budget or a stronger adaptive attack "
+                "may change it")
+
+
+def observations(seeds: list[Seed]) -> list[dict]:
+    """Every observation whose models are present, in the paper's order."""
+    out = [f(seeds) for f in (observation_1, observation_2, observation_3, observation_4)]
+    return [o for o in out if o is not None]
