@@ -84,13 +84,15 @@ def interval(seeds: list[Seed], stat: Stat, source: str = "act", n_boot: int | N
 
 # ------------------------------------------------------------------------------------ per-image statistics
 def class_means(ex: dict[str, np.ndarray], w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class mean natural and adversarial magnitudes (classes, channels) under image weights w."""
+    """Per-class mean natural and adversarial magnitudes (classes, channels) under image weights w; NaN rows
+    for classes a resample left without images (statistics average over the classes present)."""
     k = ex["relevance"].shape[0]
     w = np.ones(len(ex["y"])) if w is None else w
     onehot = np.zeros((k, len(ex["y"])))
     onehot[ex["y"], np.arange(len(ex["y"]))] = w
-    counts = onehot.sum(1, keepdims=True).clip(min=1e-12)
-    return onehot @ ex["mag_nat"] / counts, onehot @ ex["mag_adv"] / counts
+    counts = onehot.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0: a class without images
+        return onehot @ ex["mag_nat"] / counts, onehot @ ex["mag_adv"] / counts
 
 
 def class_accuracy(ex: dict[str, np.ndarray], w: np.ndarray | None, key: str) -> np.ndarray:
@@ -107,13 +109,13 @@ def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def cosine(ex: dict[str, np.ndarray], w: np.ndarray | None = None) -> float:
     """Observation 1: mean over classes of cosine(adversarial, natural) magnitude vectors."""
     nat, adv = class_means(ex, w)
-    return float(_cosine_rows(adv, nat).mean())
+    return float(np.nanmean(_cosine_rows(adv, nat)))
 
 
 def relgap(ex: dict[str, np.ndarray], w: np.ndarray | None = None) -> float:
     """Observation 1: mean |adversarial - natural| magnitude over classes and channels / mean natural."""
     nat, adv = class_means(ex, w)
-    return float(np.abs(adv - nat).mean() / max(nat.mean(), 1e-12))
+    return float(np.nanmean(np.abs(adv - nat)) / max(np.nanmean(nat), 1e-12))
 
 
 def nr_over(ex: dict[str, np.ndarray], w: np.ndarray | None = None, nr: np.ndarray | None = None) -> float:
@@ -126,7 +128,7 @@ def nr_over(ex: dict[str, np.ndarray], w: np.ndarray | None = None, nr: np.ndarr
     ok = cnt > 0
     over = ((adv - nat) * nr).sum(1)[ok] / cnt[ok]
     base = (nat * nr).sum(1)[ok] / cnt[ok]
-    return float(np.mean(over / np.clip(base, 1e-12, None)))
+    return float(np.nanmean(over / np.clip(base, 1e-12, None)))
 
 
 def _ranks(a: np.ndarray) -> np.ndarray:
@@ -170,8 +172,10 @@ def permutation_p(stat: Callable[[np.ndarray], float], r: np.ndarray, n_perm: in
     gen = np.random.default_rng(rng)
     n_perm = n_perm or N_PERM
     obs = stat(r)
+    if not np.isfinite(obs):  # e.g. a partial correlation of collinear ranks: no evidence either way
+        return float("nan")
     null = np.array([stat(gen.permutation(r)) for _ in range(n_perm)])
-    return float((1 + np.sum(null >= obs)) / (n_perm + 1))
+    return float((1 + np.sum((null >= obs) | ~np.isfinite(null))) / (n_perm + 1))  # undefined counts against
 
 
 # -------------------------------------------------------------------------------------------- the rules
@@ -255,7 +259,7 @@ def observation_3(seeds: list[Seed], model: str = "at") -> dict | None:
     halves = [_halves(s.act[model]) for s in seeds]
 
     def part(which: int):
-        return lambda s, w: float(alignment(s.act[model], w)[halves[seeds.index(s)][which]].mean())
+        return lambda s, w: float(np.nanmean(alignment(s.act[model], w)[halves[seeds.index(s)][which]]))
 
     rob, non = interval(seeds, part(0)), interval(seeds, part(1))
     gap = interval(seeds, lambda s, w: part(0)(s, w) - part(1)(s, w))
