@@ -191,24 +191,29 @@ def _activations_stage(c: _Ctx, name: str) -> Stage:
                  + (" --follow-mask" if selects else ""))
 
 
-def plan(out: Path, scale: str, *, data: str | None = None, data_root: str | None = None, with_cas: bool = False,
-         cifs_scratch: bool = True, seed: int = 0, seeds: int = 1, device: str | None = None,
+def plan(out: Path, scale: str | Scale, *, data: str | None = None, data_root: str | None = None,
+         with_cas: bool = False, cifs_scratch: bool = True, seed: int = 0, seeds: int = 1, device: str | None = None,
          eval_models: list[str] | None = None, progress: Callable[[str, int, int], None] | None = None,
-         bf16: bool | None = None) -> list[Stage]:
+         bf16: bool | None = None, controls: bool = True) -> list[Stage]:
     """Every stage of the study: per seed (seed, seed + 1, ...; the first in `out`, the others in
-    `out/seed<s>`) train the models, make the random control, evaluate and record activations."""
-    if scale not in SCALES:
+    `out/seed<s>`) train the models, make the random control, evaluate and record activations.
+
+    scale: a name of SCALES or a Scale (the budget series makes one per budget)."""
+    if isinstance(scale, str) and scale not in SCALES:
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    sc = SCALES[scale] if isinstance(scale, str) else scale
     check_positive_int(seeds, "seeds")
     stages: list[Stage] = []
     models = _models(with_cas, cifs_scratch)
     compared = eval_models or [m for m, _, _ in models if not m.endswith("-nat")]
     for k in range(seeds):
-        c = _Ctx(Path(out), "" if k == 0 else f"seed{seed + k}/", SCALES[scale], seed + k, data, data_root, device,
-                 bf16, progress)
+        c = _Ctx(Path(out), "" if k == 0 else f"seed{seed + k}/", sc, seed + k, data, data_root, device, bf16,
+                 progress)
         trains = [_train_stage(c, name, method, warm) for name, method, warm in models]
         at = next(st for st in trains if st.model == c.label("at"))
-        stages += trains + [_control_stage(c, at), _activations_stage(c, "random")]
+        stages += trains
+        if controls:
+            stages += [_control_stage(c, at), _activations_stage(c, "random")]
         for name in compared:
             stages += _eval_stages(c, name) + [_activations_stage(c, name)]
     return _order(stages)

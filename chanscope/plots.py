@@ -289,3 +289,31 @@ def ablation_plot(df: pd.DataFrame, out: str | Path, name: str = "ablation") -> 
     ax.set_title("CIFS design switches vs PGD-AT, same budget", fontsize=10)
     fig.tight_layout()
     return _save(fig, Path(out), name, df)
+
+
+def series_plot(df: pd.DataFrame, gaps: pd.DataFrame, out: str | Path, name: str = "series") -> pd.DataFrame:
+    """Robust accuracy (worst case per image) against training compute for AT and CIFS, seeds as points and
+    95% intervals as bands; the AT - CIFS gap with its interval; the label leak (training-batch minus
+    eval-mode PGD accuracy on training images)."""
+    colors = {"at": PALETTE[0], "cifs": PALETTE[3]}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for m, c in colors.items():
+        g = df[df.method == m]
+        axes[0].scatter(g.compute, g.worst_case, color=c, s=18, label=f"{m.upper()} (seeds)")
+        axes[2].scatter(g.compute, g.label_leak, color=c, s=18, label=m.upper())
+        iv = gaps[gaps.what == m].sort_values("compute")
+        axes[0].plot(iv.compute, iv.value, color=c)
+        axes[0].fill_between(iv.compute, iv.lo, iv.hi, color=c, alpha=0.15)
+    gap = gaps[gaps.what == "at - cifs"].sort_values("compute")
+    axes[1].plot(gap.compute, gap.value, color="0.2", marker="o")
+    axes[1].fill_between(gap.compute, gap.lo, gap.hi, color="0.5", alpha=0.2, label="95% interval")
+    axes[1].axhline(0, color="0.5", lw=0.8, ls="--")
+    titles = ("robust accuracy %, worst case per image", "AT - CIFS, points of robust accuracy",
+              "label leak: training-batch - eval-mode PGD accuracy on training images")
+    for ax, t in zip(axes, titles):
+        ax.set_xscale("log")
+        ax.set_xlabel("training compute (images x epochs x (attack steps + 1))")
+        ax.set_title(t, fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, Path(out), name, df)

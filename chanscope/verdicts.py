@@ -285,7 +285,7 @@ def observation_3(seeds: list[Seed], model: str = "at") -> dict | None:
                 "permutation p-value is coarse, and the halves are chosen on the same images")
 
 
-def _worst_case(ev: pd.DataFrame, w: np.ndarray | None) -> float:
+def worst_case(ev: pd.DataFrame, w: np.ndarray | None) -> float:
     """Robust accuracy (%) under the worst case per image over every attack in an eval (components aside)."""
     attacks = [c for c in ev.columns if c not in ("label", "natural") and ":" not in c]
     ok = ev[attacks].to_numpy().min(1) if attacks else ev["natural"].to_numpy()
@@ -299,8 +299,8 @@ def observation_4(seeds: list[Seed]) -> dict | None:
     if not (_need(seeds, ("at", "cifs"), "ev") and _need(seeds, ("at", "cifs"))):
         return None
     nr = interval(seeds, lambda s, w: nr_over(s.act["cifs"], w) - nr_over(s.act["at"], w))
-    acc = {m: interval(seeds, lambda s, w, m=m: _worst_case(s.ev[m], w), "ev") for m in ("at", "cifs")}
-    diff = interval(seeds, lambda s, w: _worst_case(s.ev["cifs"], w) - _worst_case(s.ev["at"], w), "ev")
+    acc = {m: interval(seeds, lambda s, w, m=m: worst_case(s.ev[m], w), "ev") for m in ("at", "cifs")}
+    diff = interval(seeds, lambda s, w: worst_case(s.ev["cifs"], w) - worst_case(s.ev["at"], w), "ev")
     suppress = "holds" if nr.hi < 0 else "does not hold" if nr.lo > 0 else "unclear"
     beats = "holds" if diff.lo > 0 else "does not hold" if diff.hi < 0 else "unclear"
     verdict = ("holds" if suppress == beats == "holds" else

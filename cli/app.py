@@ -13,6 +13,7 @@ from .eval import eval_command
 from .plot import app as plot_app
 from .plot import report_command
 from .reproduce import reproduce_command
+from .series import series_command
 from .train import train_command
 
 app = typer.Typer(name="chanscope", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -21,6 +22,7 @@ app.command("train")(handle_errors(train_command))
 app.command("eval")(handle_errors(eval_command))
 app.command("activations")(handle_errors(activations_command))
 app.command("reproduce")(handle_errors(reproduce_command))
+app.command("series")(handle_errors(series_command))
 app.command("report")(report_command)
 app.command("ablate")(handle_errors(ablate_command))
 app.add_typer(plot_app, name="plot")

@@ -29,6 +29,9 @@ def train_command(
     data_root: DataRootOpt = None,
     download: DownloadOpt = None,
     subset: Annotated[Optional[int], typer.Option(help="Class-balanced training subset size.")] = None,
+    val_n: Annotated[Optional[int], typer.Option(
+        help="Validation images held out of the training set (class-balanced, seeded; best.pt is chosen on them; "
+        "default 1000, cpu preset 500, smoke 100).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Overrides the preset's length.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size (paper 128).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="SGD learning rate (paper 0.1).")] = None,
@@ -67,7 +70,7 @@ def train_command(
     """Train a standard, PGD-AT, TRADES, CAS or CIFS model into a run folder."""
     given = {
         "method": method, "arch": arch, "width": width, "natural": natural, "data": data, "data_root": data_root,
-        "download": download, "subset": subset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "download": download, "subset": subset, "val_n": val_n, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "milestones": parse_int_list(milestones, "--milestones", "75,90") if milestones else None, "eps": eps,
         "step_size": step_size, "steps": steps, "beta": beta,
         "probes": probes.split(",") if probes else None, "train_label": train_label, "topk": topk, "mask": mask,

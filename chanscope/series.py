@@ -1,0 +1,194 @@
+"""`chanscope series`: AT against warm-started CIFS at several training budgets, several seeds each.
+
+A budget is `IMAGESxEPOCHSxSTEPS` (training subset, epochs, PGD steps of the training attack), on the cpu
+scale's recipe otherwise; its compute is images x epochs x (steps + 1). Each budget is a study folder
+(`<out>/<budget>/`, further seeds in `<out>/<budget>/seed<s>/`) made by the same stages as `reproduce`:
+standard -> AT and natural CIFS -> CIFS (warm starts), the validation split, evaluation with the adaptive
+attack through the mask, AutoAttack on a subset. Finished stages are skipped and a cut training resumes.
+`series.csv` and `figures/series.png` summarise it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chanscope.errors import ChanscopeError
+from chanscope.io import atomic_write_csv, atomic_write_json
+from chanscope.pipeline import SCALES, Scale, Stage, plan
+from chanscope.runs import writable_dir
+from chanscope.verdicts import Interval, Seed, interval
+
+__all__ = ["Budget", "parse_budgets", "run_series", "summarise", "SERIES_COLUMNS", "DEFAULT_BUDGETS"]
+
+DEFAULT_BUDGETS = "5000x8x3,10000x10x4,10000x16x5"  # 1x, 3.1x and 6x the cpu scale's training compute
+SERIES_COLUMNS = ["budget", "compute", "method", "seed", "natural", "pgd20", "cw20", "adaptive", "autoattack",
+                  "worst_case", "train_batch_acc", "train_eval_nat_acc", "train_eval_pgd_acc", "label_leak",
+                  "seconds"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    images: int
+    epochs: int
+    steps: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.images}x{self.epochs}x{self.steps}"
+
+    @property
+    def compute(self) -> int:
+        """Training compute in image passes: images x epochs x (attack steps + 1)."""
+        return self.images * self.epochs * (self.steps + 1)
+
+    def scale(self, base: Scale) -> Scale:
+        # the cpu scale's step (3/255) at PGD-3; 2/255 (the cpu preset's) for longer attacks
+        step = base.train.get("step_size", 2 / 255) if self.steps <= 3 else 2 / 255
+        return replace(base, train={**base.train, "subset": self.images, "epochs": self.epochs, "steps": self.steps,
+                                    "step_size": step})
+
+
+def parse_budgets(text: str) -> list[Budget]:
+    out = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        m = re.fullmatch(r"(\d+)x(\d+)x(\d+)", item)
+        if not m or min(int(v) for v in m.groups()) < 1:
+            raise ChanscopeError(f"budget {item!r}: write IMAGESxEPOCHSxSTEPS with whole numbers from 1, "
+                                 "e.g. 5000x8x3")
+        out.append(Budget(*(int(v) for v in m.groups())))
+    if not out:
+        raise ChanscopeError("no budget given; e.g. 5000x8x3,10000x16x5")
+    return sorted(set(out), key=lambda b: b.compute)
+
+
+def _stages(out: Path, budgets: list[Budget], base: Scale, seeds: int, seed: int, data: str | None,
+            data_root: str | None, device: str | None, bf16: bool | None,
+            progress: Callable[[str, int, int], None] | None) -> list[Stage]:
+    stages = []
+    for b in budgets:
+        for st in plan(out / b.label, b.scale(base), data=data, data_root=data_root, cifs_scratch=False, seed=seed,
+                       seeds=seeds, device=device, eval_models=["at", "cifs"], progress=progress, bf16=bf16,
+                       controls=False):
+            if st.kind in ("train", "eval", "aa"):
+                stages.append(replace(st, name=f"{b.label} {st.name}"))
+    return stages
+
+
+def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 2, seed: int = 0,
+               data: str | None = None, data_root: str | None = None, base: str = "cpu", device: str | None = None,
+               bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None,
+               on_stage: Callable[[str, str, float], None] | None = None,
+               time_limit: float | None = None) -> pd.DataFrame:
+    """Run (or continue) the series into `out`; returns the summary (also series.csv, series.json, figure)."""
+    bs = parse_budgets(budgets)
+    if base not in SCALES:
+        raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
+    out = writable_dir(out)
+    record_path = out / "series.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
+    made = record.get("options")
+    opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16}
+    if made and record.get("stages") and any(made.get(k) != v for k, v in opts.items()):
+        diff = ", ".join(f"{k} {made.get(k)!r} (given {v!r})" for k, v in opts.items() if made.get(k) != v)
+        raise ChanscopeError(f"this series folder was made with {diff}; rerun with its options, or pick another "
+                             "--out")
+    record["options"] = opts
+    started = time.time()
+    for st in _stages(out, bs, SCALES[base], seeds, seed, data, data_root, device, bf16, progress):
+        if st.done():
+            if on_stage:
+                on_stage(st.name, "skipped (complete)", 0.0)
+            continue
+        if time_limit is not None and time.time() - started > time_limit:
+            if on_stage:
+                on_stage(st.name, "not started (time limit; run again to continue)", 0.0)
+            continue
+        if on_stage:
+            on_stage(st.name, "running", 0.0)
+        t0 = time.time()
+        st.run()
+        record["stages"][st.name] = {"seconds": round(time.time() - t0, 1), "command": st.command}
+        atomic_write_json(record_path, record)
+        if on_stage:
+            on_stage(st.name, "done", time.time() - t0)
+    df = summarise(out, bs, seeds, seed)
+    atomic_write_csv(out / "series.csv", df)
+    atomic_write_json(record_path, record)
+    if len(df):
+        from chanscope.plots import series_plot
+
+        series_plot(df, gaps(out, bs, seeds, seed), out / "figures")
+    return df
+
+
+def _runs(out: Path, budgets: list[Budget], seeds: int, seed: int):
+    for b in budgets:
+        for k in range(seeds):
+            yield b, seed + k, out / b.label / ("" if k == 0 else f"seed{seed + k}")
+
+
+def _overall(run: Path, sub: str = "") -> dict[str, float]:
+    p = run / sub / "eval.csv"
+    if not p.is_file():
+        return {}
+    ev = pd.read_csv(p)
+    ev = ev[ev["class"] == "all"]
+    return {"natural": float(ev.natural_acc.iloc[0]), **dict(zip(ev.attack, ev.robust_acc.astype(float)))}
+
+
+def summarise(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> pd.DataFrame:
+    """One row per budget, method and seed that has been evaluated (SERIES_COLUMNS)."""
+    from chanscope.verdicts import worst_case
+
+    rows = []
+    for b, s, folder in _runs(Path(out), budgets, seeds, seed):
+        for method in ("at", "cifs"):
+            run = folder / method
+            o = _overall(run)
+            if not o or not (run / "metrics.csv").is_file():
+                continue
+            m = pd.read_csv(run / "metrics.csv")
+            last = m.iloc[-1]
+            adaptive = next((v for k, v in o.items() if k.startswith("adaptive") and ":" not in k), np.nan)
+            ex = run / "eval_examples.csv"
+            rows.append({"budget": b.label, "compute": b.compute, "method": method, "seed": s,
+                         "natural": o["natural"], "pgd20": o.get("pgd20", np.nan), "cw20": o.get("cw20", np.nan),
+                         "adaptive": adaptive, "autoattack": _overall(run, "aa").get("aa", np.nan),
+                         "worst_case": worst_case(pd.read_csv(ex), None) if ex.is_file() else np.nan,
+                         "train_batch_acc": float(last.train_acc),
+                         "train_eval_nat_acc": float(last.get("train_eval_nat_acc", np.nan)),
+                         "train_eval_pgd_acc": float(last.get("train_eval_pgd_acc", np.nan)),
+                         "label_leak": float(last.train_acc - last.get("train_eval_pgd_acc", np.nan)),
+                         "seconds": round(float(m.seconds.sum()), 1)})
+    return pd.DataFrame(rows, columns=SERIES_COLUMNS)
+
+
+def gaps(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> pd.DataFrame:
+    """Per budget: worst-case robust accuracy of AT and CIFS and the AT - CIFS gap, each with its 95% interval
+    (bootstrap over test images, paired, and over seeds)."""
+    from chanscope.verdicts import worst_case
+
+    rows = []
+    for b in budgets:
+        ss = []
+        for _, _, folder in _runs(Path(out), [b], seeds, seed):
+            ev = {m: folder / m / "eval_examples.csv" for m in ("at", "cifs")}
+            if all(p.is_file() for p in ev.values()):
+                ss.append(Seed(ev={m: pd.read_csv(p) for m, p in ev.items()}))
+        if not ss:
+            continue
+        stats: dict[str, Interval] = {
+            m: interval(ss, lambda s, w, m=m: worst_case(s.ev[m], w), "ev") for m in ("at", "cifs")}
+        stats["at - cifs"] = interval(ss, lambda s, w: worst_case(s.ev["at"], w) - worst_case(s.ev["cifs"], w), "ev")
+        for what, iv in stats.items():
+            rows.append({"budget": b.label, "compute": b.compute, "what": what, "seeds": len(ss), "value": iv.value,
+                         "lo": iv.lo, "hi": iv.hi})
+    return pd.DataFrame(rows, columns=["budget", "compute", "what", "seeds", "value", "lo", "hi"])
