@@ -33,6 +33,15 @@ def write_examples(path, examples: dict[str, np.ndarray]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def with_intervals(classes: pd.DataFrame, examples: dict[str, np.ndarray] | None) -> pd.DataFrame:
+    """classes.csv with 95% bootstrap intervals (over each class's images) beside the numbers verdicts read."""
+    if examples is None:
+        return classes
+    from chanscope.verdicts import class_intervals
+
+    return classes.merge(class_intervals(examples), on="class", how="left")
+
+
 def read_examples(path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
@@ -178,7 +187,7 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     for res in results:
         suffix = "" if len(results) == 1 else f"-{res.layer}"
         atomic_write_csv(out_dir / f"channels{suffix}.csv", res.channels[CHANNEL_COLUMNS])
-        atomic_write_csv(out_dir / f"classes{suffix}.csv", res.classes[CLASS_COLUMNS])
+        atomic_write_csv(out_dir / f"classes{suffix}.csv", with_intervals(res.classes[CLASS_COLUMNS], res.examples))
         write_examples(out_dir / f"examples{suffix}.npz", res.examples)
         atomic_write_json(out_dir / f"activations{suffix}.json",
                           {"layer": res.layer, **meta, "wall_seconds": round(time.time() - t0, 1)})

@@ -168,9 +168,9 @@ def _eval_stages(c: _Ctx, name: str) -> list[Stage]:
               f"--out {run / 'sanity'}")]
     if sc.aa_n:
         stages.append(Stage(f"autoattack {label}", label, "aa", lambda: (run / "aa" / "eval.json").is_file(),
-                            lambda: run_eval(ckpt, "aa", 8 / 255, n=sc.aa_n, out=str(run / "aa"),
+                            lambda: run_eval(ckpt, "aa,aa-ref", 8 / 255, n=sc.aa_n, out=str(run / "aa"),
                                              progress=c.cb(f"autoattack {label}"), **kw),
-                            f"chanscope eval --model {ckpt} --attacks aa --n {sc.aa_n} --seed {c.seed} "
+                            f"chanscope eval --model {ckpt} --attacks aa,aa-ref --n {sc.aa_n} --seed {c.seed} "
                             f"--out {run / 'aa'}"))
     return stages
 

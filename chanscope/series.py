@@ -30,8 +30,8 @@ __all__ = ["Budget", "parse_budgets", "run_series", "summarise", "SERIES_COLUMNS
 
 DEFAULT_BUDGETS = "5000x8x3,10000x10x4,10000x16x5"  # 1x, 3.1x and 6x the cpu scale's training compute
 SERIES_COLUMNS = ["budget", "compute", "method", "seed", "natural", "pgd20", "cw20", "adaptive", "autoattack",
-                  "worst_case", "train_batch_acc", "train_eval_nat_acc", "train_eval_pgd_acc", "label_leak",
-                  "seconds"]
+                  "autoattack_ref", "worst_case", "train_batch_acc", "train_eval_nat_acc", "train_eval_pgd_acc",
+                  "label_leak", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,7 @@ def summarise(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0)
             rows.append({"budget": b.label, "compute": b.compute, "method": method, "seed": s,
                          "natural": o["natural"], "pgd20": o.get("pgd20", np.nan), "cw20": o.get("cw20", np.nan),
                          "adaptive": adaptive, "autoattack": _overall(run, "aa").get("aa", np.nan),
+                         "autoattack_ref": _overall(run, "aa").get("aa-ref", np.nan),
                          "worst_case": worst_case(pd.read_csv(ex), None) if ex.is_file() else np.nan,
                          "train_batch_acc": float(last.train_acc),
                          "train_eval_nat_acc": float(last.get("train_eval_nat_acc", np.nan)),

@@ -321,3 +321,33 @@ def observations(seeds: list[Seed]) -> list[dict]:
     """Every observation whose models are present, in the paper's order."""
     out = [f(seeds) for f in (observation_1, observation_2, observation_3, observation_4)]
     return [o for o in out if o is not None]
+
+
+INTERVAL_COLUMNS = ["nat_acc", "adv_acc", "cosine_adv_nat", "nr_over_rel", "spearman_adv"]
+
+
+def class_intervals(ex: dict[str, np.ndarray], n_boot: int | None = None, rng: int = 0) -> pd.DataFrame:
+    """Per class, 95% bootstrap intervals (over the class's test images) of the classes.csv numbers a verdict
+    reads: columns <name>_lo and <name>_hi for each of INTERVAL_COLUMNS."""
+    gen = np.random.default_rng(rng)
+    n_boot = n_boot or N_BOOT
+    k, n = ex["relevance"].shape[0], len(ex["y"])
+    draws = np.full((n_boot, len(INTERVAL_COLUMNS), k), np.nan)
+    nr = ex["relevance"] < 0
+    for b in range(n_boot):
+        w = np.zeros(n)
+        for c in range(k):  # resample within each class: every class keeps its number of images
+            idx = np.flatnonzero(ex["y"] == c)
+            if len(idx):
+                w += np.bincount(gen.choice(idx, len(idx)), minlength=n)
+        nat, adv = class_means(ex, w)
+        cnt = nr.sum(1).clip(min=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            nr_rel = ((adv - nat) * nr).sum(1) / cnt / ((nat * nr).sum(1) / cnt)
+        draws[b] = [class_accuracy(ex, w, "nat_ok"), class_accuracy(ex, w, "adv_ok"), _cosine_rows(adv, nat),
+                    np.where(nr.any(1), nr_rel, np.nan), alignment(ex, w)]
+    lo, hi = np.nanpercentile(draws, 2.5, axis=0), np.nanpercentile(draws, 97.5, axis=0)
+    cols = {}
+    for i, name in enumerate(INTERVAL_COLUMNS):
+        cols[f"{name}_lo"], cols[f"{name}_hi"] = lo[i], hi[i]
+    return pd.DataFrame({"class": np.arange(k), **cols})

@@ -18,7 +18,8 @@ from ._options import ClassesByOpt, DataOpt, DataRootOpt, DeviceOpt, DownloadOpt
 def eval_command(
     model: Annotated[Path, typer.Option(help="Checkpoint (.pt) or run folder; official CIFS checkpoints too.")],
     attacks: Annotated[Optional[str], typer.Option(
-        help="Comma list of fgsm, pgd<K>, cw<K>, adaptive<K>, aa, square; r<N> after a name gives it N restarts "
+        help="Comma list of fgsm, pgd<K>, cw<K>, adaptive<K>, aa (torchattacks' port), aa-ref (the authors' "
+        "code), square; r<N> after a name gives it N restarts "
         "(e.g. pgd20,adaptive20r2; default: "
         "fgsm,pgd20,cw20, plus adaptive20 for models with probes or auxiliary heads, CIFS and CAS).")] = None,
     eps: EpsOpt = "8/255",
@@ -83,7 +84,7 @@ def print_eval(result, summary: dict, model: str, eps: float) -> None:
         table.add_column(col, justify="right")
     for _, r in overall.iterrows():
         top = r.attack.split(":")[0]
-        gradient_based = top not in ("aa", "autoattack", "square")
+        gradient_based = top not in ("aa", "aa-ref", "autoattack", "square")
         table.add_row(r.attack, r.loss if gradient_based else "-", str(r.steps) if gradient_based else "-",
                       f"{r.step_size * 255:.2f}/255" if gradient_based else "-",
                       str(r.restarts) if gradient_based else "-", f"{r.natural_acc:.1f}", f"{r.robust_acc:.1f}",

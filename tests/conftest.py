@@ -6,8 +6,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+# as chanscope does before torch loads OpenMP: idle threads sleep, so the suite keeps its pace on a CPU that
+# other jobs share (spinning threads made a small forward-backward 50x slower beside two other jobs)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from chanscope.data import load_data
 

@@ -232,3 +232,37 @@ def test_follow_mask_attack_runs_and_is_recorded(tmp_path):
     ex = pd.read_csv(tmp_path / "eval_examples.csv")
     assert len(ex) == 10 and ex["adaptive2r2"].sum() == round(
         result.overall().set_index("attack").robust_acc["adaptive2r2"] / 10)
+
+
+def test_reference_autoattack_agrees_with_the_port_on_a_linear_model():
+    """aa-ref (the AutoAttack authors' code) beside aa (torchattacks' port): on a linear classifier both find
+    the same worst case, so they must agree image by image."""
+    from chanscope.attacks.suite import parse_attacks, run_attack
+
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).eval()
+    x = torch.rand(24, 3, 8, 8)
+    with torch.no_grad():
+        y = lin(x).argmax(1)  # every image starts correct
+    (aa,), (ref,) = parse_attacks("aa", 2 / 255), parse_attacks("aa-ref", 2 / 255)
+    ok_port, linf_port, _ = run_attack(aa, lin, x, y)
+    ok_ref, linf_ref, _ = run_attack(ref, lin, x, y)
+    assert linf_ref <= 2 / 255 + 1e-6 and 0 < int(ok_ref.sum()) < len(y)  # some robust, some not
+    assert torch.equal(ok_port, ok_ref)
+
+
+def test_classes_csv_carries_intervals_around_its_values(tmp_path):
+    from chanscope.activations import run_activations
+    from chanscope.checkpoint import save_checkpoint
+    from chanscope.models import create_model
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m.pt", create_model("resnet10", width=0.0625).eval())
+    run_activations(str(tmp_path / "m.pt"), attack="fgsm", n=60, out=str(tmp_path))
+    cl = pd.read_csv(tmp_path / "classes.csv")
+    for name in verdicts.INTERVAL_COLUMNS:
+        lo, hi, v = cl[f"{name}_lo"], cl[f"{name}_hi"], cl[name]
+        assert (lo <= hi + 1e-9).all(), name
+        inside = ((lo - 1e-6 <= v) & (v <= hi + 1e-6)) | v.isna()
+        assert inside.mean() >= 0.8, (name, cl[[name, f"{name}_lo", f"{name}_hi"]])
+    assert (cl.spearman_adv_hi > cl.spearman_adv_lo).all()  # 6 images per class leave real uncertainty

@@ -1,4 +1,5 @@
-"""Thin adapters around maintained implementations (torchattacks): AutoAttack and Square.
+"""Thin adapters around maintained implementations: AutoAttack and Square (torchattacks' port), and the
+AutoAttack authors' own code (pyautoattack) as the reference to check the port against.
 
 We do not rewrite them. Our models return logits from `model(x)` and compute CIFS relevance under
 `torch.enable_grad()`, so they work inside these libraries' `no_grad` clean-accuracy passes. AutoAttack's
@@ -13,7 +14,7 @@ import torch.nn as nn
 
 from chanscope.errors import ChanscopeError
 
-__all__ = ["autoattack", "square"]
+__all__ = ["autoattack", "autoattack_reference", "square"]
 
 
 def _torchattacks():
@@ -42,3 +43,16 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queri
     """Square Attack (Andriushchenko et al. 2020), a score-based black-box attack."""
     ta = _torchattacks()
     return ta.Square(model, norm="Linf", eps=eps, n_queries=queries, n_restarts=1, seed=seed)(x, y).detach()
+
+
+def autoattack_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                         seed: int = 0) -> torch.Tensor:
+    """AutoAttack, standard version, by its authors' code (the `pyautoattack` package)."""
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError:
+        raise ChanscopeError("the reference AutoAttack (aa-ref) needs pyautoattack; pip install pyautoattack"
+                             ) from None
+    aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=x.device)
+    x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(y))
+    return x_adv.detach().to(x.device)

@@ -22,7 +22,7 @@ from chanscope.losses import cw_margin
 
 __all__ = ["AttackSpec", "parse_attacks", "run_attack", "ATTACK_NAMES", "has_probes", "correct", "follow_mask"]
 
-ATTACK_NAMES = ("fgsm", "pgd<K> (pgd20, pgd100, ...)", "cw<K> (cw20, ...)", "aa", "square",
+ATTACK_NAMES = ("fgsm", "pgd<K> (pgd20, pgd100, ...)", "cw<K> (cw20, ...)", "aa", "aa-ref", "square",
                 "adaptive<K> (adaptive20, ...; r<N> after any of these: N restarts, e.g. adaptive20r2)")
 
 
@@ -94,6 +94,8 @@ def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None
                                     follow_mask=follow and kind == "adaptive"))
         elif n in ("aa", "autoattack"):
             specs.append(AttackSpec(n, "aa", eps))
+        elif n == "aa-ref":  # the AutoAttack authors' implementation, to check the port against
+            specs.append(AttackSpec(n, "aa-ref", eps))
         elif n == "square":
             check_positive_int(square_queries, "square queries")
             specs.append(AttackSpec(n, "square", eps, queries=square_queries))
@@ -168,12 +170,14 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
             if details is not None:
                 details[cname] = comp
             robust &= comp
-    elif spec.kind in ("aa", "square"):
-        from chanscope.attacks.external import autoattack, square
+    elif spec.kind in ("aa", "aa-ref", "square"):
+        from chanscope.attacks.external import autoattack, autoattack_reference, square
 
         with frozen_eval(model):
             if spec.kind == "aa":
                 x_adv = autoattack(model, x, y, spec.eps, seed=seed)
+            elif spec.kind == "aa-ref":
+                x_adv = autoattack_reference(model, x, y, spec.eps, seed=seed)
             else:
                 x_adv = square(model, x, y, spec.eps, spec.queries, seed=seed)
         robust &= account(x_adv)
