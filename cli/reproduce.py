@@ -68,5 +68,9 @@ def reproduce_command(
         where = f" during {current['stage']!r}" if current["stage"] else ""
         raise fail(f"interrupted{where}; finished stages and trained epochs are kept in {out}: run the same command "
                    "again to continue", code=130) from None
+    if only:
+        console.print(f"trained models in {out} ({time.time() - t0:.0f}s this invocation); run again without --only "
+                      "to evaluate, study and report")
+        return
     console.print(f"study in {out}: report.md, figures/, results/ ({time.time() - t0:.0f}s this invocation; "
                   f"{sum(s['seconds'] for s in record['stages'].values()):.0f}s of stages in all)")

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from chanscope.series import DEFAULT_BUDGETS, SERIES_COLUMNS, run_series
+from chanscope.train import TrainInterrupted
 
-from ._console import console, progress
+from ._console import console, fail, progress
 from ._options import DataOpt, DataRootOpt, DeviceOpt, SeedOpt
 
 
@@ -40,9 +41,13 @@ def series_command(
     def on_stage(name: str, status: str, secs: float) -> None:
         bar.console.print(f"[bold]{name}[/]: {status}" + (f" ({secs:.0f}s)" if secs else ""), highlight=False)
 
-    with bar:
-        df = run_series(out, budgets, seeds=seeds, seed=seed or 0, data=data, data_root=data_root, device=device,
-                        bf16=bf16, progress=on_progress, on_stage=on_stage,
-                        time_limit=time_limit * 60 if time_limit is not None else None)
+    try:
+        with bar:
+            df = run_series(out, budgets, seeds=seeds, seed=seed or 0, data=data, data_root=data_root, device=device,
+                            bf16=bf16, progress=on_progress, on_stage=on_stage,
+                            time_limit=time_limit * 60 if time_limit is not None else None)
+    except (TrainInterrupted, KeyboardInterrupt):
+        raise fail(f"interrupted; finished stages and trained epochs are kept in {out}: run the same command again "
+                   "to continue", code=130) from None
     console.print(df[[c for c in SERIES_COLUMNS if c not in ("train_eval_nat_acc",)]].to_string(index=False))
     console.print(f"wrote {out}/series.csv, series.json and figures/series.png")
