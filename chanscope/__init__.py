@@ -5,7 +5,7 @@ import os
 # Idle OpenMP threads sleep instead of spinning. OpenMP reads this once, when torch first loads, so it is set
 # before any torch import here (a process that imported torch earlier keeps its setting). On a CPU that other
 # jobs share, spinning threads keep every parallel region waiting for a thread the scheduler has parked
-# (README, "Sharing the CPU"; bench/shared_cpu.py); a variable the user set is left alone.
+# (docs/benchmarks.md, "Sharing the CPU"; bench/shared_cpu.py); a variable the user set is left alone.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from chanscope.checkpoint import load_model, save_checkpoint  # noqa: E402

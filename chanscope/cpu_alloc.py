@@ -14,7 +14,7 @@ process keeps its high-water mark, and the heap's fragmentation raises that mark
 `bench/vs_official.py --shipped` and `bench/cpu_alloc.py`). "system" (the default) leaves glibc's defaults
 and meets the peak-memory goal against the official code. Other C libraries and platforms have no such
 switch; there both modes are "unavailable". The setting is process-wide, so a benchmark that compares two
-codes in one process gives it to both (it helps the official CIFS code more than ours: README, Benchmarks).
+codes in one process gives it to both (it helps the official CIFS code more than ours: docs/benchmarks.md).
 """
 
 from __future__ import annotations

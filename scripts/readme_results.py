@@ -1,4 +1,4 @@
-"""Print the README's Results tables from a reproduction folder and ablation folders (no training).
+"""Print the Results tables of docs/results.md from a reproduction folder and ablation folders (no training).
 
     python scripts/readme_results.py runs/reproduce-cpu runs/ablation-warm runs/ablation-warm-topk ...
 """
