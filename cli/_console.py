@@ -112,6 +112,30 @@ def _as_flags(message: str) -> str:
     return message
 
 
+class StageDisplay:
+    """Progress of a multi-stage workflow (reproduce, series): a task per progress label, a line per stage
+    event, and the stage now running (for the one-line message after Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self.bar = progress()
+        self.tasks: dict[str, int] = {}
+        self.current: str | None = None
+
+    def on_progress(self, label: str, done: int, total: int) -> None:
+        if label not in self.tasks:
+            self.tasks[label] = self.bar.add_task(label, total=total, info="")
+        self.bar.update(self.tasks[label], completed=done, total=total)
+
+    def on_stage(self, name: str, status: str, secs: float) -> None:
+        self.current = name if status == "running" else None
+        self.bar.console.print(f"[bold]{name}[/]: {status}" + (f" ({secs:.0f}s)" if secs else ""), highlight=False)
+
+    def interrupted(self, out) -> typer.Exit:
+        where = f" during {self.current!r}" if self.current else ""
+        return fail(f"interrupted{where}; finished stages and trained epochs are kept in {out}: run the same "
+                    "command again to continue", code=130)
+
+
 def handle_errors(fn):
     """Turn a library ChanscopeError into one red line on stderr and exit code 2 (no traceback)."""
     import functools

@@ -11,7 +11,7 @@ import typer
 from chanscope.pipeline import SCALES, reproduce
 from chanscope.train import TrainInterrupted
 
-from ._console import console, fail, progress
+from ._console import StageDisplay, console
 from ._options import DataOpt, DataRootOpt, DeviceOpt, SeedOpt
 
 
@@ -43,31 +43,15 @@ def reproduce_command(
     """Train standard, AT and CIFS (CAS), evaluate, record activations, plot and report; resumable."""
     out = out or Path("runs") / f"reproduce-{scale or 'smoke'}"
     t0 = time.time()
-    bar = progress()
-    tasks: dict[str, int] = {}
-
-    def on_progress(label: str, done: int, total: int) -> None:
-        if label not in tasks:
-            tasks[label] = bar.add_task(label, total=total, info="")
-        bar.update(tasks[label], completed=done, total=total)
-
-    current = {"stage": None}
-
-    def on_stage(name: str, status: str, secs: float) -> None:
-        current["stage"] = name if status == "running" else None
-        bar.console.print(f"[bold]{name}[/]: {status}" + (f" ({secs:.0f}s)" if secs else ""), highlight=False)
-
+    show = StageDisplay()
     try:
-        with bar:
+        with show.bar:
             record = reproduce(out, scale, data=data, data_root=data_root, with_cas=with_cas,
                                cifs_scratch=cifs_scratch, seed=seed, seeds=seeds, only=only, device=device,
-                               progress=on_progress,
-                               on_stage=on_stage, time_limit=time_limit * 60 if time_limit is not None else None,
-                               bf16=bf16)
+                               progress=show.on_progress, on_stage=show.on_stage, bf16=bf16,
+                               time_limit=time_limit * 60 if time_limit is not None else None)
     except (TrainInterrupted, KeyboardInterrupt):
-        where = f" during {current['stage']!r}" if current["stage"] else ""
-        raise fail(f"interrupted{where}; finished stages and trained epochs are kept in {out}: run the same command "
-                   "again to continue", code=130) from None
+        raise show.interrupted(out) from None
     if only:
         console.print(f"trained models in {out} ({time.time() - t0:.0f}s this invocation); run again without --only "
                       "to evaluate, study and report")

@@ -10,7 +10,7 @@ import typer
 from chanscope.series import DEFAULT_BUDGETS, SERIES_COLUMNS, run_series
 from chanscope.train import TrainInterrupted
 
-from ._console import console, fail, progress
+from ._console import StageDisplay, console
 from ._options import DataOpt, DataRootOpt, DeviceOpt, SeedOpt
 
 
@@ -30,24 +30,13 @@ def series_command(
     device: DeviceOpt = None,
 ) -> None:
     """AT against warm-started CIFS at several training budgets and seeds: series.csv and a figure; resumable."""
-    bar = progress()
-    tasks: dict[str, int] = {}
-
-    def on_progress(label: str, done: int, total: int) -> None:
-        if label not in tasks:
-            tasks[label] = bar.add_task(label, total=total, info="")
-        bar.update(tasks[label], completed=done, total=total)
-
-    def on_stage(name: str, status: str, secs: float) -> None:
-        bar.console.print(f"[bold]{name}[/]: {status}" + (f" ({secs:.0f}s)" if secs else ""), highlight=False)
-
+    show = StageDisplay()
     try:
-        with bar:
+        with show.bar:
             df = run_series(out, budgets, seeds=seeds, seed=seed or 0, data=data, data_root=data_root, device=device,
-                            bf16=bf16, progress=on_progress, on_stage=on_stage,
+                            bf16=bf16, progress=show.on_progress, on_stage=show.on_stage,
                             time_limit=time_limit * 60 if time_limit is not None else None)
     except (TrainInterrupted, KeyboardInterrupt):
-        raise fail(f"interrupted; finished stages and trained epochs are kept in {out}: run the same command again "
-                   "to continue", code=130) from None
+        raise show.interrupted(out) from None
     console.print(df[[c for c in SERIES_COLUMNS if c not in ("train_eval_nat_acc",)]].to_string(index=False))
     console.print(f"wrote {out}/series.csv, series.json and figures/series.png")
