@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
+from chanscope.cli.app import app
 from PIL import Image
+from typer.testing import CliRunner
 
 from chanscope.activations import study_activations
 from chanscope.analysis import channels_table, classes_table, spearman
@@ -210,8 +212,8 @@ def test_activations_cli_and_bad_input(tmp_path, embedded):
                            (["--eps", "0"], "outside (0, 1]"),
                            (["--threshold", "nan"], "threshold=nan must be in [0, 1)"),
                            (["--data", str(two), "--n", "4"], "predicts 10 classes, data 'two' has 2")]:
-        r = subprocess.run(run + extra + ["--out", str(tmp_path / "o")], capture_output=True, text=True)
-        assert r.returncode == 2 and pattern in " ".join(r.stderr.split()) and "Traceback" not in r.stderr, r.stderr
+        r = CliRunner().invoke(app, [*run[3:], *extra, "--out", str(tmp_path / "o")])  # in-process
+        assert r.exit_code == 2 and pattern in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
     if os.geteuid() != 0:  # root can write anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)

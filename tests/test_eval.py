@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from chanscope.cli.app import app
+from typer.testing import CliRunner
 
 from chanscope.attacks import frozen_eval, pgd
 from chanscope.attacks.external import autoattack, square
@@ -18,6 +20,7 @@ from chanscope.models import create_model
 from chanscope.train import build_config, train
 
 EPS = 8 / 255
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +189,9 @@ def test_eval_cli_writes_tables_and_rejects_bad_input(trained, tmp_path):
         args = ["--model", str(run / "last.pt"), "--n", "20", "--out", str(tmp_path), *extra]
         if extra[0] == "--model":
             args = [*extra, "--n", "20", "--out", str(tmp_path)]
-        r = _cli(*args)
-        assert r.returncode == 2 and pattern in " ".join(r.stderr.split()), (extra, r.stderr)
-        assert "Traceback" not in r.stderr
+        r = runner.invoke(app, ["eval", *args])  # in-process: the exit code and the line are the point
+        assert r.exit_code == 2 and pattern in " ".join(r.output.split()), (extra, r.output)
+        assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
     assert (tmp_path / "eval.csv").read_bytes() == before  # nothing half-written or replaced
 
 
