@@ -18,7 +18,8 @@ import torch
 
 from chanscope.errors import ChanscopeError
 
-__all__ = ["WriteError", "atomic_write_bytes", "atomic_torch_save", "atomic_write_json", "atomic_write_csv"]
+__all__ = ["WriteError", "atomic_write_bytes", "atomic_torch_save", "atomic_write_json", "atomic_write_csv",
+           "read_json"]
 
 
 class WriteError(ChanscopeError, OSError):
@@ -94,6 +95,16 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a run folder, or {} where the file is missing, unreadable or not a JSON object
+    (reports and figures then leave out what it would have said)."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # ValueError covers JSONDecodeError and UnicodeDecodeError
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:

@@ -18,7 +18,7 @@ import seaborn as sns  # noqa: E402
 
 from chanscope.analysis import most_and_least_robust  # noqa: E402
 from chanscope.errors import ChanscopeError  # noqa: E402
-from chanscope.io import atomic_write_bytes, atomic_write_csv  # noqa: E402
+from chanscope.io import atomic_write_bytes, atomic_write_csv, read_json  # noqa: E402
 
 __all__ = ["images_used", "nr_channels", "class_alignment", "class_robustness", "training_curves", "read_run_csv",
            "PALETTE"]
@@ -67,17 +67,15 @@ def images_used(run: str | Path, stage: str = "activations") -> str:
     """Which test images a run's figure or table was computed on, e.g. '300 test images, pgd10 (activations)'.
 
     stage: activations (channels.csv / classes.csv) or eval (eval.csv)."""
-    import json
-
     run = Path(run)
     try:
         if stage == "eval":
             ev = pd.read_csv(run / "eval.csv")
             row = ev[ev["class"] == "all"].iloc[0]
             return f"{int(row.n)} test images (eval)"
-        meta = json.loads((run / "activations.json").read_text())
+        meta = read_json(run / "activations.json")
         return f"{meta['data']['n_used']} test images, {meta['attack']['name']} (activations)"
-    except (OSError, ValueError, KeyError, IndexError, pd.errors.ParserError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError):  # pandas' ParserError is a ValueError
         return f"{stage} stage"
 
 
@@ -204,12 +202,7 @@ _LOSS_TITLES = {"ce": "cross-entropy", "joint": "joint loss: CE + probes' CE (CI
 
 def _loss_kind(run: Path) -> str:
     """The training loss a run's train_loss column holds (config.json), 'ce' where it does not say."""
-    import json
-
-    try:
-        return str(json.loads((Path(run) / "config.json").read_text())["resolved"]["loss"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "ce"
+    return str(read_json(Path(run) / "config.json").get("resolved", {}).get("loss", "ce"))
 
 
 def training_curves(runs: list[str | Path], out: str | Path, name: str = "training") -> pd.DataFrame:

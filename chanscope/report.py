@@ -13,7 +13,7 @@ import pandas as pd
 from chanscope import verdicts
 from chanscope.activations import read_examples
 from chanscope.analysis import most_and_least_robust
-from chanscope.io import atomic_write_bytes, atomic_write_csv
+from chanscope.io import atomic_write_bytes, atomic_write_csv, read_json
 from chanscope.plots import (
     class_alignment,
     class_robustness,
@@ -25,13 +25,6 @@ from chanscope.plots import (
 from chanscope.verdicts import Seed
 
 __all__ = ["observations", "write_report", "write_outputs", "load_seeds"]
-
-
-def _json(p: Path) -> dict:
-    try:
-        return json.loads(p.read_text()) if p.is_file() else {}
-    except json.JSONDecodeError:
-        return {}
 
 
 def _fmt(v, nd: int = 1) -> str:
@@ -75,7 +68,7 @@ def load_seeds(runs: dict[str, Path]) -> list[Seed]:
         seed = groups.setdefault(prefix, Seed())
         if (run / "examples.npz").is_file():
             seed.act[model] = read_examples(run / "examples.npz")
-            seed.act_attack[model] = _json(run / "activations.json").get("attack", {}).get("name", "?")
+            seed.act_attack[model] = read_json(run / "activations.json").get("attack", {}).get("name", "?")
         if (run / "eval_examples.csv").is_file():
             seed.ev[model] = pd.read_csv(run / "eval_examples.csv")
     return [groups[k] for k in sorted(groups)]
@@ -113,7 +106,7 @@ def _observation_lines(obs: list[dict], n_seeds: int) -> list[str]:
 def _models_lines(runs: dict[str, Path]) -> list[str]:
     rows = []
     for name, r in runs.items():
-        cfg = _json(r / "config.json")
+        cfg = read_json(r / "config.json")
         c = cfg.get("config", {})
         m = pd.read_csv(r / "metrics.csv") if (r / "metrics.csv").is_file() else pd.DataFrame()
         rows.append({"model": name, "method": c.get("method"), "natural only": c.get("natural"),
@@ -126,7 +119,7 @@ def _models_lines(runs: dict[str, Path]) -> list[str]:
     lines = ["## Models", ""]
     lines += [_md(pd.DataFrame(rows), 0), ""] if rows else ["No model has been trained yet; run again to continue.",
                                                              ""]
-    data = next((_json(r / "config.json").get("data", {}) for r in runs.values() if (r / "config.json").is_file()),
+    data = next((read_json(r / "config.json").get("data", {}) for r in runs.values() if (r / "config.json").is_file()),
                 {})
     if data:
         lines += [f"Data: {data.get('source')} ({'; '.join(data.get('notes', []))})", ""]
@@ -146,7 +139,7 @@ def _eval_lines(runs: dict[str, Path]) -> list[str]:
         lines += ["Test images per attack: " + ", ".join(f"{k} {v}" for k, v in ns.items()), ""]
     san = []
     for name, r in runs.items():
-        j = _json(r / "sanity" / "eval.json")
+        j = read_json(r / "sanity" / "eval.json")
         for c in j.get("sanity") or []:
             san.append({"model": name, "check": c["check"], "result": "pass" if c["passed"] else "FAIL",
                         "numbers": ", ".join(f"{k} {_fmt(v)}" for k, v in c["numbers"].items())})
