@@ -298,6 +298,43 @@ def _check_runs(stages: list[Stage]) -> None:
 _FREE_IN_STUDY = {"device", "preset", "download", "data_root", "init", "layout", "cuda_graphs"}
 
 
+def read_record(path: Path) -> dict:
+    """A workflow's record of its stages (pipeline.json, series.json), or a new one."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ChanscopeError(f"{path} is not valid JSON; delete it and run again (finished stages are found "
+                             "again from their run folders)") from None
+
+
+def run_stages(stages: list[Stage], record: dict, record_path: Path,
+               on_stage: Callable[[str, str, float], None] | None = None, time_limit: float | None = None) -> None:
+    """Run the stages not yet done, in order; each finished one is added to the record, written at once.
+
+    time_limit: seconds after which no new stage starts (the finished ones are still reported as skipped)."""
+    def say(name: str, status: str, secs: float = 0.0) -> None:
+        if on_stage:
+            on_stage(name, status, secs)
+
+    started = time.time()
+    for st in stages:
+        if time_limit is not None and time.time() - started > time_limit and not st.done():
+            say(st.name, "not started (time limit; run again to continue)")
+            continue
+        if st.done():
+            say(st.name, "skipped (complete)")
+            continue
+        t0 = time.time()
+        say(st.name, "running")
+        st.run()
+        secs = time.time() - t0
+        prev = record["stages"].get(st.name, {}).get("seconds", 0.0)
+        record["stages"][st.name] = {"seconds": round(prev + secs, 1), "command": st.command, "kind": st.kind,
+                                     "model": st.model}
+        atomic_write_json(record_path, record)
+        say(st.name, "done", secs)
+
+
 def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = None, data_root: str | None = None,
               with_cas: bool | None = None, cifs_scratch: bool | None = None, seed: int | None = None,
               seeds: int | None = None, only: str | None = None, device: str | None = None,
@@ -319,11 +356,7 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
     out = writable_dir(out)
     record_path = out / "pipeline.json"
-    try:
-        record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ChanscopeError(f"{record_path} is not valid JSON; delete it and run again (finished stages are "
-                             "found again from their run folders)") from None
+    record = read_record(record_path)
     if only not in (None, "train"):
         raise ChanscopeError(f"only={only!r}: give 'train' (train every model and control, nothing else) or none")
     opts = study_options(record, {"scale": scale, "data": data, "seed": seed, "bf16": bf16, "with_cas": with_cas,
@@ -341,27 +374,7 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     from chanscope.train.loop import versions
 
     record["versions"] = versions()
-    started = time.time()
-    for st in stages:
-        if time_limit is not None and time.time() - started > time_limit and not st.done():
-            if on_stage:
-                on_stage(st.name, "not started (time limit; run again to continue)", 0.0)
-            continue
-        if st.done():
-            if on_stage:
-                on_stage(st.name, "skipped (complete)", 0.0)
-            continue
-        t0 = time.time()
-        if on_stage:
-            on_stage(st.name, "running", 0.0)
-        st.run()
-        secs = time.time() - t0
-        prev = record["stages"].get(st.name, {}).get("seconds", 0.0)
-        record["stages"][st.name] = {"seconds": round(prev + secs, 1), "command": st.command, "kind": st.kind,
-                                     "model": st.model}
-        atomic_write_json(record_path, record)
-        if on_stage:
-            on_stage(st.name, "done", secs)
+    run_stages(stages, record, record_path, on_stage, time_limit)
     if only is None:
         from chanscope.report import write_outputs
 

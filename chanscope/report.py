@@ -24,7 +24,7 @@ from chanscope.plots import (
 )
 from chanscope.verdicts import Seed
 
-__all__ = ["observations", "write_report", "write_outputs", "load_seeds"]
+__all__ = ["observations", "write_report", "write_outputs", "load_seeds", "overall_accuracy"]
 
 
 def _fmt(v, nd: int = 1) -> str:
@@ -45,8 +45,9 @@ def _md(df: pd.DataFrame, nd: int = 1) -> str:
     return "\n".join([head, sep, *rows])
 
 
-def _overall(run: Path) -> dict[str, float]:
-    """attack -> robust accuracy (all classes), with natural accuracy, AutoAttack and n."""
+def overall_accuracy(run: Path) -> dict[str, float]:
+    """attack -> robust accuracy (all classes) of a run's eval.csv and aa/eval.csv, with "natural" and
+    "n:<attack>" (images)."""
     out: dict[str, float] = {}
     for sub in ("", "aa"):
         p = run / sub / "eval.csv"
@@ -128,14 +129,14 @@ def _models_lines(runs: dict[str, Path]) -> list[str]:
 
 def _eval_lines(runs: dict[str, Path]) -> list[str]:
     ev_rows, lines = [], []
-    for name, r in runs.items():
-        o = _overall(r)
+    overall = {name: overall_accuracy(r) for name, r in runs.items()}  # each run's eval.csv read once
+    for name, o in overall.items():
         if o:
             ev_rows.append({"model": name, "natural": o.get("natural"),
                             **{k: v for k, v in o.items() if not k.startswith("n:") and k != "natural"}})
     if ev_rows:
         lines += ["## Robust accuracy (%, all classes)", "", _md(pd.DataFrame(ev_rows)), ""]
-        ns = {k.split(":", 1)[1]: int(v) for r in runs.values() for k, v in _overall(r).items() if k.startswith("n:")}
+        ns = {k.split(":", 1)[1]: int(v) for o in overall.values() for k, v in o.items() if k.startswith("n:")}
         lines += ["Test images per attack: " + ", ".join(f"{k} {v}" for k, v in ns.items()), ""]
     san = []
     for name, r in runs.items():

@@ -10,9 +10,7 @@ attack through the mask, AutoAttack on a subset. Finished stages are skipped and
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +20,8 @@ import pandas as pd
 
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_csv, atomic_write_json
-from chanscope.pipeline import SCALES, Scale, Stage, plan
+from chanscope.pipeline import SCALES, Scale, Stage, plan, read_record, run_stages
+from chanscope.report import overall_accuracy
 from chanscope.runs import writable_dir
 from chanscope.verdicts import Interval, Seed, interval
 
@@ -93,7 +92,7 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
     out = writable_dir(out)
     record_path = out / "series.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {"stages": {}}
+    record = read_record(record_path)
     made = record.get("options")
     opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16}
     if made and record.get("stages") and any(made.get(k) != v for k, v in opts.items()):
@@ -101,24 +100,8 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         raise ChanscopeError(f"this series folder was made with {diff}; rerun with its options, or pick another "
                              "--out")
     record["options"] = opts
-    started = time.time()
-    for st in _stages(out, bs, SCALES[base], seeds, seed, data, data_root, device, bf16, progress):
-        if st.done():
-            if on_stage:
-                on_stage(st.name, "skipped (complete)", 0.0)
-            continue
-        if time_limit is not None and time.time() - started > time_limit:
-            if on_stage:
-                on_stage(st.name, "not started (time limit; run again to continue)", 0.0)
-            continue
-        if on_stage:
-            on_stage(st.name, "running", 0.0)
-        t0 = time.time()
-        st.run()
-        record["stages"][st.name] = {"seconds": round(time.time() - t0, 1), "command": st.command}
-        atomic_write_json(record_path, record)
-        if on_stage:
-            on_stage(st.name, "done", time.time() - t0)
+    run_stages(_stages(out, bs, SCALES[base], seeds, seed, data, data_root, device, bf16, progress), record,
+               record_path, on_stage, time_limit)
     df = summarise(out, bs, seeds, seed)
     atomic_write_csv(out / "series.csv", df)
     atomic_write_json(record_path, record)
@@ -135,15 +118,6 @@ def _runs(out: Path, budgets: list[Budget], seeds: int, seed: int):
             yield b, seed + k, out / b.label / ("" if k == 0 else f"seed{seed + k}")
 
 
-def _overall(run: Path, sub: str = "") -> dict[str, float]:
-    p = run / sub / "eval.csv"
-    if not p.is_file():
-        return {}
-    ev = pd.read_csv(p)
-    ev = ev[ev["class"] == "all"]
-    return {"natural": float(ev.natural_acc.iloc[0]), **dict(zip(ev.attack, ev.robust_acc.astype(float)))}
-
-
 def summarise(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> pd.DataFrame:
     """One row per budget, method and seed that has been evaluated (SERIES_COLUMNS)."""
     from chanscope.verdicts import worst_case
@@ -152,17 +126,17 @@ def summarise(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0)
     for b, s, folder in _runs(Path(out), budgets, seeds, seed):
         for method in ("at", "cifs"):
             run = folder / method
-            o = _overall(run)
-            if not o or not (run / "metrics.csv").is_file():
+            if not (run / "eval.csv").is_file() or not (run / "metrics.csv").is_file():
                 continue
+            o = overall_accuracy(run)  # eval.csv and aa/eval.csv
             m = pd.read_csv(run / "metrics.csv")
             last = m.iloc[-1]
             adaptive = next((v for k, v in o.items() if k.startswith("adaptive") and ":" not in k), np.nan)
             ex = run / "eval_examples.csv"
             rows.append({"budget": b.label, "compute": b.compute, "method": method, "seed": s,
                          "natural": o["natural"], "pgd20": o.get("pgd20", np.nan), "cw20": o.get("cw20", np.nan),
-                         "adaptive": adaptive, "autoattack": _overall(run, "aa").get("aa", np.nan),
-                         "autoattack_ref": _overall(run, "aa").get("aa-ref", np.nan),
+                         "adaptive": adaptive, "autoattack": o.get("aa", np.nan),
+                         "autoattack_ref": o.get("aa-ref", np.nan),
                          "worst_case": worst_case(pd.read_csv(ex), None) if ex.is_file() else np.nan,
                          "train_batch_acc": float(last.train_acc),
                          "train_eval_nat_acc": float(last.get("train_eval_nat_acc", np.nan)),

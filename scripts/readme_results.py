@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from chanscope.report import _md, _overall, load_seeds, observations
+from chanscope.report import _md, load_seeds, observations, overall_accuracy
 from chanscope.verdicts import relgap
 
 
@@ -21,7 +21,7 @@ def main(study: str, *ablations: str) -> None:
     models = [m for m in ("standard", "at", "cifs", "cas", "cifs-scratch") if (out / m / "eval.csv").is_file()]
     rows = []
     for m in models:
-        o = _overall(out / m)
+        o = overall_accuracy(out / m)
         s = json.loads((out / m / "sanity" / "eval.json").read_text()) if (out / m / "sanity" / "eval.json").is_file() \
             else {}
         rows.append({"model": m, "natural": o.get("natural"), "FGSM": o.get("fgsm"), "PGD-20": o.get("pgd20"),
