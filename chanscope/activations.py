@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from chanscope.analysis import channels_table, classes_table
+from chanscope.analysis import channels_table, classes_table, percent
 from chanscope.attacks.suite import AttackSpec, run_attack
 from chanscope.hooks import ActivationRecorder
 from chanscope.relevance import RelevanceAccumulator, relevance_scores
@@ -109,21 +109,20 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
             dist_util.all_reduce_sum(st.tensors())
         dist_util.all_reduce_sum(rel[name].tensors())
     dist_util.all_reduce_sum([nat_ok, adv_ok, count])
-    n = count.clamp_min(1)
-    nat_acc = {c: round(100.0 * float(nat_ok[c] / n[c]), 2) for c in range(k) if count[c] > 0}
-    adv_acc = {c: round(100.0 * float(adv_ok[c] / n[c]), 2) for c in range(k) if count[c] > 0}
+    nat_acc = {c: percent(int(nat_ok[c]), int(count[c])) for c in range(k) if count[c] > 0}
+    adv_acc = {c: percent(int(adv_ok[c]), int(count[c])) for c in range(k) if count[c] > 0}
+    ok = [dist_util.gather_cat(torch.cat(t)).numpy() for t in zip(*kept_ok)]  # nat_ok, adv_ok, y: every layer's
     results = []
     for name in layers:
         s_nat, s_adv = rec.stats[name]["natural"], rec.stats[name]["adversarial"]
-        ch = channels_table(name, classes, rel[name].mean().numpy(), s_nat.mean().numpy(), s_adv.mean().numpy(),
+        relevance = rel[name].mean().numpy()
+        ch = channels_table(name, classes, relevance, s_nat.mean().numpy(), s_adv.mean().numpy(),
                             s_nat.std().numpy(), s_adv.std().numpy(), s_nat.frequency().numpy(),
                             s_adv.frequency().numpy(), s_nat.count.numpy())
         ch = ch[ch.n > 0].reset_index(drop=True)
-        ok = [dist_util.gather_cat(torch.cat(t)) for t in zip(*kept_ok)]
         mags = [dist_util.gather_cat(torch.cat(t)) for t in zip(*kept[name])]
-        examples = {"y": ok[2].numpy(), "nat_ok": ok[0].numpy(), "adv_ok": ok[1].numpy(),
-                    "mag_nat": mags[0].numpy(), "mag_adv": mags[1].numpy(),
-                    "relevance": rel[name].mean().numpy().astype(np.float32)}
+        examples = {"y": ok[2], "nat_ok": ok[0], "adv_ok": ok[1], "mag_nat": mags[0].numpy(),
+                    "mag_adv": mags[1].numpy(), "relevance": relevance.astype(np.float32)}
         results.append(LayerResult(name, ch, classes_table(ch, nat_acc, adv_acc), examples))
     return results, time.time() - t0
 

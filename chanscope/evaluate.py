@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from chanscope.analysis import percent
 from chanscope.attacks.pgd import pgd
 from chanscope.attacks.suite import AttackSpec, correct, parse_attacks, run_attack
 
@@ -41,11 +42,6 @@ class EvalResult:
 def _batches(n: int, bs: int):
     for i in range(0, n, bs):
         yield slice(i, min(n, i + bs))
-
-
-def percent(k: int, n: int) -> float:
-    """k of n as a percentage with two decimals: exact to one image in 10,000, and free of float32 noise."""
-    return round(100.0 * k / n, 2)
 
 
 def _rows(name: str, spec: AttackSpec, nat: torch.Tensor, rob: torch.Tensor, y: torch.Tensor,
@@ -142,12 +138,14 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     x, y = x.to(dev), y.to(dev)
     tol = 1.0 + 100.0 / max(1, len(y))
     checks = []
-    runs = {"done": 0, "total": 6 + (surrogate is not None)}  # attacks measured, for the progress display
+    runs = {"done": -1, "total": 6 + (surrogate is not None)}  # attacks measured, for the progress display
 
     def tick() -> None:
         runs["done"] += 1
         if progress:
             progress("sanity checks", runs["done"], runs["total"])
+
+    tick()  # 0 of total: the display starts its clock here
 
     def acc(steps: int, restarts: int = 1, e: float = eps, rs: bool = False, src=None) -> float:
         a = accuracy_under(model, x, y, eps=e, steps=steps, alpha=2.5 * e / steps, restarts=restarts,
@@ -232,15 +230,14 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
     from chanscope.train.loop import versions
 
     t0 = time.time()
-    if attacks is not None:  # a bad attack list fails before the model is read
-        parse_attacks(attacks, eps, step_size=step_size, restarts=restarts, random_start=random_start,
-                      square_queries=square_queries, follow=follow_mask)
+    kw = {"step_size": step_size, "restarts": restarts, "random_start": random_start,
+          "square_queries": square_queries, "follow": follow_mask}
+    specs = parse_attacks(attacks, eps, **kw) if attacks is not None else None  # fails before the model is read
     device = str(dist_util.setup_device(device)[0])
     check_positive_int(batch_size, "batch size")
     check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
     net = load_model(model_path, device)
-    specs = parse_attacks(attacks or default_attacks(net), eps, step_size=step_size, restarts=restarts,
-                          random_start=random_start, square_queries=square_queries, follow=follow_mask)
+    specs = specs or parse_attacks(default_attacks(net), eps, **kw)
     sur = load_model(surrogate, device) if surrogate else None
     ds = data_of_run(model_path, data, data_root, download)
     class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")
@@ -255,8 +252,6 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
     result = evaluate(net, x, y, ds.classes, specs, batch_size=batch_size, beta_atk=beta_atk, seed=seed,
                       progress=progress)
     if sanity:
-        if progress and dist_util.is_main():
-            progress("sanity checks", 0, 6 + (sur is not None))
         result.sanity = sanity_checks(net, x, y, eps, batch_size=batch_size, surrogate=sur,
                                       square_queries=square_queries, seed=seed,
                                       loss="joint" if has_probes(net) else "ce", progress=progress)

@@ -123,12 +123,17 @@ def nr_over(ex: dict[str, np.ndarray], w: np.ndarray | None = None, nr: np.ndarr
 
     nr: (classes, channels) bool, default relevance < 0 (the permutation null passes shuffled ones)."""
     nat, adv = class_means(ex, w)
-    nr = ex["relevance"] < 0 if nr is None else nr
+    return float(np.nanmean(_nr_over_rows(nat, adv, ex["relevance"] < 0 if nr is None else nr)))
+
+
+def _nr_over_rows(nat: np.ndarray, adv: np.ndarray, nr: np.ndarray) -> np.ndarray:
+    """Per class: mean over its NR channels of (adv - nat) / mean over them of nat; NaN for a class without NR
+    channels (or without images)."""
     cnt = nr.sum(1)
-    ok = cnt > 0
-    over = ((adv - nat) * nr).sum(1)[ok] / cnt[ok]
-    base = (nat * nr).sum(1)[ok] / cnt[ok]
-    return float(np.nanmean(over / np.clip(base, 1e-12, None)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        over = ((adv - nat) * nr).sum(1) / cnt
+        base = (nat * nr).sum(1) / cnt
+    return np.where(cnt > 0, over / np.clip(base, 1e-12, None), np.nan)
 
 
 def _ranks(a: np.ndarray) -> np.ndarray:
@@ -256,10 +261,8 @@ def observation_3(seeds: list[Seed], model: str = "at") -> dict | None:
     accuracy survives controlling for natural accuracy (partial rank correlation, permutation p < 0.05)."""
     if not _need(seeds, (model,)):
         return None
-    halves = [_halves(s.act[model]) for s in seeds]
-
-    def part(which: int):
-        return lambda s, w: float(np.nanmean(alignment(s.act[model], w)[halves[seeds.index(s)][which]]))
+    def part(which: int):  # the halves are chosen on all of a seed's images, then held fixed in every draw
+        return lambda s, w: float(np.nanmean(alignment(s.act[model], w)[_halves(s.act[model])[which]]))
 
     rob, non = interval(seeds, part(0)), interval(seeds, part(1))
     gap = interval(seeds, lambda s, w: part(0)(s, w) - part(1)(s, w))
@@ -341,11 +344,8 @@ def class_intervals(ex: dict[str, np.ndarray], n_boot: int | None = None, rng: i
             if len(idx):
                 w += np.bincount(gen.choice(idx, len(idx)), minlength=n)
         nat, adv = class_means(ex, w)
-        cnt = nr.sum(1).clip(min=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            nr_rel = ((adv - nat) * nr).sum(1) / cnt / ((nat * nr).sum(1) / cnt)
         draws[b] = [class_accuracy(ex, w, "nat_ok"), class_accuracy(ex, w, "adv_ok"), _cosine_rows(adv, nat),
-                    np.where(nr.any(1), nr_rel, np.nan), alignment(ex, w)]
+                    _nr_over_rows(nat, adv, nr), alignment(ex, w)]
     lo, hi = np.nanpercentile(draws, 2.5, axis=0), np.nanpercentile(draws, 97.5, axis=0)
     cols = {}
     for i, name in enumerate(INTERVAL_COLUMNS):

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from chanscope import distributed as dist_util
+from chanscope.analysis import percent
 from chanscope.attacks.fold import folded
 from chanscope.attacks.graphed import graphed_pgd
 from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
@@ -133,7 +134,7 @@ def evaluate_subset(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tra
     counts = torch.tensor([nat, adv], dtype=torch.float64)
     dist_util.all_reduce_sum([counts])
     n = max(1, total)
-    return round(100.0 * float(counts[0]) / n, 2), round(100.0 * float(counts[1]) / n, 2)
+    return percent(int(counts[0]), n), percent(int(counts[1]), n)
 
 
 # ----------------------------------------------------------------------------------------------- Ctrl-C
@@ -305,16 +306,15 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.resolved_milestones(), gamma=0.1)
     loader = BatchLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, augment=augment,
                          seed=cfg.seed, device=device, rank=dist_util.rank(), world_size=dist_util.world_size())
-    eval_idx = balanced_subset(data.y_test, cfg.eval_n, data.num_classes, cfg.seed)
-    x_eval = data.x_test[eval_idx].to(device).float().div_(255)
-    y_eval = data.y_test[eval_idx].to(device)
-    v_idx = balanced_subset(val.y, cfg.eval_n, data.num_classes, cfg.seed) if cfg.val_n else None
-    x_val = val.x[v_idx].to(device).float().div_(255) if cfg.val_n else None
-    y_val = val.y[v_idx].to(device) if cfg.val_n else None
+    def fixed_set(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """eval_n class-balanced seeded images of (x, y) in [0, 1] on the device, measured every epoch."""
+        idx = balanced_subset(y, min(cfg.eval_n, len(y)), data.num_classes, cfg.seed)
+        return x[idx].to(device).float().div_(255), y[idx].to(device)
+
+    x_eval, y_eval = fixed_set(data.x_test, data.y_test)  # after the last epoch (every epoch without val_n)
+    x_val, y_val = fixed_set(val.x, val.y) if cfg.val_n else (None, None)  # selection reads these
     # the same measurement on training images: eval mode, mask from the prediction (as test sees the model)
-    tr_idx = balanced_subset(data.y_train, min(cfg.eval_n, len(data.y_train)), data.num_classes, cfg.seed)
-    x_tr_eval = data.x_train[tr_idx].to(device).float().div_(255)
-    y_tr_eval = data.y_train[tr_idx].to(device)
+    x_tr_eval, y_tr_eval = fixed_set(data.x_train, data.y_train)
 
     rows: list[dict[str, float]] = []
     start_epoch, best_metric, best_epoch = 0, -1.0, 0
@@ -407,7 +407,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after
             sums = torch.tensor([partial["loss_sum"], partial["correct"], partial["seen"]], dtype=torch.float64)
             dist_util.all_reduce_sum([sums])
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0] / sums[2].clamp_min(1)),
-                   "train_acc": round(100.0 * float(sums[1] / sums[2].clamp_min(1)), 2),
+                   "train_acc": percent(int(sums[1]), max(1, int(sums[2]))),
                    "val_nat_acc": v_nat, "val_pgd_acc": v_adv, "test_nat_acc": nat, "test_pgd_acc": adv,
                    "train_eval_nat_acc": tr_nat,
                    "train_eval_pgd_acc": tr_adv, "seconds": round(seconds, 2)}
