@@ -70,9 +70,6 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
     x, y = x[part], y[part]
     k = len(classes)
     rel = {name: RelevanceAccumulator(k) for name in layers}
-    nat_ok = torch.zeros(k, dtype=torch.float64)
-    adv_ok = torch.zeros(k, dtype=torch.float64)
-    count = torch.zeros(k, dtype=torch.float64)
     kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     kept_ok: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     torch.manual_seed(seed)
@@ -90,10 +87,6 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
                 for name in layers:
                     kept.setdefault(name, []).append((m_nat[name].float().cpu(), m_adv[name].float().cpu()))
                 kept_ok.append(((nat_pred == yb).cpu(), robust.cpu(), yb.cpu()))
-                yc = yb.cpu()
-                count.index_add_(0, yc, torch.ones(len(yc), dtype=torch.float64))
-                nat_ok.index_add_(0, yc, (nat_pred == yb).double().cpu())
-                adv_ok.index_add_(0, yc, robust.double().cpu())
                 for name in layers:
                     rel[name].update(relevance_scores(model, name, xb if relevance_on == "natural" else xa, yb,
                                                       relevance), yb)
@@ -108,10 +101,14 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
                 raise RuntimeError("a rank received no images; use fewer ranks than test images")
             dist_util.all_reduce_sum(st.tensors())
         dist_util.all_reduce_sum(rel[name].tensors())
-    dist_util.all_reduce_sum([nat_ok, adv_ok, count])
-    nat_acc = {c: percent(int(nat_ok[c]), int(count[c])) for c in range(k) if count[c] > 0}
-    adv_acc = {c: percent(int(adv_ok[c]), int(count[c])) for c in range(k) if count[c] > 0}
-    ok = [dist_util.gather_cat(torch.cat(t)).numpy() for t in zip(*kept_ok)]  # nat_ok, adv_ok, y: every layer's
+    ok = [dist_util.gather_cat(torch.cat(t)).numpy() for t in zip(*kept_ok)]  # nat_ok, adv_ok, y of every image
+    count = np.bincount(ok[2], minlength=k)
+
+    def per_class(hit: np.ndarray) -> dict[int, float]:
+        hits = np.bincount(ok[2], weights=hit, minlength=k)
+        return {c: percent(int(hits[c]), int(count[c])) for c in range(k) if count[c] > 0}
+
+    nat_acc, adv_acc = per_class(ok[0]), per_class(ok[1])
     results = []
     for name in layers:
         s_nat, s_adv = rec.stats[name]["natural"], rec.stats[name]["adversarial"]
