@@ -354,11 +354,11 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     """
     if scale is not None and scale not in SCALES:
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    if only not in (None, "train"):
+        raise ChanscopeError(f"only={only!r}: give 'train' (train every model and control, nothing else) or none")
     out = writable_dir(out)
     record_path = out / "pipeline.json"
     record = read_record(record_path)
-    if only not in (None, "train"):
-        raise ChanscopeError(f"only={only!r}: give 'train' (train every model and control, nothing else) or none")
     opts = study_options(record, {"scale": scale, "data": data, "seed": seed, "bf16": bf16, "with_cas": with_cas,
                                   "cifs_scratch": cifs_scratch, "seeds": seeds})
     scale, seed, bf16 = opts["scale"], opts["seed"], opts["bf16"]
