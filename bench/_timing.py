@@ -74,7 +74,7 @@ def paired_ratios(times: dict[str, list[float]], slow: str, fast: str) -> tuple[
 def training_step(cfg, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                   autocast: Callable[[], object], forward: torch.nn.Module | None = None) -> Callable[[], None]:
     """One `chanscope train` step of `cfg`'s method on a fixed batch (the loop's batch_loss, then the update)."""
-    from chanscope.train.loop import batch_loss
+    from chanscope.accel.training import batch_loss
 
     def step() -> None:
         model.train()

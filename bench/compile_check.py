@@ -16,6 +16,7 @@ import time
 import torch
 import torch.nn as nn
 
+from chanscope.accel.layout import set_layout
 from chanscope.device import pick_device
 from chanscope.models import create_model
 
@@ -55,7 +56,7 @@ def main() -> None:
     dev = pick_device(args.device)
     torch.manual_seed(0)
     model = create_model(args.arch, width=args.width).to(dev).train()
-    model.layout = "nchw"
+    set_layout(model, "nchw")
     x = torch.rand(args.batch, 3, 32, 32, device=dev)
     state = copy.deepcopy(model.state_dict())
     print(f"torch {torch.__version__}, {args.arch} width {args.width}, batch {args.batch}, train mode, {dev}")

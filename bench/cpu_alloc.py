@@ -2,7 +2,7 @@
 
     python bench/cpu_alloc.py [--width 1] [--batch 128] [--repeats 8] [--steps 10]
 
-The mode is process-wide (`chanscope.cpu_alloc`), so each side runs in a worker process of its own with the
+The mode is process-wide (`chanscope.accel.cpu_alloc`), so each side runs in a worker process of its own with the
 same model, weights and batch; the parent interleaves the rounds. Prints seconds per step (medians and the
 per-round ratio), minor page faults per step, and each worker's resident high-water mark after warm-up and
 after the last round (a heap that fragments keeps growing over the first steps). Expect a gain only
@@ -29,11 +29,11 @@ from _timing import (  # bench/ is on sys.path when run as a script
     training_step,
 )
 
-from chanscope.cpu_alloc import CPU_ALLOC_MODES
+from chanscope.accel.cpu_alloc import CPU_ALLOC_MODES
 
 
 def _worker(args, mode: str) -> None:
-    from chanscope.cpu_alloc import set_cpu_alloc
+    from chanscope.accel.cpu_alloc import set_cpu_alloc
     from chanscope.models import create_model
     from chanscope.train.config import build_config
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from _timing import bench_parser, embedded_batch, interleaved_medians  # bench/ is on sys.path when run as a script
 
+from chanscope.accel.fold import folded
+from chanscope.accel.graphed import graphed_pgd
 from chanscope.attacks import pgd
-from chanscope.attacks.fold import folded
-from chanscope.attacks.graphed import graphed_pgd
 from chanscope.device import pick_device
 from chanscope.models import create_model
 

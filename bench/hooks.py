@@ -15,8 +15,8 @@ from _timing import bench_parser, embedded_batch, sync  # bench/ is on sys.path 
 
 from chanscope.attacks import pgd
 from chanscope.device import pick_device
-from chanscope.hooks import ActivationRecorder
 from chanscope.models import create_model
+from chanscope.observe.hooks import ActivationRecorder
 
 
 def main() -> None:

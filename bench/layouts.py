@@ -6,7 +6,7 @@ Per stage (stem, layer1..): the stage's forward plus the gradient with respect t
 iteration's work; parameters frozen) with its input NCHW and channels-last, interleaved, medians, and the
 layout `hybrid` picks for it. Then one whole attack iteration (forward and input gradient of the model)
 and one training pass (forward and backward with parameter gradients, train mode) under each layout of
-`chanscope.models.layout`, with ratios against NCHW (on CPU the training pass stays NCHW under every layout,
+`chanscope.accel.layout`, with ratios against NCHW (on CPU the training pass stays NCHW under every layout,
 see the module's note on oneDNN, so its ratios show only noise). The hybrid rule (channels-last where a
 stage works at 16x16 or more) comes from this table on this project's CPU; run it on yours to check it.
 """
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from _timing import bench_parser, embedded_batch, interleaved_medians  # bench/ is on sys.path as a script
 
+from chanscope.accel.layout import HYBRID_MIN_SIDE, layout_of, set_layout, to_layout
 from chanscope.models import create_model
-from chanscope.models.layout import HYBRID_MIN_SIDE, to_layout
 
 
 def _stage_inputs(model, x: torch.Tensor) -> list[tuple[str, torch.nn.Module, torch.Tensor, int]]:
@@ -29,12 +29,13 @@ def _stage_inputs(model, x: torch.Tensor) -> list[tuple[str, torch.nn.Module, to
     seen: dict[str, torch.Tensor] = {}
     hooks = [hooked.register_forward_pre_hook(lambda _m, a, n=n: seen.setdefault(n, a[0].contiguous()))
              for n, (hooked, _, _) in mods.items()]
-    layout, model.layout = model.layout, "nchw"
+    layout = layout_of(model)
+    set_layout(model, "nchw")
     try:
         with torch.no_grad():
             model(x)
     finally:
-        model.layout = layout
+        set_layout(model, layout or "nchw")
         for h in hooks:
             h.remove()
     return [(n, module, seen[n], stride) for n, (_, module, stride) in mods.items()]
@@ -76,7 +77,7 @@ def main() -> None:
 
     def attack_iteration(layout: str):
         m = create_model(args.arch, width=args.width).to(dev).eval()
-        m.layout = layout
+        set_layout(m, layout)
         for p in m.parameters():
             p.requires_grad_(False)
         xr = x.clone().requires_grad_(True)
@@ -84,7 +85,7 @@ def main() -> None:
 
     def training_pass(layout: str):
         m = create_model(args.arch, width=args.width).to(dev).train()
-        m.layout = layout
+        set_layout(m, layout)
 
         def run() -> None:
             F.cross_entropy(m(x), y).backward()

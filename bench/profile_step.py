@@ -11,10 +11,10 @@ import torch
 from _timing import bench_parser, embedded_batch  # bench/ is on sys.path when run as a script
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from chanscope.accel.training import batch_loss
 from chanscope.device import pick_device
 from chanscope.models import create_model
 from chanscope.train.config import build_config
-from chanscope.train.loop import batch_loss
 
 
 def main() -> None:

@@ -14,13 +14,13 @@ from contextlib import nullcontext
 import torch
 from _timing import bench_parser, embedded, embedded_batch, sync  # bench/ is on sys.path when run as a script
 
-from chanscope.activations import study_activations
+from chanscope.accel.training import batch_loss
 from chanscope.attacks.suite import parse_attacks
 from chanscope.device import pick_device
-from chanscope.hooks import ActivationRecorder
 from chanscope.models import create_model
+from chanscope.observe.hooks import ActivationRecorder
 from chanscope.train.config import build_config
-from chanscope.train.loop import batch_loss
+from chanscope.workflows.activations import study_activations
 
 
 def _time(fn, repeats: int, dev: torch.device) -> float:

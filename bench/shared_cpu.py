@@ -37,10 +37,10 @@ def worker(repeats: int, loop: bool) -> None:
         os.environ.pop("OMP_WAIT_POLICY", None)  # OpenMP's own default, whatever chanscope sets
     import torch
 
+    from chanscope.accel.training import batch_loss
     from chanscope.data import load_data
     from chanscope.models import create_model
     from chanscope.train.config import build_config
-    from chanscope.train.loop import batch_loss
 
     if "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

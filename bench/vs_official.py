@@ -14,10 +14,10 @@ side runs ours with every activation NCHW (`--layout nchw`), the share of the hy
 ratio of medians it prints each round's ratio (median and range): the sides of a round run back to back, so
 a shared host that slows down for minutes moves both.
 
-CPU allocator (`chanscope.cpu_alloc`): `--cpu-alloc system|reuse` sets it for the whole process, so both codes
+CPU allocator (`chanscope.accel.cpu_alloc`): `--cpu-alloc system|reuse` sets it for the whole process, so both codes
 run with it (default system: glibc's defaults, as the official code runs). `--shipped` instead runs each side
 in a worker process of its own, as each tool runs for its users: the official code with glibc's defaults,
-chanscope with its default (`chanscope.cpu_alloc.DEFAULT_CPU_ALLOC`), plus chanscope with the other mode
+chanscope with its default (`chanscope.accel.cpu_alloc.DEFAULT_CPU_ALLOC`), plus chanscope with the other mode
 (`chanscope-reuse` or `chanscope-system`: the allocator's share); the parent still interleaves the rounds.
 """
 
@@ -46,7 +46,8 @@ from _timing import (  # bench/ is on sys.path when run as a script
     training_step,
 )
 
-from chanscope.cpu_alloc import CPU_ALLOC_MODES, DEFAULT_CPU_ALLOC
+from chanscope.accel.cpu_alloc import CPU_ALLOC_MODES, DEFAULT_CPU_ALLOC
+from chanscope.accel.layout import set_layout
 
 
 def official_step_factory(path: str, dev: torch.device, batch: torch.Tensor, labels: torch.Tensor):
@@ -102,7 +103,7 @@ def ours_step_factory(dev: torch.device, batch: torch.Tensor, labels: torch.Tens
     cfg = build_config(None, method="cifs", arch="resnet18", steps=10, step_size=2 / 255, bf16=bf16,
                        cuda_graphs=graphs)
     model = create_model("resnet18", feature_select="cifs", probes=["nonlinear", "linear"]).to(dev)
-    model.layout = layout
+    set_layout(model, layout)
     if official_net is not None:  # same weights, no normalisation, as the official model
         model.load_state_dict({k: v.to(dev) for k, v in
                                convert_official_state_dict(official_net.state_dict()).items()})
@@ -140,13 +141,13 @@ def main() -> None:
     ap.add_argument("--memory-only", action="store_true", help="Skip the timing; measure peak memory only.")
     ap.add_argument("--no-memory", action="store_true", help="Skip the peak-memory subprocesses.")
     ap.add_argument("--cpu-alloc", choices=CPU_ALLOC_MODES, default="system",
-                    help="CPU allocator of this process, so of both codes (chanscope.cpu_alloc).")
+                    help="CPU allocator of this process, so of both codes (chanscope.accel.cpu_alloc).")
     ap.add_argument("--shipped", action="store_true",
                     help="CPU: each side in its own process with its own default allocator (official: system, "
                     "chanscope: its default), plus chanscope with the other mode.")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from chanscope.cpu_alloc import set_cpu_alloc
+    from chanscope.accel.cpu_alloc import set_cpu_alloc
     from chanscope.device import pick_device
 
     set_cpu_alloc(args.cpu_alloc)

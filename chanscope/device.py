@@ -17,5 +17,5 @@ def pick_device(name: str | None = None) -> torch.device:
     except RuntimeError:
         raise ChanscopeError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ChanscopeError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+        raise ChanscopeError(f"device {name!r} asked for but CUDA is not available; use `device` cpu")
     return dev

@@ -18,7 +18,7 @@ import torch
 
 from chanscope.errors import ChanscopeError
 
-__all__ = ["WriteError", "atomic_write_bytes", "atomic_torch_save", "atomic_write_json", "atomic_write_csv",
+__all__ = ["WriteError", "atomic_write_bytes", "atomic_torch_save", "atomic_write_json", "atomic_write_csv", "versions",
            "read_json"]
 
 
@@ -48,7 +48,7 @@ def _write_error(path: Path, cause: OSError) -> WriteError:
     full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
     hint = "free disk space" if full else "check the folder's permissions or pick another"
     err = WriteError(f"cannot write {str(path)!r} ({cause.strerror or cause}); {hint}, then run again (a training "
-                     "run continues with --resume); the file that was there is kept")
+                     "run continues with `resume`); the file that was there is kept")
     err.errno = cause.errno
     return err
 
@@ -109,3 +109,15 @@ def read_json(path: Path) -> dict:
 
 def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
     atomic_write_bytes(path, df.to_csv(index=False).encode())
+
+
+def versions() -> dict[str, str]:
+    """The software a result was made with, for the records every workflow writes."""
+    import platform
+
+    import torchvision
+
+    from chanscope import __version__
+
+    return {"chanscope": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}

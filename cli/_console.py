@@ -8,6 +8,7 @@ get a wide console instead of being cut to 80 columns.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import typer
@@ -102,14 +103,17 @@ def progress() -> Progress | LineProgress:
                     TimeRemainingColumn(), console=console)
 
 
-# library messages name options as the Python API spells them; on the command line they are flags
-_FLAGS = {"classes_by='position'": "--classes-by position"}
+# library messages name options as the Python API spells them, in backquotes (`data_root`, `classes_by`='x');
+# on the command line they are flags (--data-root, --classes-by x)
+_OPTION = re.compile(r"`([a-z][a-z0-9_]*)`(?:=(?:'([^']*)'|(\S+)))?")
 
 
-def _as_flags(message: str) -> str:
-    for option, flag in _FLAGS.items():
-        message = message.replace(option, flag)
-    return message
+def as_flags(message: str) -> str:
+    """A library message with its option names as this CLI's flags."""
+    def flag(m: re.Match) -> str:
+        value = m.group(2) if m.group(2) is not None else m.group(3)
+        return "--" + m.group(1).replace("_", "-") + (f" {value}" if value is not None else "")
+    return _OPTION.sub(flag, message)
 
 
 class StageDisplay:
@@ -147,6 +151,6 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ChanscopeError as e:
-            raise fail(_as_flags(str(e))) from None
+            raise fail(as_flags(str(e))) from None
 
     return wrapper

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chanscope.ablate import parse_vary, run_ablation
+from chanscope.workflows.ablate import parse_vary, run_ablation
 
 from ._console import console
 from ._options import DataOpt, DeviceOpt

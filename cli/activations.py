@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chanscope.activations import run_activations
 from chanscope.errors import parse_fraction
-from chanscope.relevance import RELEVANCE_METHODS
+from chanscope.observe.relevance import RELEVANCE_METHODS
+from chanscope.workflows.activations import run_activations
 
 from ._console import console, progress
 from ._options import ClassesByOpt, DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt

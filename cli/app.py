@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from chanscope.cpu_alloc import DEFAULT_CPU_ALLOC, set_cpu_alloc
+from chanscope.accel.cpu_alloc import DEFAULT_CPU_ALLOC, set_cpu_alloc
 
 from ._console import handle_errors
 from .ablate import ablate_command

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from chanscope.errors import parse_fraction
-from chanscope.evaluate import run_eval, verdict
+from chanscope.workflows.evaluate import run_eval, verdict
 
 from ._console import console, progress
 from ._options import ClassesByOpt, DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt

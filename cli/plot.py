@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from chanscope import plots
-from chanscope.report import write_report
+from chanscope.workflows import plots
+from chanscope.workflows.report import write_report
 
 from ._console import console, handle_errors
 

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from chanscope.pipeline import SCALES, reproduce
-from chanscope.train import TrainInterrupted
+from chanscope.workflows.pipeline import SCALES, reproduce
+from chanscope.workflows.training import TrainInterrupted
 
 from ._console import StageDisplay, console
 from ._options import DataOpt, DataRootOpt, DeviceOpt, SeedOpt

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from chanscope.series import DEFAULT_BUDGETS, SERIES_COLUMNS, run_series
-from chanscope.train import TrainInterrupted
+from chanscope.workflows.series import DEFAULT_BUDGETS, SERIES_COLUMNS, run_series
+from chanscope.workflows.training import TrainInterrupted
 
 from ._console import StageDisplay, console
 from ._options import DataOpt, DataRootOpt, DeviceOpt, SeedOpt

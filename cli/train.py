@@ -11,17 +11,20 @@ import typer
 from rich.table import Table
 
 from chanscope.errors import parse_int_list
-from chanscope.train import METHODS, PRESETS, TrainInterrupted, build_config, config_diff, load_run_config, train
+from chanscope.scales import SCALES
+from chanscope.train import METHODS, build_config
 from chanscope.train.config import default_preset
+from chanscope.workflows.training import TrainInterrupted, resume_config
+from chanscope.workflows.training import fit as train
 
-from ._console import console, fail, progress
+from ._console import as_flags, console, fail, progress
 from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
 
 
 def train_command(
     method: Annotated[Optional[str], typer.Option(help=f"One of: {', '.join(METHODS)} (default cifs).")] = None,
     preset: Annotated[Optional[str], typer.Option(
-        help=f"One of: {', '.join(PRESETS)} (default: paper on a GPU, cpu on a CPU).")] = None,
+        help=f"A scale, one of: {', '.join(SCALES)} (default: paper on a GPU, cpu on a CPU).")] = None,
     arch: Annotated[Optional[str], typer.Option(help="Registry name, e.g. resnet18, wrn28_10.")] = None,
     width: Annotated[Optional[float], typer.Option(help="Channel multiplier, e.g. 0.25 on CPU.")] = None,
     natural: Annotated[Optional[bool], typer.Option("--natural", help="cifs/cas: natural training only.")] = None,
@@ -78,18 +81,10 @@ def train_command(
         "bf16": bf16, "layout": layout,
         "compile": compile, "cuda_graphs": cuda_graphs, "seed": seed, "device": device,
     }
+    if resume and out is None:
+        raise fail("--resume needs --out DIR, the run folder to continue")
     if resume:
-        if out is None:
-            raise fail("--resume needs --out DIR, the run folder to continue")
-        stored = load_run_config(out)
-        explicit = {k for k, v in given.items() if v is not None}
-        stored_values = {k: v for k, v in stored.to_dict().items() if k != "preset"}
-        candidate = build_config(preset or stored.preset, **{**stored_values, **{k: given[k] for k in explicit}})
-        diff = config_diff(stored, candidate, explicit | ({"preset"} if preset else set()))
-        if diff:
-            raise fail(f"--resume on a run with different options ({'; '.join(diff)}); drop them or use a new --out")
-        cfg = candidate
-        cfg.preset = stored.preset
+        cfg = resume_config(out, given, preset)
     else:
         if preset is None:
             preset = default_preset(device)
@@ -98,15 +93,26 @@ def train_command(
         cfg = build_config(preset, **given)
     if out is None:
         out = Path("runs") / f"{cfg.method}-{cfg.arch}-{datetime.now():%Y%m%d-%H%M%S}"
-
     bar = progress()
+    try:
+        result = train(cfg, out, resume=resume, **_callbacks(cfg, out, bar))
+    except TrainInterrupted as e:
+        bar.stop()
+        raise fail(as_flags(str(e)), code=130) from None
+    finally:
+        bar.stop()
+    _render(result, cfg, out)
+
+
+def _callbacks(cfg, out: Path, bar) -> dict:
+    """Progress: a header and notes on start, a bar per epoch, one line per finished epoch."""
     task = {"id": None, "t": time.time()}
 
     def on_start(info: dict) -> None:
         console.print(f"[bold]chanscope train[/] {cfg.method} {cfg.arch} width {cfg.width} on {info['device']}: "
                       f"{info['n_train']} images, {info['params'] / 1e6:.2f} M parameters -> {out}")
         for note in info["notes"]:  # options asked for that do not apply here (the library decides)
-            console.print(f"[yellow]note:[/] {note}")
+            console.print(f"[yellow]note:[/] {as_flags(note)}")
         bar.start()
         task["id"] = bar.add_task("epoch", total=info["batches"], info="")
 
@@ -124,13 +130,10 @@ def train_command(
                           f"train {row['train_acc']:.1f}%  {held} nat {row[held + '_nat_acc']:.1f}%  "
                           f"pgd {row[held + '_pgd_acc']:.1f}%{test}  {row['seconds']:.0f}s", highlight=False)
 
-    try:
-        result = train(cfg, out, resume=resume, on_batch=on_batch, on_epoch=on_epoch, on_start=on_start)
-    except TrainInterrupted as e:
-        bar.stop()
-        raise fail(str(e), code=130) from None
-    finally:
-        bar.stop()
+    return {"on_start": on_start, "on_batch": on_batch, "on_epoch": on_epoch}
+
+
+def _render(result, cfg, out: Path) -> None:
     table = Table(title=f"{cfg.method} {cfg.arch} ({out})")
     for col in ("epoch", "lr", "train loss", "train acc %", "val nat %", "val PGD %", "test nat %", "test PGD %",
                 "s"):

@@ -39,12 +39,13 @@ grep -v "━" "$OUT/reproduce.log" | tail -25
 
 stamp "AT in float32, 2 epochs (bf16 check)"
 timeout $(( $(left) - 75 )) python3 - <<PYEOF 2>&1 | tee "$OUT/fp32.log"
-from chanscope.pipeline import SCALES
-from chanscope.train import build_config, train
-from chanscope.train.loop import TrainInterrupted
+from chanscope.scales import SCALES
+from chanscope.train import build_config
+from chanscope.workflows.training import fit as train
+from chanscope.workflows.training import TrainInterrupted
 import pandas as pd
 sc = SCALES["$SCALE"]
-cfg = build_config(sc.preset, **sc.train, seed=0, data="$D", method="at",
+cfg = build_config(sc.name, **sc.train, seed=0, data="$D", method="at",
                    init="runs/reproduce-gpu/standard/last.pt", bf16=False)
 try:
     train(cfg, "runs/gpu-at-fp32", stop_after=2)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from chanscope.report import _md, load_seeds, observations, overall_accuracy
-from chanscope.verdicts import relgap
+from chanscope.observe.verdicts import relgap
+from chanscope.workflows.report import load_seeds, markdown_table, observations, overall_accuracy
 
 
 def main(study: str, *ablations: str) -> None:
@@ -30,7 +30,7 @@ def main(study: str, *ablations: str) -> None:
                      "sanity": "pass" if s.get("sanity") and all(c["passed"] for c in s["sanity"]) else
                      ("FAIL" if s.get("sanity") else "-")})
     print("### Robust accuracy (%, 500 test images; AutoAttack on 100)\n")
-    print(_md(pd.DataFrame(rows)))
+    print(markdown_table(pd.DataFrame(rows)))
     print()
     al = []
     for m in models:
@@ -43,7 +43,7 @@ def main(study: str, *ablations: str) -> None:
                        "Spearman nat": c.spearman_nat.mean(), "Spearman adv": c.spearman_adv.mean(),
                        "NR channels": c.n_nr.mean()})
     print("### Alignment (penultimate layer, means over classes, 1,000 test images, PGD-20)\n")
-    print(_md(pd.DataFrame(al), 3))
+    print(markdown_table(pd.DataFrame(al), 3))
     print()
     print("### The paper's observations\n")
     for o in observations({m: out / m for m in [*models, "random"]}):
@@ -51,7 +51,7 @@ def main(study: str, *ablations: str) -> None:
     print()
     st = pd.DataFrame([{"stage": k, "minutes": v["seconds"] / 60} for k, v in rec["stages"].items()])
     print(f"### Wall time per stage (total {st.minutes.sum():.0f} min)\n")
-    print(_md(st, 1))
+    print(markdown_table(st, 1))
     print()
     for ablation in ablations:
         _ablation(Path(ablation))
@@ -70,10 +70,10 @@ def _ablation(folder: Path) -> None:
                      "last epoch: acc on training batches %": last.train_acc,
                      "last epoch: test natural %": last.test_nat_acc})
     print(f"### {folder.name}\n")
-    print(_md(pd.DataFrame(rows)))
+    print(markdown_table(pd.DataFrame(rows)))
     g = df.groupby("setting", sort=False).robust_acc.agg(["mean", "min", "max", "count"]).reset_index()
     print()
-    print(_md(g.rename(columns={"mean": "robust mean", "min": "min", "max": "max", "count": "seeds"})))
+    print(markdown_table(g.rename(columns={"mean": "robust mean", "min": "min", "max": "max", "count": "seeds"})))
     print()
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -14,14 +12,14 @@ from chanscope.cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from chanscope.activations import study_activations
-from chanscope.analysis import channels_table, classes_table, spearman
 from chanscope.attacks.suite import parse_attacks
 from chanscope.checkpoint import save_checkpoint
 from chanscope.errors import ChanscopeError
-from chanscope.hooks import ActivationRecorder, default_layer
 from chanscope.models import create_model
-from chanscope.relevance import relevance_scores
+from chanscope.observe.analysis import channels_table, classes_table, spearman
+from chanscope.observe.hooks import ActivationRecorder, default_layer
+from chanscope.observe.relevance import relevance_scores
+from chanscope.workflows.activations import study_activations
 
 
 @pytest.fixture(scope="module")
@@ -186,22 +184,19 @@ def test_channels_table_shape():
 def test_activations_cli_and_bad_input(tmp_path, embedded):
     m = create_model("resnet10", width=0.125, feature_select="cifs")
     save_checkpoint(tmp_path / "m.pt", m)
-    run = [sys.executable, "-m", "chanscope.cli.app", "activations", "--model", str(tmp_path / "m.pt"), "--n", "20",
-           "--attack", "pgd2"]
-    r = subprocess.run(run + ["--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    run = ["activations", "--model", str(tmp_path / "m.pt"), "--n", "20", "--attack", "pgd2"]
+    r = CliRunner().invoke(app, run + ["--out", str(tmp_path / "o")])  # in-process
+    assert r.exit_code == 0, r.output
     ch = pd.read_csv(tmp_path / "o" / "channels.csv")
     assert len(ch) == 10 * 64 and ch.n.sum() == 20 * 64
     # unmasked CIFS features (before the mask) and a 2-D output, one set of files per layer
-    r = subprocess.run(run + ["--layer", "layer4.0.block", "--layer", "linear", "--out", str(tmp_path / "o2")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    r = CliRunner().invoke(app, run + ["--layer", "layer4.0.block", "--layer", "linear", "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 0, r.output
     assert (tmp_path / "o2" / "classes-layer4.0.block.csv").is_file()
     assert len(pd.read_csv(tmp_path / "o2" / "channels-linear.csv")) == 10 * 10
     # the CIFS probe runs twice per forward (relevance, then logits): reported, not mixed
-    r = subprocess.run(run + ["--layer", "layer4.0.select.probe.1", "--out", str(tmp_path / "o3")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "ran 2 times" in r.stderr
+    r = CliRunner().invoke(app, run + ["--layer", "layer4.0.select.probe.1", "--out", str(tmp_path / "o3")])
+    assert r.exit_code == 2 and "ran 2 times" in r.stderr
     before = (tmp_path / "o" / "channels.csv").read_bytes()
     two = tmp_path / "two"  # an ImageFolder of 2 classes: not the data the 10-class model was made for
     for split, c, i in itertools.product(("train", "test"), ("a", "b"), range(2)):
@@ -212,11 +207,11 @@ def test_activations_cli_and_bad_input(tmp_path, embedded):
                            (["--eps", "0"], "outside (0, 1]"),
                            (["--threshold", "nan"], "threshold=nan must be in [0, 1)"),
                            (["--data", str(two), "--n", "4"], "predicts 10 classes, data 'two' has 2")]:
-        r = CliRunner().invoke(app, [*run[3:], *extra, "--out", str(tmp_path / "o")])  # in-process
+        r = CliRunner().invoke(app, [*run, *extra, "--out", str(tmp_path / "o")])
         assert r.exit_code == 2 and pattern in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
     if os.geteuid() != 0:  # root can write anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
-        r = subprocess.run(run + ["--out", str(ro)], capture_output=True, text=True)
-        assert r.returncode == 2 and "not writable" in r.stderr
+        r = CliRunner().invoke(app, run + ["--out", str(ro)])
+        assert r.exit_code == 2 and "not writable" in r.stderr
     assert (tmp_path / "o" / "channels.csv").read_bytes() == before

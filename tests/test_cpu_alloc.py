@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from chanscope.cpu_alloc import _glibc, check_cpu_alloc
+from chanscope.accel.cpu_alloc import _glibc, check_cpu_alloc
 from chanscope.errors import ChanscopeError
 
 _PROBE = """
 import resource, sys, torch
-from chanscope.cpu_alloc import set_cpu_alloc
+from chanscope.accel.cpu_alloc import set_cpu_alloc
 for mode in sys.argv[1].split(","):  # applied in order
     assert set_cpu_alloc(mode) == mode
 def faults():
@@ -35,6 +35,7 @@ def _faults_per_tensor(mode: str) -> float:
 
 
 @pytest.mark.skipif(_glibc() is None, reason="mallopt needs glibc (Linux)")
+@pytest.mark.slow  # a full-width step in a subprocess
 def test_reuse_keeps_large_blocks_mapped():
     """48 MiB is 12,288 pages of 4 KiB: glibc maps (and the kernel faults in) each of them afresh for every
     new tensor above its 32 MiB mmap limit; with "reuse" the second and later tensors find them mapped."""

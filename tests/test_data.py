@@ -123,7 +123,7 @@ def test_bad_sources_give_clear_errors(tmp_path):
     junk.write_bytes(b"this is not an archive")
     with pytest.raises(ChanscopeError, match="cannot read archive"):
         load_data(str(junk))
-    with pytest.raises(ChanscopeError, match="--data-root"):
+    with pytest.raises(ChanscopeError, match="`data_root`"):
         load_data("cifar10")
     with pytest.raises(ChanscopeError, match="does not exist"):
         load_data("cifar10", root=tmp_path / "missing")

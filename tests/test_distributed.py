@@ -37,13 +37,13 @@ def _worker(rank: int, world: int, port: int, fn_name: str, out: str) -> None:
 
 
 def _train_job(out: str) -> None:
-    from chanscope.train import train
+    from chanscope.workflows.training import fit as train
 
     train(build_config("smoke", **CFG), out)
 
 
 def _stats_job(out: str) -> None:
-    from chanscope import distributed as dist_util
+    from chanscope.accel import distributed as dist_util
 
     dist_util.setup()
     res = _study()
@@ -52,10 +52,10 @@ def _stats_job(out: str) -> None:
 
 
 def _study():
-    from chanscope.activations import study_activations
     from chanscope.attacks.suite import parse_attacks
     from chanscope.data import load_data
     from chanscope.models import create_model
+    from chanscope.workflows.activations import study_activations
 
     torch.manual_seed(0)
     model = create_model("resnet10", width=0.125).eval()
@@ -71,11 +71,12 @@ def _spawn(fn_name: str, out: str, world: int = 2) -> None:
     mp.start_processes(_worker, args=(world, _port(), fn_name, out), nprocs=world, join=True, start_method="spawn")
 
 
+@pytest.mark.slow  # two training processes and one reference run
 def test_two_ranks_train_like_one_process_with_the_same_global_batch(tmp_path):
     _spawn("_train_job", str(tmp_path / "ddp"))
     import chanscope
     from chanscope.data import BatchLoader
-    from chanscope.train.loop import build_model, prepare_data
+    from chanscope.train.setup import build_model, prepare_data
 
     cfg = build_config("smoke", **CFG)
     torch.manual_seed(cfg.seed)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,9 +14,10 @@ from chanscope.attacks.external import autoattack, square
 from chanscope.attacks.suite import parse_attacks
 from chanscope.checkpoint import load_model, save_checkpoint
 from chanscope.errors import ChanscopeError
-from chanscope.evaluate import evaluate, sanity_checks
 from chanscope.models import create_model
-from chanscope.train import build_config, train
+from chanscope.train import build_config
+from chanscope.workflows.evaluate import evaluate, sanity_checks
+from chanscope.workflows.training import fit as train
 
 EPS = 8 / 255
 runner = CliRunner()
@@ -154,8 +154,8 @@ def test_sanity_checks_flag_a_masked_model_and_pass_a_plain_one(trained, batch):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "chanscope.cli.app", "eval", *args], capture_output=True,
-                          text=True)
+    r = runner.invoke(app, ["eval", *args])  # in-process: a subprocess would only add torch's start-up
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.output)
 
 
 def test_eval_cli_writes_tables_and_rejects_bad_input(trained, tmp_path):
@@ -206,7 +206,7 @@ def test_parse_attacks_rejects_bad_values():
 
 @pytest.mark.parametrize("select", ["none", "cifs", "cas"])
 def test_folded_batchnorm_copy_is_the_same_function(select, batch):
-    from chanscope.attacks.fold import folded_copy
+    from chanscope.accel.fold import folded_copy
 
     torch.manual_seed(0)
     m = create_model("resnet18", width=0.125, feature_select=select).train()
@@ -227,7 +227,7 @@ def test_folded_batchnorm_copy_is_the_same_function(select, batch):
 
 def test_folded_twin_is_cached_and_follows_training_and_device_moves(batch):
     """The twin is built once, shares unfolded tensors, and always computes the model's current function."""
-    from chanscope.attacks.fold import folded_copy
+    from chanscope.accel.fold import folded_copy
 
     torch.manual_seed(1)
     x, y = batch
@@ -245,7 +245,7 @@ def test_folded_twin_is_cached_and_follows_training_and_device_moves(batch):
         m.eval()
         with torch.no_grad():
             assert torch.allclose(f(x), m(x), atol=1e-4, rtol=1e-4)
-    from chanscope.attacks.fold import folded
+    from chanscope.accel.fold import folded
 
     with folded(m) as f:  # the attack's span: the same function; afterwards its folded weights are released
         assert f is first
@@ -265,7 +265,7 @@ def test_folded_twin_is_cached_and_follows_training_and_device_moves(batch):
 def test_graphed_pgd_static_buffer_iteration_equals_pgd(select, batch):
     """The CUDA-graph attack's static-buffer iteration (run eagerly here) computes pgd exactly: same random
     start, same steps, buffers reused across batches of one shape; a shape beyond the cache falls back."""
-    from chanscope.attacks.graphed import graphed_pgd
+    from chanscope.accel.graphed import graphed_pgd
 
     torch.manual_seed(0)
     m = create_model("resnet18", width=0.125, feature_select=select)
@@ -290,7 +290,7 @@ def test_graphed_pgd_static_buffer_iteration_equals_pgd(select, batch):
 
 def test_folded_twin_kept_for_graphs_refreshes_in_place(batch):
     """keep=True: the folded weights stay at their addresses (a CUDA graph reads them) and follow training."""
-    from chanscope.attacks.fold import folded
+    from chanscope.accel.fold import folded
 
     torch.manual_seed(2)
     x, y = batch
@@ -314,7 +314,7 @@ def test_folded_twin_kept_for_graphs_refreshes_in_place(batch):
 def test_graphed_pgd_cache_does_not_keep_models_alive(batch):
     import gc
 
-    from chanscope.attacks import graphed
+    from chanscope.accel import graphed
 
     m = create_model("resnet18", width=0.125)
     graphed.graphed_pgd(m, batch[0][:4], batch[1][:4], eps=EPS, alpha=2 / 255, steps=1, capture=False)
@@ -326,7 +326,7 @@ def test_graphed_pgd_cache_does_not_keep_models_alive(batch):
 
 
 def test_graphed_pgd_falls_back_to_eager_with_one_warning_when_capture_fails(batch, monkeypatch):
-    from chanscope.attacks import graphed
+    from chanscope.accel import graphed
 
     def refuse(*a, **k):
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -353,12 +353,12 @@ def test_graphed_pgd_falls_back_to_eager_with_one_warning_when_capture_fails(bat
 def test_data_of_a_run_that_moved_says_where_the_name_came_from(tmp_path):
     import json
 
-    from chanscope.runs import data_of_run
+    from chanscope.workflows.runs import data_of_run
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"config": {"data": str(tmp_path / "moved.tar.gz")}}))
-    with pytest.raises(ChanscopeError, match=r"moved.tar.gz.*config.json names: give --data where it is now"):
+    with pytest.raises(ChanscopeError, match=r"moved.tar.gz.*config.json names: give `data` where it is now"):
         data_of_run(run / "best.pt")
     assert data_of_run(run / "best.pt", "embedded").name == "embedded"  # --data wins over the run's own
     with pytest.raises(ChanscopeError) as e:  # a name given on the command line gets no such hint
@@ -368,7 +368,7 @@ def test_data_of_a_run_that_moved_says_where_the_name_came_from(tmp_path):
 
 def test_a_model_refuses_images_of_another_size_than_it_was_trained_on(trained, tmp_path):
     """Convolutions and adaptive pooling take 8x8 images from a 32x32 model without complaint: wrong numbers."""
-    from chanscope.runs import check_fits
+    from chanscope.workflows.runs import check_fits
 
     model, run = trained
     assert model.input_shape == (3, 32, 32)  # train() records it in the checkpoint

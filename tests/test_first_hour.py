@@ -15,18 +15,21 @@ from chanscope.cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from chanscope import pipeline, plots, report, verdicts
-from chanscope.activations import run_activations, write_examples
-from chanscope.analysis import most_and_least_robust
 from chanscope.checkpoint import load_model, save_checkpoint
 from chanscope.data import ImageData, load_data
 from chanscope.errors import ChanscopeError
-from chanscope.evaluate import default_attacks, run_eval
 from chanscope.io import atomic_write_json
 from chanscope.models import create_model
-from chanscope.runs import match_classes
-from chanscope.train import TrainInterrupted, build_config, train
+from chanscope.observe import verdicts
+from chanscope.observe.analysis import most_and_least_robust
+from chanscope.train import build_config
 from chanscope.train.config import default_preset
+from chanscope.workflows import pipeline, plots, report
+from chanscope.workflows.activations import run_activations, write_examples
+from chanscope.workflows.evaluate import default_attacks, run_eval
+from chanscope.workflows.runs import match_classes
+from chanscope.workflows.training import TrainInterrupted
+from chanscope.workflows.training import fit as train
 
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 runner = CliRunner()
@@ -57,7 +60,7 @@ def _fake_study(out, options):
     out.mkdir(parents=True, exist_ok=True)
     record = {"stages": {"train standard": {"seconds": 1.0, "command": "x", "kind": "train", "model": "standard"}},
               **options, "options": options, "scale_settings": json.loads(json.dumps(
-                  pipeline.SCALES[options["scale"]].__dict__))}
+                  pipeline.SCALES[options["scale"]].settings()))}
     (out / "pipeline.json").write_text(json.dumps(record))
     return (out / "pipeline.json").read_bytes()
 
@@ -68,7 +71,7 @@ def test_a_study_folder_refuses_options_it_was_not_made_with(tmp_path):
     before = _fake_study(tmp_path / "s", made)
     for given, name in [({"data": "cifar10"}, "data"), ({"scale": "cpu"}, "scale"), ({"seed": 1}, "seed"),
                         ({"bf16": True}, "bf16")]:
-        with pytest.raises(ChanscopeError, match=f"made with {name} .*pick another --out") as e:
+        with pytest.raises(ChanscopeError, match=f"made with {name} .*pick another `out`") as e:
             pipeline.reproduce(tmp_path / "s", **given)
         assert "\n" not in str(e.value)
         assert (tmp_path / "s" / "pipeline.json").read_bytes() == before  # nothing rewritten
@@ -108,7 +111,7 @@ def test_class_names_must_match_or_be_mapped_explicitly(tiny, tmp_path):
             (folder / split / f"kind{i}").mkdir(parents=True)
             Image.fromarray(np.full((32, 32, 3), 20 * i, np.uint8)).save(folder / split / f"kind{i}" / "0.png")
     with pytest.raises(ChanscopeError, match="trained on classes airplane, .*first difference: 'airplane' vs "
-                                             "'kind0'.*classes_by='position'"):
+                                             "'kind0'.*`classes_by`='position'"):
         run_eval(str(tiny), "fgsm", 8 / 255, data=str(folder), out=str(tmp_path / "o"))
     assert not (tmp_path / "o" / "eval.csv").exists()
     res = _cli("eval", "--model", str(tiny), "--data", str(folder), "--attacks", "fgsm", "--out", str(tmp_path / "o"))
@@ -160,7 +163,7 @@ def test_report_models_table_shows_widths_and_a_partial_study_is_well_formed(tmp
     text = report.write_report([run], tmp_path / "report.md")
     models = _md_tables(text)[0]
     row = dict(zip(models[0], models[2]))
-    assert row["width"] == "0.125" and row["epochs"] == "0/2", row
+    assert row["width"] == "0.125" and row["epochs"] == "0/3", row
     for t in _md_tables(text):
         assert len({len(r) for r in t}) == 1, t
     empty = report.write_report([], tmp_path / "empty.md")  # a --time-limit that ended before any training
@@ -252,7 +255,7 @@ def test_fashion_mnist_files_in_the_wrong_folder_get_the_layout(tmp_path):
 
 # --------------------------------------------------------------------------------------- defaults, output
 def test_activations_default_is_a_subset_a_user_can_wait_for(tiny, tmp_path, monkeypatch):
-    import chanscope.activations as act
+    import chanscope.workflows.activations as act
 
     monkeypatch.setattr(act, "DEFAULT_N", 20)
     _, meta = run_activations(str(tiny), attack="fgsm", out=str(tmp_path))

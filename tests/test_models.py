@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from chanscope.accel.layout import set_layout
 from chanscope.errors import ChanscopeError
 from chanscope.models import CAS, CIFS, create_model, list_models
 
@@ -139,26 +140,26 @@ def test_layout_picks_format_per_stage_and_only_changes_rounding():
     """hybrid: channels-last where a stage works at 16x16 or more (32x32 input: stem, layer1, layer2), NCHW
     below; passes with parameter gradients stay NCHW on CPU; every layout gives the same logits, probe
     logits and input gradient up to float rounding, on a CIFS model in both modes."""
-    from chanscope.models.layout import resolve_layout
+    from chanscope.accel.layout import resolve_layout
 
     assert resolve_layout("auto", "cpu") == "hybrid" and resolve_layout("auto", "cuda") == "keep"
     torch.manual_seed(0)
     model = create_model("resnet18", width=0.125, feature_select="cifs")
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
-    model.layout = "hybrid"
+    set_layout(model, "hybrid")
     assert _stage_input_formats(model.eval(), x) == {"stem": "channels_last", "layer1": "channels_last",
                                                      "layer2": "channels_last", "layer3": "nchw", "layer4": "nchw"}
-    model.layout = "auto"  # on CPU: hybrid
+    set_layout(model, "auto")  # on CPU: hybrid
     assert _stage_input_formats(model, x)["layer2"] == "channels_last"
-    model.layout = "channels_last"
+    set_layout(model, "channels_last")
     assert set(_stage_input_formats(model, x).values()) == {"channels_last"}
-    model.layout = "nchw"
+    set_layout(model, "nchw")
     assert set(_stage_input_formats(model, torch.rand(4, 3, 32, 32).contiguous(
         memory_format=torch.channels_last)).values()) == {"nchw"}
     # a pass that computes parameter gradients stays NCHW on CPU (oneDNN's channels-last weight gradient faults)
     seen = []
     handle = model.conv1.register_forward_pre_hook(lambda _m, a: seen.append(a[0].is_contiguous()))
-    model.layout = "channels_last"
+    set_layout(model, "channels_last")
     model(x)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -169,7 +170,7 @@ def test_layout_picks_format_per_stage_and_only_changes_rounding():
     assert seen == [True, False]
     # 28x28 input: layer2 works at 14x14, below the line
     m28 = create_model("resnet18", width=0.125, in_channels=1)
-    m28.layout = "hybrid"
+    set_layout(m28, "hybrid")
     assert _stage_input_formats(m28, torch.rand(2, 1, 28, 28))["layer2"] == "nchw"
 
     # the same numbers in every layout, on the passes the layout applies to (frozen parameters: an attack's
@@ -179,7 +180,7 @@ def test_layout_picks_format_per_stage_and_only_changes_rounding():
     results = {}
     for layout in ("nchw", "hybrid", "channels_last"):
         m = copy.deepcopy(model)
-        m.layout = layout
+        set_layout(m, layout)
         for p in m.parameters():
             p.requires_grad_(False)
         out = []
@@ -202,9 +203,10 @@ def test_layout_picks_format_per_stage_and_only_changes_rounding():
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(gx, rg, rtol=1e-3, atol=1e-7)
     with pytest.raises(ValueError, match="unknown layout 'nhwc'; known: auto"):
-        model.layout = "nhwc"
+        set_layout(model, "nhwc")
 
 
+@pytest.mark.slow  # 120 training passes in a subprocess
 def test_layout_training_pass_survives_the_onednn_weight_gradient_fault():
     """oneDNN 3.12 segfaults computing the weight gradient of a strided 1x1 convolution from channels-last
     input with < 16 input channels and an odd batch (width 1/16: 4 and 8 channels). Every layout must train
@@ -215,10 +217,11 @@ def test_layout_training_pass_survives_the_onednn_weight_gradient_fault():
     code = (
         "import torch, torch.nn.functional as F\n"
         "from chanscope.models import create_model\n"
+        "from chanscope.accel.layout import set_layout\n"
         "torch.manual_seed(0)\n"
         "m = create_model('resnet18', width=0.0625).train()\n"
         "for layout in ('channels_last', 'hybrid', 'auto'):\n"
-        "    m.layout = layout\n"
+        "    set_layout(m, layout)\n"
         "    for _ in range(40):\n"
         "        F.cross_entropy(m(torch.rand(25, 3, 32, 32)), torch.randint(0, 10, (25,))).backward()\n"
         "print('done')\n")
@@ -258,7 +261,7 @@ def test_in_place_blocks_equal_an_out_of_place_reference(name):
     plain formula."""
     torch.manual_seed(0)
     model = create_model(name, width=0.125).train()
-    model.layout = "nchw"
+    set_layout(model, "nchw")
     x = torch.rand(6, 3, 32, 32)
     got = {}
     for tag, fn in (("model", model), ("reference", lambda t: _reference_forward(model, t))):

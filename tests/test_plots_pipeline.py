@@ -8,13 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chanscope import pipeline, plots
 from chanscope.errors import ChanscopeError
+from chanscope.workflows import pipeline, plots
 
-MICRO = pipeline.Scale("smoke", {"arch": "resnet10", "width": 0.0625, "subset": 100, "epochs": 2, "batch_size": 50,
-                                 "steps": 1, "step_size": 8 / 255, "eval_n": 20, "eval_steps": 1,
-                                 "eval_step_size": 2 / 255},
-                       "fgsm,pgd2,adaptive2", 40, 0, 20, 40, "pgd2", 20)
+MICRO = pipeline.Scale("micro", "tests", {**pipeline.SCALES["smoke"].train, "arch": "resnet10", "width": 0.0625,
+                                         "subset": 100, "epochs": 2, "batch_size": 50, "steps": 1,
+                                         "step_size": 8 / 255, "eval_n": 20, "eval_steps": 1,
+                                         "eval_step_size": 2 / 255},
+                       eval_attacks="fgsm,pgd2,adaptive2", eval_n=40, aa_n=0, sanity_n=20, act_n=40, act_attack="pgd2",
+                       square_queries=20)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,7 @@ def test_missing_or_incomplete_runs_give_one_line_errors(study, tmp_path):
 
 def test_reproduce_bad_out_or_record_is_one_line(tmp_path):
     (tmp_path / "file").write_text("")
-    with pytest.raises(ChanscopeError, match="cannot create output folder .* pick another --out"):
+    with pytest.raises(ChanscopeError, match="cannot create output folder .* pick another `out`"):
         pipeline.reproduce(tmp_path / "file" / "study", "smoke")
     torn = tmp_path / "torn"
     torn.mkdir()
@@ -129,13 +131,13 @@ def test_reproduce_bad_out_or_record_is_one_line(tmp_path):
 def test_second_run_skips_finished_stages_and_resumes_a_cut_one(study, monkeypatch):
     out, _ = study
     calls = []
-    real_train = pipeline.train
+    real_train = pipeline.fit
 
     def spy(cfg, run, resume=False, **kw):
         calls.append((run.name, resume))
         return real_train(cfg, run, resume=resume, **kw)
 
-    monkeypatch.setattr(pipeline, "train", spy)
+    monkeypatch.setattr(pipeline, "fit", spy)
     monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
     # cut the CIFS stage: its summary is gone, as after a kill in the last epoch; eval outputs too
     (out / "cifs" / "summary.json").unlink()
@@ -149,6 +151,7 @@ def test_second_run_skips_finished_stages_and_resumes_a_cut_one(study, monkeypat
     assert (out / "cifs" / "eval.json").is_file()
 
 
+@pytest.mark.slow  # a second micro study
 def test_time_limit_starts_no_new_stage_and_a_rerun_continues(study, monkeypatch):
     out, _ = study
     monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
@@ -185,3 +188,32 @@ def test_plan_runs_every_seed_in_its_own_folder_with_its_own_control(tmp_path):
     assert "eval random" not in names  # the control is studied, not evaluated
     cifs_act = next(s for s in stages if s.name == "activations cifs")
     assert "--attack adaptive10" in cifs_act.command and "--follow-mask" in cifs_act.command
+
+
+def test_recorded_commands_rerun_their_stages(study, tmp_path, monkeypatch):
+    """A stage pasted from pipeline.json reproduces it: the eval of CIFS and the training of the standard
+    model, rerun from their recorded command lines into another folder, give the same numbers."""
+    import shlex
+
+    from chanscope.cli.app import app
+    from typer.testing import CliRunner
+
+    out, record = study
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    assert not any("..." in st["command"] for st in stages.values())
+    cmd = shlex.split(stages["eval cifs"]["command"])
+    assert cmd[:2] == ["chanscope", "eval"] and "--follow-mask" in cmd and "--out" not in cmd
+    res = CliRunner().invoke(app, cmd[1:] + ["--out", str(tmp_path / "eval")])
+    assert res.exit_code == 0, res.output
+    again, first = pd.read_csv(tmp_path / "eval" / "eval.csv"), pd.read_csv(out / "cifs" / "eval.csv")
+    pd.testing.assert_frame_equal(again[["attack", "robust_acc"]], first[["attack", "robust_acc"]])
+
+    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)  # the recorded preset
+    cmd = shlex.split(stages["train standard"]["command"])
+    cmd[cmd.index("--out") + 1] = str(tmp_path / "standard")
+    res = CliRunner().invoke(app, cmd[1:])
+    assert res.exit_code == 0, res.output
+    again, first = pd.read_csv(tmp_path / "standard" / "metrics.csv"), pd.read_csv(out / "standard" / "metrics.csv")
+    pd.testing.assert_frame_equal(again.drop(columns="seconds"), first.drop(columns="seconds"))
+    control = shlex.split(stages["control random"]["command"])
+    assert control[:2] == ["python", "-c"] and "random_control(load_run_config(" in control[2]

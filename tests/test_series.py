@@ -6,13 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chanscope import pipeline, series, verdicts
 from chanscope.errors import ChanscopeError
+from chanscope.observe import verdicts
+from chanscope.workflows import pipeline, series
 
-MICRO = pipeline.Scale("smoke", {"arch": "resnet10", "width": 0.0625, "subset": 100, "epochs": 1, "batch_size": 50,
-                                 "steps": 1, "step_size": 8 / 255, "eval_n": 20, "eval_steps": 1,
-                                 "eval_step_size": 2 / 255},
-                       "fgsm,pgd2,adaptive2", 20, 0, 20, 20, "pgd2", 20)
+MICRO = pipeline.Scale("micro", "tests", {**pipeline.SCALES["smoke"].train, "arch": "resnet10", "width": 0.0625,
+                                         "subset": 100, "epochs": 1, "batch_size": 50, "steps": 1,
+                                         "step_size": 8 / 255, "eval_n": 20, "eval_steps": 1,
+                                         "eval_step_size": 2 / 255},
+                       eval_attacks="fgsm,pgd2,adaptive2", eval_n=20, aa_n=0, sanity_n=20, act_n=20, act_attack="pgd2",
+                       square_queries=20)
 
 
 def test_budgets_parse_and_order_by_compute():

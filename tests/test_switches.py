@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 
 import chanscope
-from chanscope.ablate import parse_vary, run_ablation
 from chanscope.checkpoint import save_checkpoint
 from chanscope.errors import ChanscopeError
 from chanscope.models import CIFS, create_model
-from chanscope.train import build_config, train
+from chanscope.train import build_config
+from chanscope.workflows.ablate import parse_vary, run_ablation
+from chanscope.workflows.training import fit as train
 
 
 def _linear_cifs(**kw):
@@ -118,6 +119,7 @@ def test_metrics_record_training_accuracy_as_test_sees_it(tmp_path):
     assert 0 <= m.train_eval_pgd_acc[0] <= m.train_eval_nat_acc[0] <= 100
 
 
+@pytest.mark.slow  # ten micro trainings
 def test_ablate_skips_finished_cells_and_writes_one_row_per_cell_and_seed(tmp_path, monkeypatch):
     cfg = build_config("smoke", method="cifs", arch="resnet10", width=0.0625, subset=100, eval_n=20, epochs=1,
                        batch_size=50, steps=1, eval_steps=1)
@@ -128,10 +130,10 @@ def test_ablate_skips_finished_cells_and_writes_one_row_per_cell_and_seed(tmp_pa
     df = run_ablation(tmp_path / "base", grid, out, seeds=2, attack="pgd2", n=20)
     assert len(df) == (4 + 1) * 2 and set(df.seed) == {0, 1}
     assert pd.read_csv(out / "ablation.csv").shape[0] == 10 and (out / "ablation.png").stat().st_size > 5000
-    import chanscope.ablate as ab
+    import chanscope.workflows.ablate as ab
 
     calls = []
-    monkeypatch.setattr(ab, "train", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(ab, "fit", lambda *a, **k: calls.append(a))
     df2 = run_ablation(tmp_path / "base", grid, out, seeds=2, attack="pgd2", n=20)
     assert calls == [] and df2.robust_acc.tolist() == df.robust_acc.tolist()
     cell = chanscope.load_model(out / "train_label=pred_topk=1-s1" / "best.pt", "cpu")
@@ -142,7 +144,7 @@ def test_ablate_skips_finished_cells_and_writes_one_row_per_cell_and_seed(tmp_pa
     from dataclasses import replace
 
     warm = replace(cfg, init="natural-cifs.pt")
-    with pytest.raises(ChanscopeError, match="--baseline-init"):
+    with pytest.raises(ChanscopeError, match="`baseline_init`"):
         ab.grid_cells(warm, {"topk": [2]})
     cells = ab.grid_cells(warm, {"topk": [1, 2]}, baseline_init="natural-standard.pt")
     assert cells == [("topk=1", {"topk": 1}), ("topk=2", {"topk": 2}),

@@ -13,10 +13,14 @@ from chanscope.cli.app import app
 from typer.testing import CliRunner
 
 import chanscope
-from chanscope.cpu_alloc import _glibc
+from chanscope.accel.cpu_alloc import _glibc
+from chanscope.accel.training import batch_loss
 from chanscope.errors import ChanscopeError
-from chanscope.train import TrainInterrupted, build_config, train
-from chanscope.train import loop as loop_mod
+from chanscope.train import build_config
+from chanscope.train import methods as methods_mod
+from chanscope.workflows import training as training_mod
+from chanscope.workflows.training import TrainInterrupted
+from chanscope.workflows.training import fit as train
 
 TINY = dict(arch="resnet18", width=0.0625, subset=100, eval_n=20, batch_size=25, epochs=2, steps=1,
             step_size="2/255", eval_steps=1, eval_step_size="2/255")
@@ -37,7 +41,7 @@ def test_every_method_trains_and_writes_its_run(tmp_path, method):
     for f in ("config.json", "metrics.csv", "last.pt", "best.pt"):
         assert (tmp_path / method / f).is_file()
     m = pd.read_csv(tmp_path / method / "metrics.csv")
-    assert list(m.columns) == loop_mod.METRIC_COLUMNS and len(m) == 1
+    assert list(m.columns) == training_mod.METRIC_COLUMNS and len(m) == 1
     assert 0 <= m.test_nat_acc[0] <= 100 and m.train_loss[0] > 0
     model = chanscope.load_model(tmp_path / method / "best.pt", "cpu")
     assert model.model_kwargs["feature_select"] == {"cas": "cas", "cifs": "cifs"}.get(method, "none")
@@ -72,13 +76,13 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     train(_cfg(method="standard", epochs=1), tmp_path / "r")
     before = (tmp_path / "r" / "last.pt").read_bytes()
-    real = loop_mod.batch_loss
+    real = methods_mod.Method.batch_loss
 
     def nan_loss(*a, **k):
         loss, logits = real(*a, **k)
         return loss * float("nan"), logits
 
-    monkeypatch.setattr(loop_mod, "batch_loss", nan_loss)
+    monkeypatch.setattr(methods_mod.Method, "batch_loss", nan_loss)
     with pytest.raises(ChanscopeError, match="loss became nan"):
         train(_cfg(method="standard", epochs=2), tmp_path / "r", resume=True)
     assert (tmp_path / "r" / "last.pt").read_bytes() == before
@@ -112,12 +116,18 @@ def _run(args):
     (["--lr", "nan"], "lr=nan must be a positive number"),  # NaN passes `lr <= 0`: the run then died in epoch 1
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, pattern):
-    res = subprocess.run([sys.executable, "-m", "chanscope.cli.app", "train", "--preset", "smoke",
-                          "--out", str(tmp_path / "r"), *args], capture_output=True, text=True)
-    assert res.returncode == 2
+    res = runner.invoke(app, ["train", "--preset", "smoke", "--out", str(tmp_path / "r"), *args])
+    assert res.exit_code == 2
     assert pattern in " ".join(res.stderr.split())
-    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 2
+    assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) <= 2
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_cli_bad_input_in_a_real_process_is_one_line_on_stderr(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "chanscope.cli.app", "train", "--preset", "smoke",
+                          "--out", str(tmp_path / "r"), "--method", "magic"], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == ""
+    assert "unknown method 'magic'" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("field, edge, value, pattern", [
@@ -226,6 +236,6 @@ def test_update_model_needs_no_truth_value():
     cfg = _cfg(method="standard")
     model = chanscope.create_model("resnet18", **cfg.model_kwargs())
     x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
-    loss, logits = loop_mod.batch_loss(cfg, model, x, y, lambda: torch.autocast("cpu", enabled=False),
+    loss, logits = batch_loss(cfg, model, x, y, lambda: torch.autocast("cpu", enabled=False),
                                        _NoTruth(model))
     assert logits.shape == (4, 10) and loss.requires_grad

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from chanscope.data import load_data
-from chanscope.train import build_config, train
-from chanscope.train.loop import carve_validation
+from chanscope.train import build_config
+from chanscope.train.setup import carve_validation
+from chanscope.workflows.training import fit as train
 
 
 def _rows(x: torch.Tensor) -> set[bytes]:
@@ -43,8 +44,8 @@ def test_selection_reads_validation_and_test_is_measured_once(tmp_path):
 
 
 # ------------------------------------------------------------------------ synthetic per-image records
-from chanscope import verdicts  # noqa: E402
-from chanscope.verdicts import Seed  # noqa: E402
+from chanscope.observe import verdicts  # noqa: E402
+from chanscope.observe.verdicts import Seed  # noqa: E402
 
 K, C, PER = 10, 16, 30
 
@@ -143,9 +144,9 @@ def test_observation_4_rule_both_halves():
 def test_observation_2_does_not_hold_for_an_untrained_network(embedded):
     """The issue's case: AT's rule earned by a network that never trained. Two random initialisations
     of one architecture, one in the AT seat, one as the control: the verdict must not be 'holds'."""
-    from chanscope.activations import study_activations
     from chanscope.attacks.suite import parse_attacks
     from chanscope.models import create_model
+    from chanscope.workflows.activations import study_activations
 
     x, y = embedded.x_test[::10].float() / 255, embedded.y_test[::10]
     seed = Seed()
@@ -159,9 +160,9 @@ def test_observation_2_does_not_hold_for_an_untrained_network(embedded):
 
 def test_per_image_records_reproduce_the_streamed_tables(embedded):
     """examples.npz holds exactly the images the tables were summed from (an independent recomputation)."""
-    from chanscope.activations import study_activations
     from chanscope.attacks.suite import parse_attacks
     from chanscope.models import create_model
+    from chanscope.workflows.activations import study_activations
 
     torch.manual_seed(0)
     net = create_model("resnet10", width=0.125).eval()
@@ -217,8 +218,8 @@ def test_adaptive_attack_follows_the_cifs_mask_as_a_hand_computed_gradient():
 
 def test_follow_mask_attack_runs_and_is_recorded(tmp_path):
     from chanscope.checkpoint import save_checkpoint
-    from chanscope.evaluate import run_eval
     from chanscope.models import create_model
+    from chanscope.workflows.evaluate import run_eval
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "c.pt", create_model("resnet10", width=0.0625, feature_select="cifs").eval())
@@ -252,9 +253,9 @@ def test_reference_autoattack_agrees_with_the_port_on_a_linear_model():
 
 
 def test_classes_csv_carries_intervals_around_its_values(tmp_path):
-    from chanscope.activations import run_activations
     from chanscope.checkpoint import save_checkpoint
     from chanscope.models import create_model
+    from chanscope.workflows.activations import run_activations
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "m.pt", create_model("resnet10", width=0.0625).eval())

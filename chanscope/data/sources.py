@@ -154,11 +154,11 @@ def _torchvision(key: str, root: str | Path | None, download: bool) -> ImageData
     import torchvision.datasets as tvd
 
     if root is None:
-        raise ChanscopeError(f"data {key!r} needs --data-root pointing at torchvision's folder (add --download "
+        raise ChanscopeError(f"data {key!r} needs `data_root` pointing at torchvision's folder (add `download` "
                              "on a machine with internet)")
     root = Path(root).expanduser()
     if not root.exists() and not download:
-        raise ChanscopeError(f"data root {str(root)!r} does not exist; create it or add --download")
+        raise ChanscopeError(f"data root {str(root)!r} does not exist; create it or add `download`")
     try:
         if key == "cifar10":
             tr, te = (tvd.CIFAR10(str(root), train=t, download=download) for t in (True, False))
@@ -197,7 +197,7 @@ def _layout_hint(key: str, root: Path) -> str:
         if stray:
             return (f"{expected}; {', '.join(stray[:2])}... are in {root} itself: move them into "
                     f"{root}/FashionMNIST/raw/")
-    return f"{expected} (or add --download on a machine with internet)"
+    return f"{expected} (or add `download` on a machine with internet)"
 
 
 def _gunzip_idx(raw: Path) -> None:

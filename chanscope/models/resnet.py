@@ -5,7 +5,7 @@ Inputs are images in [0, 1]; the first module normalises them, so attacks work i
 `model(x)` returns final logits only; `model(x, y, return_aux=True)` also returns the probe logits.
 Blocks rectify and add in place, on tensors no backward reads (three fewer activation-sized allocations per
 block, the same arithmetic): a forward hook that keeps a BatchNorm's output, or returns it, without copying
-it sees it rectified afterwards (`chanscope.hooks` reduces outputs at once).
+it sees it rectified afterwards (`chanscope.observe.hooks` reduces outputs at once).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from chanscope.models._registry import register_model
-from chanscope.models.layout import check_layout, to_layout
 from chanscope.models.select import CAS, CIFS, PROBES, SelectBlock, _Selector
 
 __all__ = ["CifarResNet", "Normalize", "BasicBlock", "PreActBlock", "WideBlock", "FEATURE_SELECT"]
@@ -129,7 +128,6 @@ class CifarResNet(nn.Module):
             selected = []
         self.stage_names = stage_names
         self.stage_strides = {name: 1 if si == 0 else 2 for si, name in enumerate(stage_names)}
-        self._layout = "auto"  # activations' memory format per stage (chanscope.models.layout); speed only
         cin = stem
         for si, (name, depth, cout) in enumerate(zip(stage_names, depths, widths)):
             blocks: list[nn.Module] = []
@@ -159,26 +157,11 @@ class CifarResNet(nn.Module):
         """Name of the module whose output is the penultimate feature map (before pooling)."""
         return "bn_final" if self.preact else self.stage_names[-1]
 
-    @property
-    def layout(self) -> str:
-        return self._layout
-
-    @layout.setter
-    def layout(self, value: str) -> None:
-        self._layout = check_layout(value)
-
-    def _param_grads(self, x: torch.Tensor) -> bool:
-        """Whether this pass can compute parameter gradients (only asked where the layout depends on it)."""
-        if x.device.type != "cpu" or self._layout == "nchw" or not torch.is_grad_enabled():
-            return False
-        return any(p.requires_grad for p in self.parameters())
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        grads = self._param_grads(x)
-        out = self.bn1(self.conv1(to_layout(self.normalize(x), self._layout, param_grads=grads)))
+        out = self.bn1(self.conv1(self.normalize(x)))
         out = out if self.preact else F.relu(out, inplace=True)
         for name in self.stage_names:
-            out = getattr(self, name)(to_layout(out, self._layout, self.stage_strides[name], grads))
+            out = getattr(self, name)(out)
         out = self.bn_final(out)
         return F.relu(out, inplace=True) if self.preact else out
 

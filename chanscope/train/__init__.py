@@ -1,7 +1,9 @@
-"""Training: config and presets, and the loop."""
+"""Training, the core: the config and its presets, the methods, one epoch. Fitting a model into a run folder
+is the workflow `chanscope.workflows.training.fit`."""
 
-from chanscope.train.config import METHODS, PRESETS, TrainConfig, build_config, config_diff
-from chanscope.train.loop import TrainInterrupted, TrainResult, evaluate_subset, load_run_config, train
+from chanscope.train.config import METHODS, TrainConfig, build_config, config_diff
+from chanscope.train.epoch import train_one_epoch
+from chanscope.train.methods import Method, method_for
 
-__all__ = ["TrainConfig", "PRESETS", "METHODS", "build_config", "config_diff", "train", "TrainResult",
-           "TrainInterrupted", "evaluate_subset", "load_run_config"]
+__all__ = ["TrainConfig", "METHODS", "build_config", "config_diff", "train_one_epoch", "Method",
+           "method_for"]

@@ -1,7 +1,7 @@
-"""Training configuration: one dataclass, one commented field per knob, and named presets.
+"""Training configuration: one dataclass, one commented field per knob.
 
 Defaults are the paper's recipe (Yan et al. 2021 / the official CIFS code, CIFAR-10 ResNet-18).
-A preset overrides a few fields; explicit options override the preset.
+A preset (a scale of `chanscope.scales.SCALES`) overrides a few fields; explicit options override the preset.
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ from chanscope.errors import (
     parse_fraction,
 )
 from chanscope.models import list_models
+from chanscope.scales import SCALES
 
-__all__ = ["TrainConfig", "PRESETS", "METHODS", "build_config", "config_diff", "default_preset"]
+__all__ = ["TrainConfig", "METHODS", "build_config", "config_diff", "default_preset"]
+
+# activations' memory formats per stage (speed only; `chanscope.accel.layout` applies them)
+LAYOUTS = ("auto", "hybrid", "nchw", "channels_last")
 
 # method -> (feature selection of the model, loss the training attack and the update use)
 METHODS: dict[str, tuple[str, str]] = {
@@ -83,8 +87,8 @@ class TrainConfig:
     # None: on CUDA only; True: on CPU too (pays on CPUs with AMX / AVX512-BF16); False: off
     bf16: bool | None = None
     channels_last: bool = True  # CUDA: model and batches channels_last (see `layout` for the CPU)
-    # activations' memory format per stage (chanscope.models.layout): auto = CPU hybrid (channels-last at
-    # 16x16 and up, NCHW below; 1.04-1.18x a CIFS step on this project's CPU), CUDA as channels_last says
+    # activations' memory format per stage (chanscope.accel.layout): auto = CPU hybrid (channels-last at
+    # 16x16 and up, NCHW below; bench/layouts.py), CUDA as channels_last says
     layout: str = "auto"
     compile: bool = False  # torch.compile the model (CUDA)
     cuda_graphs: bool = False  # CUDA: replay each training-attack iteration from a captured CUDA graph
@@ -115,15 +119,15 @@ class TrainConfig:
     def compile_skipped(self, device_type: str) -> str | None:
         """Why `compile` does not apply on this device, or None where it does. A CIFS forward differentiates
         its probe inside (create_graph), and torch.compile's backward cannot be differentiated again; on CPU,
-        inductor's training graph gave gradients up to 8% (relative, layer4 of a width-1/16 ResNet-18) away
-        from float64 where eager stays within 1e-6 (torch 2.14.1)."""
+        inductor's training graph gave gradients far from float64 where eager stays close (torch 2.14.1,
+        `bench/compile_check.py`)."""
         if not self.compile:
             return None
         if self.feature_select == "cifs":
-            return ("--compile does not apply to CIFS models (torch.compile cannot differentiate their forward's "
+            return ("`compile` does not apply to CIFS models (torch.compile cannot differentiate their forward's "
                     "relevance gradient again); training runs eagerly")
         if device_type != "cuda":
-            return "--compile applies on CUDA only (inductor's CPU gradients drift from eager); training runs eagerly"
+            return "`compile` applies on CUDA only (inductor's CPU gradients drift from eager); training runs eagerly"
         return None
 
     def model_kwargs(self) -> dict[str, Any]:
@@ -144,17 +148,6 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
-    # ~minutes per AT epoch on 2 CPU cores: ResNet-18 at width 1/4, 10k images, PGD-5
-    "cpu": {"width": 0.25, "subset": 10000, "epochs": 15, "steps": 5, "step_size": 2 / 255, "val_n": 500,
-            "eval_n": 500, "eval_steps": 10, "eval_step_size": 2 / 255},
-    # seconds: a pipeline check, not a result
-    "smoke": {"width": 0.125, "subset": 500, "epochs": 2, "batch_size": 64, "steps": 2, "val_n": 100,
-              "step_size": 4 / 255, "eval_n": 100, "eval_steps": 3, "eval_step_size": 3 / 255},
-}
-
-
 def default_preset(device: str | None = None) -> str:
     """The preset a run gets when none is named: the paper's recipe where a GPU runs it, the CPU preset on a
     CPU (the paper's 120 full-width epochs would take weeks there)."""
@@ -165,9 +158,9 @@ def default_preset(device: str | None = None) -> str:
 
 def build_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     """Paper defaults, then the preset, then the explicit options (None means 'not given')."""
-    if preset is not None and preset not in PRESETS:
-        raise ChanscopeError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    values: dict[str, Any] = dict(PRESETS.get(preset or "paper", {}))
+    if preset is not None and preset not in SCALES:
+        raise ChanscopeError(f"unknown preset {preset!r}; known: {', '.join(SCALES)}")
+    values: dict[str, Any] = dict(SCALES[preset or "paper"].train)
     values.update({k: v for k, v in overrides.items() if v is not None})
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - names)
@@ -208,15 +201,15 @@ def validate(cfg: TrainConfig) -> None:
     check_range(cfg.trades_beta, "trades_beta", 0.0, example="6 (TRADES')")
     if cfg.milestones is not None and any(m < 1 for m in cfg.milestones):
         raise ChanscopeError(f"milestones {cfg.milestones} must be epochs from 1 on, e.g. 75,90")
-    from chanscope.models.layout import check_layout
     from chanscope.models.select import PROBES, mask_function, parse_train_label
 
     try:  # the model package's own checks, their messages as one-line errors
-        check_layout(cfg.layout)
         parse_train_label(cfg.train_label)
         mask_function(cfg.mask)
     except ValueError as e:
         raise ChanscopeError(str(e)) from None
+    if cfg.layout not in LAYOUTS:
+        raise ChanscopeError(f"unknown layout {cfg.layout!r}; known: {', '.join(LAYOUTS)}")
     if cfg.topk < 1:
         raise ChanscopeError(f"topk={cfg.topk} must be at least 1")
     bad = [p for p in cfg.probes if p not in PROBES]

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from chanscope.attacks.pgd import frozen_eval
-from chanscope.hooks import resolve_layers
+from chanscope.observe.hooks import resolve_layers
 
 __all__ = ["RELEVANCE_METHODS", "RelevanceAccumulator", "relevance_scores"]
 

@@ -9,6 +9,7 @@ trained naturally for the same number of epochs), as the official CIFS run did.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,45 +20,12 @@ import pandas as pd
 
 from chanscope.errors import ChanscopeError, check_positive_int
 from chanscope.io import atomic_write_json
-from chanscope.runs import writable_dir
-from chanscope.train.config import build_config
-from chanscope.train.loop import train
+from chanscope.scales import SCALES, Scale
+from chanscope.train.config import TrainConfig, build_config
+from chanscope.workflows.runs import writable_dir
+from chanscope.workflows.training import fit
 
 __all__ = ["SCALES", "Scale", "plan", "reproduce", "Stage"]
-
-
-@dataclass(frozen=True)
-class Scale:
-    preset: str
-    train: dict[str, Any]  # overrides of the preset, shared by every model
-    eval_attacks: str
-    eval_n: int | None
-    aa_n: int  # AutoAttack on a smaller fixed subset (0: skipped)
-    sanity_n: int
-    act_n: int | None
-    act_attack: str
-    square_queries: int
-
-
-SCALES: dict[str, Scale] = {
-    # a few minutes on 2 CPU cores, embedded data: checks the pipeline, not the paper
-    "smoke": Scale("smoke", {"width": 0.125, "subset": 1000, "epochs": 3, "batch_size": 64, "steps": 2,
-                             "step_size": 4 / 255, "val_n": 100, "eval_n": 100, "eval_steps": 3,
-                             "eval_step_size": 3 / 255},
-                   "fgsm,pgd10,cw10,adaptive10", 200, 0, 100, 300, "pgd10", 100),
-    # about an hour on 2 CPU cores with the full CIFAR-10 archive
-    "cpu": Scale("cpu", {"width": 0.25, "subset": 5000, "epochs": 8, "steps": 3, "step_size": 3 / 255,
-                         "val_n": 500, "eval_n": 500, "eval_steps": 10, "eval_step_size": 2 / 255},
-                 "fgsm,pgd20,cw20,adaptive20r2", 500, 100, 100, 1000, "pgd20", 1000),
-    # about 6 minutes on one H200 (sized from a measured run): full-width ResNet-18, 20k images, 5 epochs,
-    # PGD-5 training; the first try with all 50k images finished 3 of AT's 5 epochs in its 10-minute call
-    "gpu": Scale("paper", {"subset": 20000, "epochs": 5, "steps": 5, "step_size": 2 / 255, "val_n": 1000,
-                           "eval_n": 1000,
-                           "eval_steps": 10, "eval_step_size": 2 / 255},
-                 "fgsm,pgd20,cw20,adaptive20r2", 1000, 500, 200, 1000, "pgd20", 1000),
-    # the paper's recipe (GPU)
-    "paper": Scale("paper", {}, "fgsm,pgd20,pgd100,cw20,adaptive20r2", None, 1000, 1000, 10000, "pgd20", 5000),
-}
 
 
 @dataclass
@@ -116,24 +84,57 @@ class _Ctx:
         return (lambda a, done, total: p(label, done, total)) if p else None
 
 
+def command_line(cmd: str, **opts: Any) -> str:
+    """The `chanscope` command line that passes `opts` (option names as the Python API spells them): None
+    left out, True a bare flag, False `--no-` flag, lists comma-joined, multiples of 1/255 as k/255."""
+    def value(v: Any) -> str:
+        if isinstance(v, float) and v > 0 and abs(v * 255 - round(v * 255)) < 1e-6:
+            return f"{round(v * 255)}/255"
+        return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    parts = ["chanscope", *cmd.split()]
+    for k, v in opts.items():
+        flag = "--" + k.replace("_", "-")
+        if v is None:
+            continue
+        parts += [flag] if v is True else [f"--no-{k.replace('_', '-')}"] if v is False else [flag, value(v)]
+    return shlex.join(parts)
+
+
+# training options `chanscope train` takes as flags, in the order a recorded command names them
+_TRAIN_FLAGS = ("arch", "width", "data", "data_root", "subset", "val_n", "epochs", "batch_size", "lr", "milestones",
+                "eps", "step_size", "steps", "beta", "probes", "train_label", "topk", "mask", "select_stages",
+                "eval_n", "layout", "compile", "cuda_graphs")
+
+
+def train_command(cfg: TrainConfig, out: Path) -> str:
+    """The command line that trains `cfg` into `out`: its method and preset, every flag whose value differs
+    from the preset's, seed, device, bf16, init."""
+    base = build_config(cfg.preset, method=cfg.method)
+    diff = {k: getattr(cfg, k) for k in _TRAIN_FLAGS if getattr(cfg, k) != getattr(base, k)}
+    hidden = [k for k in cfg.to_dict() if k not in _TRAIN_FLAGS and getattr(cfg, k) != getattr(base, k)
+              and k not in ("method", "natural", "preset", "seed", "device", "bf16", "init")]
+    if hidden:
+        raise ChanscopeError(f"training option(s) {hidden} have no `chanscope train` flag; a study cannot record "
+                             "them as a command")
+    return command_line("train", method=cfg.method, natural=cfg.natural or None, preset=cfg.preset, **diff,
+                        seed=cfg.seed, device=cfg.device, bf16=cfg.bf16, init=cfg.init, out=str(out))
+
+
 def _train_stage(c: _Ctx, name: str, method: dict[str, Any], warm: str | None) -> Stage:
     run = c.run(name)
     common = {**c.sc.train, "seed": c.seed, "device": c.device, "bf16": c.bf16, "data": c.data,
               "data_root": c.data_root}
-    cfg = build_config(c.sc.preset, **common, **method, init=str(c.run(warm) / "last.pt") if warm else None)
+    cfg = build_config(c.sc.name, **common, **method, init=str(c.run(warm) / "last.pt") if warm else None)
     label = c.label(name)
 
     def do_train() -> None:
         cb = (lambda e, i, n, loss: c.progress(f"train {label} epoch {e + 1}/{cfg.epochs}", i, n)) \
             if c.progress else None
-        train(cfg, run, resume=(run / "last.pt").is_file(), on_batch=cb)
+        fit(cfg, run, resume=(run / "last.pt").is_file(), on_batch=cb)
 
-    opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in method.items() if k != "natural")
-    opts += {True: " --bf16", False: " --no-bf16"}.get(c.bf16, "")
-    command = (f"chanscope train {opts}{' --natural' if method.get('natural') else ''} --preset {c.sc.preset} "
-               f"--seed {c.seed} ... --out {run}" + (f" --init {c.run(warm) / 'last.pt'}" if warm else ""))
-    return Stage(f"train {label}", label, "train", lambda: _train_done(run, cfg.epochs), do_train, command,
-                 extra={"config": cfg, "run": run})
+    return Stage(f"train {label}", label, "train", lambda: _train_done(run, cfg.epochs), do_train,
+                 train_command(cfg, run), extra={"config": cfg, "run": run})
 
 
 def _control_stage(c: _Ctx, like: Stage) -> Stage:
@@ -141,54 +142,53 @@ def _control_stage(c: _Ctx, like: Stage) -> Stage:
     run = c.run("random")
 
     def make() -> None:
-        from chanscope.train.loop import random_control
+        from chanscope.workflows.training import random_control
 
         random_control(like.extra["config"], run)
 
+    code = ("from chanscope.workflows.training import load_run_config, random_control; "
+            f"random_control(load_run_config({str(like.extra['run'])!r}), {str(run)!r})")
     return Stage(f"control {c.label('random')}", c.label("random"), "train", lambda: (run / "best.pt").is_file(),
-                 make, f"(python) chanscope.train.loop.random_control(config of {like.model}, {run})")
+                 make, shlex.join(["python", "-c", code]))
+
+
+def _eval_stage(c: _Ctx, name: str, kind: str, title: str, sub: str | None, **opts: Any) -> Stage:
+    """One `chanscope eval` of a model's best.pt, into its run folder (or the subfolder `sub`)."""
+    from chanscope.workflows.evaluate import run_eval
+
+    run, label = c.run(name), c.label(name)
+    folder = run / sub if sub else run
+    kw = {"eps": 8 / 255, **opts, "data": c.data, "data_root": c.data_root, "seed": c.seed, "device": c.device,
+          "out": str(folder) if sub else None}
+    return Stage(f"{title} {label}", label, kind, lambda: (folder / "eval.json").is_file(),
+                 lambda: run_eval(str(run / "best.pt"), progress=c.cb(f"{title} {label}"), **kw),
+                 command_line("eval", model=str(run / "best.pt"), **kw))
 
 
 def _eval_stages(c: _Ctx, name: str) -> list[Stage]:
-    from chanscope.evaluate import run_eval
-
-    run, label, sc = c.run(name), c.label(name), c.sc
-    ckpt = str(run / "best.pt")
-    kw = {"data": c.data, "data_root": c.data_root, "seed": c.seed, "device": c.device}
-    stages = [
-        Stage(f"eval {label}", label, "eval", lambda: (run / "eval.json").is_file(),
-              lambda: run_eval(ckpt, sc.eval_attacks, 8 / 255, n=sc.eval_n, square_queries=sc.square_queries,
-                               follow_mask=True, progress=c.cb(f"eval {label}"), **kw),
-              f"chanscope eval --model {ckpt} --attacks {sc.eval_attacks} --n {sc.eval_n} --follow-mask "
-              f"--seed {c.seed}"),
-        Stage(f"sanity {label}", label, "sanity", lambda: (run / "sanity" / "eval.json").is_file(),
-              lambda: run_eval(ckpt, "pgd20", 8 / 255, n=sc.sanity_n, sanity=True, out=str(run / "sanity"),
-                               square_queries=sc.square_queries, progress=c.cb(f"sanity {label}"), **kw),
-              f"chanscope eval --model {ckpt} --attacks pgd20 --n {sc.sanity_n} --sanity --seed {c.seed} "
-              f"--out {run / 'sanity'}")]
+    sc = c.sc
+    stages = [_eval_stage(c, name, "eval", "eval", None, attacks=sc.eval_attacks, n=sc.eval_n,
+                          square_queries=sc.square_queries, follow_mask=True),
+              _eval_stage(c, name, "sanity", "sanity", "sanity", attacks="pgd20", n=sc.sanity_n, sanity=True,
+                          square_queries=sc.square_queries)]
     if sc.aa_n:
-        stages.append(Stage(f"autoattack {label}", label, "aa", lambda: (run / "aa" / "eval.json").is_file(),
-                            lambda: run_eval(ckpt, "aa,aa-ref", 8 / 255, n=sc.aa_n, out=str(run / "aa"),
-                                             progress=c.cb(f"autoattack {label}"), **kw),
-                            f"chanscope eval --model {ckpt} --attacks aa,aa-ref --n {sc.aa_n} --seed {c.seed} "
-                            f"--out {run / 'aa'}"))
+        stages.append(_eval_stage(c, name, "aa", "autoattack", "aa", attacks="aa,aa-ref", n=sc.aa_n))
     return stages
 
 
 def _activations_stage(c: _Ctx, name: str) -> Stage:
-    from chanscope.activations import run_activations
+    from chanscope.workflows.activations import run_activations
 
     run, label, sc = c.run(name), c.label(name), c.sc
-    ckpt = str(run / "best.pt")
     prog = (lambda d, t: c.progress(f"activations {label}", d, t)) if c.progress else None
     # a model with probes is studied under the attack its attacker would use: adaptive, through the mask
     selects = name.startswith(("cifs", "cas"))
-    attack = sc.act_attack.replace("pgd", "adaptive") if selects else sc.act_attack
+    kw = {"attack": sc.act_attack.replace("pgd", "adaptive") if selects else sc.act_attack, "n": sc.act_n,
+          "follow_mask": selects or None, "data": c.data, "data_root": c.data_root, "seed": c.seed,
+          "device": c.device}
     return Stage(f"activations {label}", label, "activations", lambda: (run / "activations.json").is_file(),
-                 lambda: run_activations(ckpt, attack=attack, n=sc.act_n, data=c.data, data_root=c.data_root,
-                                         seed=c.seed, device=c.device, follow_mask=selects, progress=prog),
-                 f"chanscope activations --model {ckpt} --attack {attack} --n {sc.act_n} --seed {c.seed}"
-                 + (" --follow-mask" if selects else ""))
+                 lambda: run_activations(str(run / "best.pt"), progress=prog, **{**kw, "follow_mask": selects}),
+                 command_line("activations", model=str(run / "best.pt"), **kw))
 
 
 def plan(out: Path, scale: str | Scale, *, data: str | None = None, data_root: str | None = None,
@@ -269,19 +269,25 @@ def study_options(record: dict, given: dict[str, Any]) -> dict[str, Any]:
             diff.append(f"{k} {made[k]!r} (given {g!r})")
     if diff and record.get("stages"):
         raise ChanscopeError("this study folder was made with " + ", ".join(diff) + "; rerun with its options to "
-                             "continue it (or leave them out), or pick another --out for a new study")
+                             "continue it (or leave them out), or pick another `out` for a new study")
     settings = record.get("scale_settings")
-    if record.get("stages") and settings is not None and settings != json.loads(json.dumps(
-            SCALES[opts["scale"]].__dict__)):
+    if record.get("stages") and settings is not None and not _same_settings(settings, SCALES[opts["scale"]]):
         raise ChanscopeError(f"scale {opts['scale']!r} has other settings than when this study folder was made "
-                             "(another chanscope version); pick another --out for a new study")
+                             "(another chanscope version); pick another `out` for a new study")
     return opts
+
+
+def _same_settings(recorded: dict[str, Any], scale: Scale) -> bool:
+    """Whether a study folder's recorded scale settings are this scale's (records of older versions also
+    named a preset; the training recipe itself is compared run by run)."""
+    now = json.loads(json.dumps(scale.settings()))
+    return all(recorded[k] == now[k] for k in now if k in recorded)
 
 
 def _check_runs(stages: list[Stage]) -> None:
     """Refuse a study folder whose trained runs were made with another recipe (e.g. another scale)."""
     from chanscope.train.config import config_diff
-    from chanscope.train.loop import load_run_config
+    from chanscope.workflows.training import load_run_config
 
     for st in stages:
         cfg = st.extra.get("config")
@@ -292,7 +298,7 @@ def _check_runs(stages: list[Stage]) -> None:
         if diff:
             raise ChanscopeError(f"{st.extra['run']} was trained with other options than this study asks for "
                                  f"({'; '.join(diff[:3])}); rerun with the options it was made with, or pick "
-                                 "another --out")
+                                 "another `out`")
 
 
 _FREE_IN_STUDY = {"device", "preset", "download", "data_root", "init", "layout", "cuda_graphs"}
@@ -322,6 +328,8 @@ def run_stages(stages: list[Stage], record: dict, record_path: Path,
             say(st.name, "not started (time limit; run again to continue)")
             continue
         if st.done():
+            if st.name in record["stages"]:  # records of older versions: the command as this one writes it
+                record["stages"][st.name]["command"] = st.command
             say(st.name, "skipped (complete)")
             continue
         t0 = time.time()
@@ -369,14 +377,14 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     if only == "train":
         stages = [st for st in stages if st.kind == "train"]
     _check_runs(stages)
-    record.update({"scale": scale, "scale_settings": SCALES[scale].__dict__, "data": opts["data"],
+    record.update({"scale": scale, "scale_settings": SCALES[scale].settings(), "data": opts["data"],
                    "with_cas": opts["with_cas"], "seed": seed, "bf16": bf16, "options": opts})
-    from chanscope.train.loop import versions
+    from chanscope.io import versions
 
     record["versions"] = versions()
     run_stages(stages, record, record_path, on_stage, time_limit)
     if only is None:
-        from chanscope.report import write_outputs
+        from chanscope.workflows.report import write_outputs
 
         write_outputs(out, record, models=[s.model for s in stages if s.kind in ("eval", "activations")])
     atomic_write_json(record_path, record)

@@ -16,9 +16,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from chanscope.analysis import most_and_least_robust  # noqa: E402
 from chanscope.errors import ChanscopeError  # noqa: E402
 from chanscope.io import atomic_write_bytes, atomic_write_csv, read_json  # noqa: E402
+from chanscope.observe.analysis import most_and_least_robust  # noqa: E402
 
 __all__ = ["images_used", "nr_channels", "class_alignment", "class_robustness", "training_curves", "read_run_csv",
            "PALETTE"]

@@ -106,7 +106,7 @@ def default_layer(model: nn.Module, example: torch.Tensor) -> str:
         for h in handles:
             h.remove()
     if not finished:
-        raise ChanscopeError("found no module with a 4-D output; name one with --layer")
+        raise ChanscopeError("found no module with a 4-D output; name one with `layer`")
     return finished[-1]
 
 

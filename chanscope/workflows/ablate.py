@@ -14,8 +14,8 @@ import pandas as pd
 
 from chanscope.errors import ChanscopeError, parse_int_list
 from chanscope.io import atomic_write_csv
-from chanscope.train.config import PRESETS, TrainConfig, validate
-from chanscope.train.loop import train
+from chanscope.train.config import TrainConfig, validate
+from chanscope.workflows.training import fit
 
 __all__ = ["parse_vary", "run_ablation", "ABLATION_COLUMNS"]
 
@@ -30,7 +30,7 @@ def _convert(field: str, text: str) -> Any:
     kinds = {f.name: f.type for f in fields(TrainConfig)}
     t = str(kinds[field])
     if field == "milestones":
-        return parse_int_list(text, f"--vary {field}", "75+90")
+        return parse_int_list(text, f"`vary` {field}", "75+90")
     if field in ("probes", "select_stages"):
         return [v for v in text.split("+") if v]
     try:
@@ -41,7 +41,7 @@ def _convert(field: str, text: str) -> Any:
         if t.startswith("bool"):
             return text.lower() in ("1", "true", "yes")
     except ValueError:
-        raise ChanscopeError(f"--vary {field}: {text!r} is not a {t.split()[0]}") from None
+        raise ChanscopeError(f"`vary` {field}: {text!r} is not a {t.split()[0]}") from None
     return text
 
 
@@ -51,14 +51,14 @@ def parse_vary(items: list[str]) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for item in items:
         if "=" not in item:
-            raise ChanscopeError(f"--vary {item!r}: write key=value1,value2 (e.g. cifs.topk=1,2,3)")
+            raise ChanscopeError(f"`vary` {item!r}: write key=value1,value2 (e.g. cifs.topk=1,2,3)")
         key, values = item.split("=", 1)
         field = KEY_ALIASES.get(key.strip(), key.strip())
         if field not in names:
-            raise ChanscopeError(f"--vary: unknown key {key!r}; use {', '.join(KEY_ALIASES)} or a training option")
+            raise ChanscopeError(f"`vary`: unknown key {key!r}; use {', '.join(KEY_ALIASES)} or a training option")
         vals = [_convert(field, v.strip()) for v in values.split(",") if v.strip()]
         if not vals:
-            raise ChanscopeError(f"--vary {key}: no values")
+            raise ChanscopeError(f"`vary` {key}: no values")
         out[field] = vals
     return out
 
@@ -73,18 +73,18 @@ def base_config(base: str | Path, scale: str | None = None, data: str | None = N
     p = Path(base)
     p = p / "config.json" if p.is_dir() else p
     if not p.is_file():
-        raise ChanscopeError(f"--base {base}: no such config.json; give a run folder or its config.json")
+        raise ChanscopeError(f"`base` {base}: no such config.json; give a run folder or its config.json")
     try:
         cfg = TrainConfig.from_dict(json.loads(p.read_text())["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ChanscopeError(f"--base {p} is not a chanscope config ({e})") from None
+        raise ChanscopeError(f"`base` {p} is not a chanscope config ({e})") from None
     if scale is not None:
-        from chanscope.pipeline import SCALES
+        from chanscope.scales import SCALES
 
         if scale not in SCALES:
             raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
         sc = SCALES[scale]
-        cfg = replace(cfg, **{**PRESETS.get(sc.preset, {}), **sc.train}, preset=sc.preset)
+        cfg = replace(cfg, **sc.train, preset=sc.name)
     if data is not None:
         cfg = replace(cfg, data=data)
     return cfg
@@ -100,8 +100,8 @@ def grid_cells(cfg0: TrainConfig, vary: dict[str, list[Any]], baseline: bool = T
         cells.append((_slug(cell), cell))
     if baseline:
         if cfg0.init and not baseline_init:
-            raise ChanscopeError("--base warm-starts CIFS (init); give the AT baseline its own warm start with "
-                                 "--baseline-init (a naturally trained standard model), or --no-baseline")
+            raise ChanscopeError("`base` warm-starts CIFS (init); give the AT baseline its own warm start with "
+                                 "`baseline_init` (a naturally trained standard model), or `no_baseline`")
         cells.append(("AT baseline", {"method": "at", "init": baseline_init}))
     return cells
 
@@ -120,13 +120,13 @@ def run_ablation(base: str | Path, vary: dict[str, list[Any]], out: str | Path, 
     its own architecture's warm start (`baseline_init`, e.g. the naturally trained standard model), so both
     sides get the same recipe. Without `init` both train from scratch.
     """
-    from chanscope.evaluate import run_eval
-    from chanscope.plots import ablation_plot
+    from chanscope.workflows.evaluate import run_eval
+    from chanscope.workflows.plots import ablation_plot
 
     out = Path(out)
     cfg0 = base_config(base, scale, data)
     if cfg0.method not in ("cifs", "cas"):
-        raise ChanscopeError(f"--base is a {cfg0.method!r} run; the switches act on a cifs (or cas) config")
+        raise ChanscopeError(f"`base` is a {cfg0.method!r} run; the switches act on a cifs (or cas) config")
     cells = grid_cells(cfg0, vary, baseline, baseline_init)
     rows = []
     for setting, cell in cells:
@@ -138,7 +138,7 @@ def run_ablation(base: str | Path, vary: dict[str, list[Any]], out: str | Path, 
                 if on_cell:
                     on_cell(setting, cfg.seed, "training")
                 if not (run / "summary.json").is_file():
-                    train(cfg, run, resume=(run / "last.pt").is_file())
+                    fit(cfg, run, resume=(run / "last.pt").is_file())
                 if on_cell:
                     on_cell(setting, cfg.seed, "evaluating")
                 run_eval(str(run / "best.pt"), attack, cfg.eps, n=n, data=cfg.data, data_root=cfg.data_root,

@@ -41,7 +41,7 @@ class Seed:
         sizes = {len(v["y"]) for v in self.act.values()} if source == "act" else {len(v) for v in self.ev.values()}
         if len(sizes) != 1:
             raise ChanscopeError(f"the models of one seed saw different numbers of test images ({sorted(sizes)}) "
-                                 f"in their {source} stage; rerun them with the same --n and --seed")
+                                 f"in their {source} stage; rerun them with the same `n` and `seed`")
         return sizes.pop()
 
 

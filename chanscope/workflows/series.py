@@ -20,10 +20,10 @@ import pandas as pd
 
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_csv, atomic_write_json
-from chanscope.pipeline import SCALES, Scale, Stage, plan, read_record, run_stages
-from chanscope.report import overall_accuracy
-from chanscope.runs import writable_dir
-from chanscope.verdicts import Interval, Seed, interval
+from chanscope.observe.verdicts import Interval, Seed, interval
+from chanscope.workflows.pipeline import SCALES, Scale, Stage, plan, read_record, run_stages
+from chanscope.workflows.report import overall_accuracy
+from chanscope.workflows.runs import writable_dir
 
 __all__ = ["Budget", "parse_budgets", "run_series", "summarise", "SERIES_COLUMNS", "DEFAULT_BUDGETS"]
 
@@ -98,7 +98,7 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     if made and record.get("stages") and any(made.get(k) != v for k, v in opts.items()):
         diff = ", ".join(f"{k} {made.get(k)!r} (given {v!r})" for k, v in opts.items() if made.get(k) != v)
         raise ChanscopeError(f"this series folder was made with {diff}; rerun with its options, or pick another "
-                             "--out")
+                             "`out`")
     record["options"] = opts
     run_stages(_stages(out, bs, SCALES[base], seeds, seed, data, data_root, device, bf16, progress), record,
                record_path, on_stage, time_limit)
@@ -106,7 +106,7 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     atomic_write_csv(out / "series.csv", df)
     atomic_write_json(record_path, record)
     if len(df):
-        from chanscope.plots import series_plot
+        from chanscope.workflows.plots import series_plot
 
         series_plot(df, gaps(out, bs, seeds, seed), out / "figures")
     return df
@@ -120,7 +120,7 @@ def _runs(out: Path, budgets: list[Budget], seeds: int, seed: int):
 
 def summarise(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> pd.DataFrame:
     """One row per budget, method and seed that has been evaluated (SERIES_COLUMNS)."""
-    from chanscope.verdicts import worst_case
+    from chanscope.observe.verdicts import worst_case
 
     rows = []
     for b, s, folder in _runs(Path(out), budgets, seeds, seed):
@@ -149,7 +149,7 @@ def summarise(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0)
 def gaps(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> pd.DataFrame:
     """Per budget: worst-case robust accuracy of AT and CIFS and the AT - CIFS gap, each with its 95% interval
     (bootstrap over test images, paired, and over seeds)."""
-    from chanscope.verdicts import worst_case
+    from chanscope.observe.verdicts import worst_case
 
     rows = []
     for b in budgets:

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chanscope import verdicts
-from chanscope.activations import read_examples
-from chanscope.analysis import most_and_least_robust
 from chanscope.io import atomic_write_bytes, atomic_write_csv, read_json
-from chanscope.plots import (
+from chanscope.observe import verdicts
+from chanscope.observe.analysis import most_and_least_robust
+from chanscope.observe.verdicts import Seed
+from chanscope.workflows.activations import read_examples
+from chanscope.workflows.plots import (
     class_alignment,
     class_robustness,
     images_used,
@@ -22,9 +23,8 @@ from chanscope.plots import (
     read_run_csv,
     training_curves,
 )
-from chanscope.verdicts import Seed
 
-__all__ = ["observations", "write_report", "write_outputs", "load_seeds", "overall_accuracy"]
+__all__ = ["observations", "write_report", "write_outputs", "load_seeds", "overall_accuracy", "markdown_table"]
 
 
 def _fmt(v, nd: int = 1) -> str:
@@ -38,7 +38,8 @@ def _num(v) -> str | None:
     return None if v is None else f"{v:g}"
 
 
-def _md(df: pd.DataFrame, nd: int = 1) -> str:
+def markdown_table(df: pd.DataFrame, nd: int = 1) -> str:
+    """A DataFrame as a markdown table, numbers with `nd` decimals."""
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     sep = "|" + "---|" * len(df.columns)
     rows = ["| " + " | ".join(_fmt(v, nd) for v in r) + " |" for r in df.itertuples(index=False)]
@@ -76,7 +77,7 @@ def load_seeds(runs: dict[str, Path]) -> list[Seed]:
 
 
 def observations(runs: dict[str, Path]) -> list[dict]:
-    """Verdicts on the paper's observations 1-4 (chanscope.verdicts) from runs named standard, at, cifs,
+    """Verdicts on the paper's observations 1-4 (chanscope.observe.verdicts) from runs named standard, at, cifs,
     random (and seed<s>/<name> for further seeds); the most and least robust AT class come from classes.csv,
     as in the class-alignment figure."""
     obs = verdicts.observations(load_seeds(runs))
@@ -118,8 +119,8 @@ def _models_lines(runs: dict[str, Path]) -> list[str]:
                      "init": Path(c["init"]).parent.name if c.get("init") else "-",
                      "train s": float(m.seconds.sum()) if len(m) else None})
     lines = ["## Models", ""]
-    lines += [_md(pd.DataFrame(rows), 0), ""] if rows else ["No model has been trained yet; run again to continue.",
-                                                             ""]
+    lines += ([markdown_table(pd.DataFrame(rows), 0), ""] if rows
+              else ["No model has been trained yet; run again to continue.", ""])
     data = next((read_json(r / "config.json").get("data", {}) for r in runs.values() if (r / "config.json").is_file()),
                 {})
     if data:
@@ -135,7 +136,7 @@ def _eval_lines(runs: dict[str, Path]) -> list[str]:
             ev_rows.append({"model": name, "natural": o.get("natural"),
                             **{k: v for k, v in o.items() if not k.startswith("n:") and k != "natural"}})
     if ev_rows:
-        lines += ["## Robust accuracy (%, all classes)", "", _md(pd.DataFrame(ev_rows)), ""]
+        lines += ["## Robust accuracy (%, all classes)", "", markdown_table(pd.DataFrame(ev_rows)), ""]
         ns = {k.split(":", 1)[1]: int(v) for o in overall.values() for k, v in o.items() if k.startswith("n:")}
         lines += ["Test images per attack: " + ", ".join(f"{k} {v}" for k, v in ns.items()), ""]
     san = []
@@ -147,7 +148,7 @@ def _eval_lines(runs: dict[str, Path]) -> list[str]:
         if j.get("sanity"):
             san.append({"model": name, "check": "verdict", "result": j.get("verdict"), "numbers": ""})
     if san:
-        lines += ["## Gradient-masking checks", "", _md(pd.DataFrame(san)), ""]
+        lines += ["## Gradient-masking checks", "", markdown_table(pd.DataFrame(san)), ""]
     return lines
 
 
@@ -165,7 +166,7 @@ def _alignment_lines(runs: dict[str, Path]) -> list[str]:
             "nat_acc and adv_acc here come from the activations stage (" + "; ".join(
                 f"{name}: {images_used(r)}" for name, r in runs.items() if (r / "classes.csv").is_file())
             + "), the robust accuracy tables above from the eval stage.", "",
-            _md(pd.concat(al, ignore_index=True), 3), ""]
+            markdown_table(pd.concat(al, ignore_index=True), 3), ""]
 
 
 def write_report(runs: list[Path], out: Path, figures: Path | None = None, record: dict | None = None,
@@ -185,8 +186,8 @@ def write_report(runs: list[Path], out: Path, figures: Path | None = None, recor
     if record and record.get("stages"):
         st = pd.DataFrame([{"stage": k, "seconds": v["seconds"], "command": f"`{v['command']}`"}
                            for k, v in record["stages"].items()])
-        lines += ["## Commands and wall times", "", _md(st, 0), "", f"Total {st.seconds.sum() / 60:.1f} min; "
-                  f"versions: {json.dumps(record.get('versions', {}))}", ""]
+        lines += ["## Commands and wall times", "", markdown_table(st, 0), "",
+                  f"Total {st.seconds.sum() / 60:.1f} min; versions: {json.dumps(record.get('versions', {}))}", ""]
     text = "\n".join(lines)
     atomic_write_bytes(out, text.encode())
     return text

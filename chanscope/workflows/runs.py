@@ -38,7 +38,7 @@ def data_of_run(model_path: str | Path, data: str | None = None, data_root: str 
     except ChanscopeError as e:
         if from_run is None:
             raise
-        raise ChanscopeError(f"{e} (this is the data {from_run} names: give --data where it is now)") from None
+        raise ChanscopeError(f"{e} (this is the data {from_run} names: give `data` where it is now)") from None
 
 
 def test_subset(data: ImageData, n: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +47,7 @@ def test_subset(data: ImageData, n: int | None, seed: int = 0) -> tuple[torch.Te
     if n is None or n == total:
         return data.x_test.float().div(255), data.y_test.clone()
     if n < 1 or n > total:
-        raise ChanscopeError(f"--n {n} is outside 1..{total}, the size of the test set")
+        raise ChanscopeError(f"`n` {n} is outside 1..{total}, the size of the test set")
     idx = balanced_subset(data.y_test, n, data.num_classes, seed) if n >= data.num_classes else torch.arange(n)
     return data.x_test[idx].float().div(255), data.y_test[idx]
 
@@ -57,9 +57,9 @@ def writable_dir(path: str | Path) -> Path:
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ChanscopeError(f"cannot create output folder {str(p)!r} ({e.strerror}); pick another --out") from None
+        raise ChanscopeError(f"cannot create output folder {str(p)!r} ({e.strerror}); pick another `out`") from None
     if not os.access(p, os.W_OK):
-        raise ChanscopeError(f"output folder {str(p)!r} is not writable; pick another --out")
+        raise ChanscopeError(f"output folder {str(p)!r} is not writable; pick another `out`")
     return p
 
 
@@ -76,17 +76,17 @@ def check_fits(model: nn.Module, shape: tuple[int, ...], num_classes: int, what:
     trained_on = getattr(model, "input_shape", None)  # checkpoints record it; the convolutions would not mind
     if trained_on is not None and tuple(trained_on) != tuple(shape):
         raise ChanscopeError(f"{what} was trained on images of shape {tuple(trained_on)}, {data_name} has "
-                             f"{tuple(shape)}; give the data it was trained on (--data)")
+                             f"{tuple(shape)}; give the data it was trained on (`data`)")
     probe = torch.rand(1, *shape, device=next(model.parameters()).device)
     try:
         with torch.no_grad(), frozen_eval(model):
             k = model(probe).shape[1]
     except RuntimeError as e:
         raise ChanscopeError(f"{what} does not take images of shape {tuple(shape)} from {data_name} "
-                             f"({str(e).splitlines()[0][:120]}); give the data it was trained on (--data)") from None
+                             f"({str(e).splitlines()[0][:120]}); give the data it was trained on (`data`)") from None
     if k != num_classes:
         raise ChanscopeError(f"{what} predicts {k} classes, {data_name} has {num_classes}; "
-                             "give the data it was trained on (--data)")
+                             "give the data it was trained on (`data`)")
 
 
 CLASSES_BY = ("name", "position")
@@ -117,4 +117,4 @@ def match_classes(model: nn.Module, data: ImageData, by: str = "name", what: str
     first = next((a, b) for a, b in zip(names, data.classes) if a != b)
     raise ChanscopeError(f"{what} was trained on classes {', '.join(names)}; data {data.name!r} has "
                          f"{', '.join(data.classes)} (first difference: {first[0]!r} vs {first[1]!r}); give the data "
-                         "it was trained on, or take the labels by position (classes_by='position')")
+                         "it was trained on, or take the labels by position (`classes_by`='position')")

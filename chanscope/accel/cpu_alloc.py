@@ -3,15 +3,14 @@
 glibc serves every request above its mmap threshold (which it never raises above 32 MiB) with a fresh mmap and
 unmaps it on free, so each such tensor costs the kernel a page fault and a zero-fill per 4 KiB page. A
 full-width ResNet-18 at the paper's batch 128 makes first-stage tensors of exactly 32 MiB (128 x 64 x 32 x 32
-float32, plus the allocator's header: just over the limit), hundreds per CIFS step: on this project's CPU a
-step took 1.0-1.6 million page faults and 2-4 s of kernel time out of 15-18 s (0.77 million since the blocks
-rectify and add in place, `chanscope.models.resnet`).
+float32, plus the allocator's header: just over the limit), hundreds per CIFS step, each a round of page
+faults and kernel time (measured in docs/benchmarks.md, `bench/cpu_alloc.py`).
 
 "reuse" (opt-in, Linux with glibc) asks glibc through `mallopt` to serve every request from its heap
 (M_MMAP_MAX = 0) and to keep freed memory there (M_TRIM_THRESHOLD very large), so the next batch's tensors
-land on pages that are already mapped: 0.99-1.15x on the CIFS step above. It costs resident memory: the
-process keeps its high-water mark, and the heap's fragmentation raises that mark (by 3-17% in
-`bench/vs_official.py --shipped` and `bench/cpu_alloc.py`). "system" (the default) leaves glibc's defaults
+land on pages that are already mapped. It costs resident memory: the process keeps its high-water mark,
+and the heap's fragmentation raises that mark (`bench/vs_official.py --shipped`, `bench/cpu_alloc.py`).
+"system" (the default) leaves glibc's defaults
 and meets the peak-memory goal against the official code. Other C libraries and platforms have no such
 switch; there both modes are "unavailable". The setting is process-wide, so a benchmark that compares two
 codes in one process gives it to both (it helps the official CIFS code more than ours: docs/benchmarks.md).

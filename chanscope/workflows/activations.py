@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from chanscope.analysis import channels_table, classes_table, percent
 from chanscope.attacks.suite import AttackSpec, run_attack
-from chanscope.hooks import ActivationRecorder
-from chanscope.relevance import RelevanceAccumulator, relevance_scores
+from chanscope.observe.analysis import channels_table, classes_table, percent
+from chanscope.observe.hooks import ActivationRecorder
+from chanscope.observe.relevance import RelevanceAccumulator, relevance_scores
 
 DEFAULT_N = 1000  # test images when none are asked for: a full test set under PGD-20 is a long wait on a CPU
 
@@ -37,7 +37,7 @@ def with_intervals(classes: pd.DataFrame, examples: dict[str, np.ndarray] | None
     """classes.csv with 95% bootstrap intervals (over each class's images) beside the numbers verdicts read."""
     if examples is None:
         return classes
-    from chanscope.verdicts import class_intervals
+    from chanscope.observe.verdicts import class_intervals
 
     return classes.merge(class_intervals(examples), on="class", how="left")
 
@@ -52,7 +52,7 @@ class LayerResult:
     layer: str
     channels: pd.DataFrame
     classes: pd.DataFrame
-    # per image, for intervals over images (chanscope.verdicts): y, nat_ok, adv_ok (N,), mag_nat and mag_adv
+    # per image, for intervals over images (chanscope.observe.verdicts): y, nat_ok, adv_ok (N,), mag_nat and mag_adv
     # (N, C), relevance (classes, C); the tables above are exact streaming sums of the same numbers
     examples: dict[str, np.ndarray] | None = None
 
@@ -62,7 +62,7 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
                       threshold: float = 1e-2, batch_size: int = 250, beta_atk: float = 2.0, seed: int = 0,
                       progress: Callable[[int, int], None] | None = None) -> tuple[list[LayerResult], float]:
     """Walk (x, y) once in batches: attack, record both kinds, score relevance; return per-layer tables."""
-    from chanscope import distributed as dist_util
+    from chanscope.accel import distributed as dist_util
 
     t0 = time.time()
     dev = next(model.parameters()).device
@@ -135,30 +135,30 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     (suffixed `-<layer>` when several layers are asked for) atomically.
 
     n: class-balanced test images; None: DEFAULT_N, or the whole test set where it is smaller."""
-    from chanscope import distributed as dist_util
-    from chanscope.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
+    from chanscope.accel import distributed as dist_util
+    from chanscope.accel.layout import set_layout
     from chanscope.attacks.suite import parse_attacks
     from chanscope.checkpoint import load_model
     from chanscope.errors import ChanscopeError, check_positive_int, check_range
-    from chanscope.hooks import default_layer, resolve_layers
-    from chanscope.io import atomic_write_csv, atomic_write_json
-    from chanscope.relevance import RELEVANCE_METHODS
-    from chanscope.runs import check_fits, data_of_run, match_classes, run_dir_of, test_subset, writable_dir
-    from chanscope.train.loop import versions
+    from chanscope.io import atomic_write_csv, atomic_write_json, versions
+    from chanscope.observe.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
+    from chanscope.observe.hooks import default_layer, resolve_layers
+    from chanscope.observe.relevance import RELEVANCE_METHODS
+    from chanscope.workflows.runs import check_fits, data_of_run, match_classes, run_dir_of, test_subset, writable_dir
 
     t0 = time.time()
     device = str(dist_util.setup_device(device)[0])
     if relevance not in RELEVANCE_METHODS:
         raise ChanscopeError(f"unknown relevance {relevance!r}; known: {', '.join(RELEVANCE_METHODS)}")
     if relevance_on not in ("natural", "adversarial"):
-        raise ChanscopeError(f"--relevance-on must be natural or adversarial, not {relevance_on!r}")
+        raise ChanscopeError(f"`relevance_on` must be natural or adversarial, not {relevance_on!r}")
     check_positive_int(batch_size, "batch size")
     check_range(threshold, "threshold", 0.0, 1.0, example="0.01 (a channel is active above 1% of the image's largest)")
     check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
     specs = parse_attacks(attack, eps, follow=follow_mask)
     if len(specs) != 1:
-        raise ChanscopeError("--attack takes one attack, e.g. pgd20")
-    net = load_model(model_path, device)
+        raise ChanscopeError("`attack` takes one attack, e.g. pgd20")
+    net = set_layout(load_model(model_path, device), "auto")  # speed only: the same numbers in any layout
     ds = data_of_run(model_path, data, data_root, download)
     class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")
     x, y = test_subset(ds, n if n is not None else min(DEFAULT_N, len(ds.y_test)), seed)

@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from chanscope.analysis import percent
 from chanscope.attacks.pgd import pgd
 from chanscope.attacks.suite import AttackSpec, correct, parse_attacks, run_attack
+from chanscope.observe.analysis import percent
 
 __all__ = ["default_attacks", "evaluate", "sanity_checks", "EvalResult", "EVAL_COLUMNS", "accuracy_under"]
 
@@ -69,7 +69,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[s
     """Run every attack on (x, y); one row per attack and class plus an `all` row.
 
     Under torchrun each rank attacks a contiguous shard and the per-example results are gathered."""
-    from chanscope import distributed as dist_util
+    from chanscope.accel import distributed as dist_util
 
     dev = next(model.parameters()).device
     y_all = y.to(dev)
@@ -221,13 +221,13 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
     """Evaluate a checkpoint and write eval.csv and eval.json (atomically) into `out` or the run folder."""
     import json
 
-    from chanscope import distributed as dist_util
+    from chanscope.accel import distributed as dist_util
+    from chanscope.accel.layout import set_layout
     from chanscope.attacks.suite import has_probes
     from chanscope.checkpoint import load_model
     from chanscope.errors import check_positive_int, check_range
-    from chanscope.io import atomic_write_csv, atomic_write_json
-    from chanscope.runs import check_fits, data_of_run, match_classes, run_dir_of, test_subset, writable_dir
-    from chanscope.train.loop import versions
+    from chanscope.io import atomic_write_csv, atomic_write_json, versions
+    from chanscope.workflows.runs import check_fits, data_of_run, match_classes, run_dir_of, test_subset, writable_dir
 
     t0 = time.time()
     kw = {"step_size": step_size, "restarts": restarts, "random_start": random_start,
@@ -236,9 +236,9 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
     device = str(dist_util.setup_device(device)[0])
     check_positive_int(batch_size, "batch size")
     check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
-    net = load_model(model_path, device)
+    net = set_layout(load_model(model_path, device), "auto")  # speed only: the same numbers in any layout
     specs = specs or parse_attacks(default_attacks(net), eps, **kw)
-    sur = load_model(surrogate, device) if surrogate else None
+    sur = set_layout(load_model(surrogate, device), "auto") if surrogate else None
     ds = data_of_run(model_path, data, data_root, download)
     class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")
     x, y = test_subset(ds, n, seed)

@@ -1,0 +1,51 @@
+"""Budgets, in one table: what `chanscope train --preset NAME` trains and what `chanscope reproduce --scale
+NAME` trains and measures. A scale's `train` holds TrainConfig fields over the paper's recipe (the config's
+defaults); the other fields say how the study evaluates a model at that budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Scale", "SCALES"]
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    about: str  # what the budget is for, in a few words
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields over the paper's recipe
+    eval_attacks: str = "fgsm,pgd20,cw20,adaptive20r2"  # `chanscope eval`'s suite (adaptive: models with probes)
+    eval_n: int | None = 1000  # test images evaluated (None: all)
+    aa_n: int = 500  # AutoAttack and the reference AutoAttack on this many (0: skipped)
+    sanity_n: int = 200  # images of the gradient-masking checks
+    act_n: int | None = 1000  # images of the activation study (None: all)
+    act_attack: str = "pgd20"  # its attack (adaptive for models with probes)
+    square_queries: int = 1000  # Square's query budget in the sanity checks
+
+    def settings(self) -> dict[str, Any]:
+        """The recipe (everything but the name and the description), as a study folder records it."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("name", "about")}
+
+
+SCALES: dict[str, Scale] = {s.name: s for s in (
+    Scale("smoke", "minutes on 2 CPU cores, embedded data: checks the pipeline, not the paper",
+          {"width": 0.125, "subset": 1000, "epochs": 3, "batch_size": 64, "steps": 2, "step_size": 4 / 255,
+           "val_n": 100, "eval_n": 100, "eval_steps": 3, "eval_step_size": 3 / 255},
+          eval_attacks="fgsm,pgd10,cw10,adaptive10", eval_n=200, aa_n=0, sanity_n=100, act_n=300,
+          act_attack="pgd10", square_queries=100),
+    Scale("cpu", "hours on 2 CPU cores with the CIFAR-10 archive: ResNet-18 at width 1/4, 5k images, PGD-3",
+          {"width": 0.25, "subset": 5000, "epochs": 8, "steps": 3, "step_size": 3 / 255, "val_n": 500,
+           "eval_n": 500, "eval_steps": 10, "eval_step_size": 2 / 255},
+          eval_n=500, aa_n=100, sanity_n=100, square_queries=1000),
+    Scale("cpu-long", "the cpu scale's network with 10k images, 15 epochs, PGD-5 (about 6x its compute)",
+          {"width": 0.25, "subset": 10000, "epochs": 15, "steps": 5, "step_size": 2 / 255, "val_n": 500,
+           "eval_n": 500, "eval_steps": 10, "eval_step_size": 2 / 255},
+          eval_n=1000, aa_n=100, sanity_n=100),
+    Scale("gpu", "minutes on one H200: full-width ResNet-18, 20k images, 5 epochs, PGD-5",
+          {"subset": 20000, "epochs": 5, "steps": 5, "step_size": 2 / 255, "val_n": 1000, "eval_n": 1000,
+           "eval_steps": 10, "eval_step_size": 2 / 255}),
+    Scale("paper", "the paper's recipe: full CIFAR-10, 120 epochs, PGD-10 (GPU days)", {},
+          eval_attacks="fgsm,pgd20,pgd100,cw20,adaptive20r2", eval_n=None, aa_n=1000, sanity_n=1000, act_n=10000,
+          square_queries=5000),
+)}
