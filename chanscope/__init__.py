@@ -13,4 +13,19 @@ from chanscope.errors import ChanscopeError  # noqa: E402
 from chanscope.models import create_model, list_models  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "save_checkpoint", "create_model", "list_models", "ChanscopeError", "__version__"]
+__all__ = ["load_model", "study", "evaluate", "save_checkpoint", "create_model", "list_models", "ChanscopeError",
+           "__version__"]
+
+
+def study(model, data="embedded", layers=None, attack="pgd20", relevance="gradient", n=1000, **kwargs):
+    """The activation study of any model on any data, in memory (`chanscope.workflows.notebook.study`)."""
+    from chanscope.workflows.notebook import study as _study
+
+    return _study(model, data, layers, attack, relevance, n, **kwargs)
+
+
+def evaluate(model, data="embedded", attacks=("pgd20",), **kwargs):
+    """Robust accuracy per attack and class (`chanscope.workflows.notebook.evaluate`): the eval.csv table."""
+    from chanscope.workflows.notebook import evaluate as _evaluate
+
+    return _evaluate(model, data, attacks, **kwargs)

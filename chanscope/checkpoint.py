@@ -14,7 +14,8 @@ from chanscope.io import atomic_torch_save
 from chanscope.models import create_model
 from chanscope.models.official import is_official_state_dict, load_official
 
-__all__ = ["save_checkpoint", "read_checkpoint", "load_model", "model_from_checkpoint", "FORMAT"]
+__all__ = ["save_checkpoint", "read_checkpoint", "load_model", "model_from_checkpoint", "FORMAT", "resolve",
+           "archive_kind"]
 
 FORMAT = "chanscope-checkpoint"
 
@@ -33,7 +34,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, **extra: Any) -> None:
     atomic_torch_save(obj, Path(path))
 
 
-def _resolve(path: str | Path) -> Path:
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file: the path itself, or a run folder's best.pt (else last.pt)."""
     p = Path(path).expanduser()
     if p.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -49,9 +51,12 @@ _TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip format; the leg
 _FOREIGN_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
-def _archive_kind(p: Path) -> str | None:
-    """'a TorchScript file' or 'an exported program' for the zip archives torch.jit.save and torch.export.save
-    write (torch.load cannot read them as checkpoints), else None."""
+_KINDS = {"export": "an exported program (torch.export.save)", "torchscript": "a TorchScript file (torch.jit.save)"}
+
+
+def archive_kind(p: Path) -> str | None:
+    """'torchscript' or 'export' for the zip archives torch.jit.save and torch.export.save write (torch.load
+    cannot read them as checkpoints), else None."""
     import zipfile
 
     try:
@@ -61,9 +66,9 @@ def _archive_kind(p: Path) -> str | None:
         return None
     parts = {n.split("/")[1] for n in names if n.count("/") >= 1}  # entries sit under one top folder
     if "archive_format" in parts or "models" in parts:
-        return "an exported program (torch.export.save)"
+        return "export"
     if "constants.pkl" in parts or "code" in parts:
-        return "a TorchScript file (torch.jit.save)"
+        return "torchscript"
     return None
 
 
@@ -88,12 +93,11 @@ def _unreadable(p: Path, e: Exception) -> str:
 
 def read_checkpoint(path: str | Path) -> dict:
     """torch.load with weights_only=True, turning every failure into a one-line error."""
-    p = _resolve(path)
-    kind = _archive_kind(p)  # torch.load would hand a TorchScript file to torch.jit.load
+    p = resolve(path)
+    kind = archive_kind(p)  # torch.load would hand a TorchScript file to torch.jit.load
     if kind:
-        raise ChanscopeError(f"{str(p)!r} is {kind}, not a checkpoint: chanscope opens best.pt/last.pt of `chanscope "
-                             "train` and official CIFS/CAS state_dicts; save the weights with "
-                             "torch.save(model.state_dict(), path)")
+        raise ChanscopeError(f"{str(p)!r} is {_KINDS[kind]}, not a checkpoint or state_dict; `model` opens it as "
+                             "a model, where weights are asked for save them with torch.save(model.state_dict(), path)")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (a torn file fails in many ways inside the unpickler)
@@ -124,14 +128,26 @@ def model_from_checkpoint(obj: dict, origin: str = "checkpoint") -> torch.nn.Mod
                          "give a best.pt/last.pt written by `chanscope train`")
 
 
-def load_model(path: str | Path, device: str | torch.device | None = None) -> torch.nn.Module:
-    """Open a chanscope or official CIFS checkpoint as a model in eval mode: [0,1] images -> logits.
+def load_model(spec: str | Path, device: str | torch.device | None = None, **options: Any) -> torch.nn.Module:
+    """Open any image classifier as a model in eval mode: [0, 1] images -> logits.
+
+    spec: a chanscope checkpoint or run folder, an official CIFS/CAS checkpoint, `torchvision:NAME`,
+    `timm:NAME`, `robustbench:NAME`, a TorchScript or exported (.pt2) file, or `package.module:callable`.
+    options: the fields of `chanscope.models.sources.ModelOptions` (weights, num_classes, dataset,
+    threat_model, model_dir, mean, std). `model.source` records what was loaded.
 
     Example:
         >>> model = chanscope.load_model("runs/cifs/best.pt")
+        >>> tv = chanscope.load_model("torchvision:resnet18", weights="tv.pt", mean=[0.49, 0.48, 0.45],
+        ...                           std=[0.25, 0.24, 0.26])
         >>> logits = model(images)  # images in [0, 1], shape (N, C, H, W)
     """
-    obj = read_checkpoint(path)
-    model = model_from_checkpoint(obj, str(path))
+    from chanscope.models.sources import ModelOptions, open_model
+
+    try:
+        opts = ModelOptions(**options)
+    except TypeError as e:
+        raise ChanscopeError(f"load_model: {e}; options are the fields of ModelOptions") from None
+    model = open_model(spec, opts)
     dev = device if isinstance(device, torch.device) else pick_device(device)
     return model.to(dev).eval()

@@ -16,3 +16,36 @@ EpsOpt = Annotated[Optional[str], typer.Option(help="L-inf budget in pixel units
 ClassesByOpt = Annotated[str, typer.Option(
     help="How the data's labels meet the model's classes: name (the names the checkpoint records must match; "
     "another order is mapped) or position (label i is the model's class i, rows get the model's names).")]
+
+# where a model comes from (chanscope.models.sources): shared by eval, activations and layers
+ModelOpt = Annotated[str, typer.Option(
+    help="A checkpoint or run folder (chanscope's or the official CIFS/CAS code's), torchvision:NAME, timm:NAME, "
+    "robustbench:NAME, a TorchScript or .pt2 file, or package.module:callable.")]
+WeightsOpt = Annotated[Optional[str], typer.Option(help="state_dict file for torchvision:, timm: or a factory.")]
+NumClassesOpt = Annotated[Optional[int], typer.Option(help="Head size of torchvision:/timm: models (default: the "
+                                                            "data's class count).")]
+DatasetOpt = Annotated[str, typer.Option(help="robustbench: cifar10, cifar100 or imagenet.")]
+ThreatModelOpt = Annotated[str, typer.Option(help="robustbench: Linf, L2 or corruptions.")]
+ModelDirOpt = Annotated[str, typer.Option(help="robustbench: the model zoo folder (<dir>/<dataset>/<threat>/NAME.pt).")]
+MeanOpt = Annotated[Optional[str], typer.Option(help="Per-channel mean the model expects, e.g. 0.4914,0.4822,0.4465 "
+                                                     "(with --std; the model then takes [0, 1] images).")]
+StdOpt = Annotated[Optional[str], typer.Option(help="Per-channel std the model expects (with --mean).")]
+
+
+def model_options(weights: str | None, num_classes: int | None, dataset: str, threat_model: str, model_dir: str,
+                  mean: str | None, std: str | None):
+    """The flags of a model source as the library's ModelOptions."""
+    from chanscope.errors import ChanscopeError
+    from chanscope.models.sources import ModelOptions
+
+    def floats(text: str | None, flag: str) -> list[float] | None:
+        if text is None:
+            return None
+        try:
+            return [float(v) for v in text.split(",")]
+        except ValueError:
+            raise ChanscopeError(f"{flag} {text!r} is not a comma-separated list of numbers, e.g. 0.5,0.5,0.5"
+                                 ) from None
+
+    return ModelOptions(weights=weights, num_classes=num_classes, dataset=dataset, threat_model=threat_model,
+                        model_dir=model_dir, mean=floats(mean, "--mean"), std=floats(std, "--std"))

@@ -13,7 +13,24 @@ from chanscope.observe.relevance import RELEVANCE_METHODS
 from chanscope.workflows.activations import run_activations
 
 from ._console import console, progress
-from ._options import ClassesByOpt, DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
+from ._options import (
+    ClassesByOpt,
+    DataOpt,
+    DataRootOpt,
+    DatasetOpt,
+    DeviceOpt,
+    DownloadOpt,
+    EpsOpt,
+    MeanOpt,
+    ModelDirOpt,
+    ModelOpt,
+    NumClassesOpt,
+    SeedOpt,
+    StdOpt,
+    ThreatModelOpt,
+    WeightsOpt,
+    model_options,
+)
 
 SHOWN = {"class_name": "class", "n": "n", "nat_acc": "nat%", "adv_acc": "adv%", "cosine_adv_nat": "cos",
          "mean_abs_gap": "|gap|", "nr_over_abs": "NR over", "nr_over_rel": "NR rel", "pr_under_abs": "PR under",
@@ -21,7 +38,7 @@ SHOWN = {"class_name": "class", "n": "n", "nat_acc": "nat%", "adv_acc": "adv%", 
 
 
 def activations_command(
-    model: Annotated[Path, typer.Option(help="Checkpoint (.pt) or run folder.")],
+    model: ModelOpt,
     layer: Annotated[Optional[list[str]], typer.Option(help="Module name(s) (repeatable); default: penultimate.")]
     = None,
     attack: Annotated[str, typer.Option(help="Any attack of `chanscope eval` (pgd20, cw20, fgsm, aa, ...).")]
@@ -45,6 +62,13 @@ def activations_command(
     classes_by: ClassesByOpt = "name",
     seed: SeedOpt = None,
     device: DeviceOpt = None,
+    weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    dataset: DatasetOpt = "cifar10",
+    threat_model: ThreatModelOpt = "Linf",
+    model_dir: ModelDirOpt = "models",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
 ) -> None:
     """Record per-class channel magnitudes on natural vs adversarial inputs, with channel relevance."""
     bar = progress()
@@ -65,11 +89,12 @@ def activations_command(
             batch_size=batch_size, data=data, data_root=data_root, download=bool(download),
             out=str(out) if out else None, seed=seed or 0, device=device, classes_by=classes_by,
             follow_mask=follow_mask, on_ready=on_ready,
+            model_options=model_options(weights, num_classes, dataset, threat_model, model_dir, mean, std),
             progress=lambda done, total: bar.update(task["id"], completed=done))
     finally:
         bar.stop()
     for res in results:
-        suffix = "" if len(results) == 1 else f"-{res.layer}"
+        suffix = "" if len(results) == 1 else "-" + res.layer.replace(":", "-")
         table = Table(title=f"classes{suffix}.csv: {res.layer} ({relevance} relevance, {attack})")
         for head in SHOWN.values():
             table.add_column(head, justify="right")

@@ -10,6 +10,7 @@ from ._console import handle_errors
 from .ablate import ablate_command
 from .activations import activations_command
 from .eval import eval_command
+from .layers import layers_command
 from .plot import app as plot_app
 from .plot import report_command
 from .reproduce import reproduce_command
@@ -21,6 +22,7 @@ app = typer.Typer(name="chanscope", no_args_is_help=True, add_completion=False, 
 app.command("train")(handle_errors(train_command))
 app.command("eval")(handle_errors(eval_command))
 app.command("activations")(handle_errors(activations_command))
+app.command("layers")(handle_errors(layers_command))
 app.command("reproduce")(handle_errors(reproduce_command))
 app.command("series")(handle_errors(series_command))
 app.command("report")(report_command)

@@ -12,11 +12,28 @@ from chanscope.errors import parse_fraction
 from chanscope.workflows.evaluate import run_eval, verdict
 
 from ._console import console, progress
-from ._options import ClassesByOpt, DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
+from ._options import (
+    ClassesByOpt,
+    DataOpt,
+    DataRootOpt,
+    DatasetOpt,
+    DeviceOpt,
+    DownloadOpt,
+    EpsOpt,
+    MeanOpt,
+    ModelDirOpt,
+    ModelOpt,
+    NumClassesOpt,
+    SeedOpt,
+    StdOpt,
+    ThreatModelOpt,
+    WeightsOpt,
+    model_options,
+)
 
 
 def eval_command(
-    model: Annotated[Path, typer.Option(help="Checkpoint (.pt) or run folder; official CIFS checkpoints too.")],
+    model: ModelOpt,
     attacks: Annotated[Optional[str], typer.Option(
         help="Comma list of fgsm, pgd<K>, cw<K>, adaptive<K>, aa (torchattacks' port), aa-ref (the authors' "
         "code), square; r<N> after a name gives it N restarts "
@@ -44,6 +61,13 @@ def eval_command(
     classes_by: ClassesByOpt = "name",
     seed: SeedOpt = None,
     device: DeviceOpt = None,
+    weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    dataset: DatasetOpt = "cifar10",
+    threat_model: ThreatModelOpt = "Linf",
+    model_dir: ModelDirOpt = "models",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
 ) -> None:
     """Evaluate robustness per attack and per class; write eval.csv and eval.json."""
     e = parse_fraction(eps)
@@ -69,6 +93,7 @@ def eval_command(
             sanity=sanity, surrogate=str(surrogate) if surrogate else None, batch_size=batch_size, data=data,
             data_root=data_root, download=bool(download), out=str(out) if out else None, seed=seed or 0,
             device=device, classes_by=classes_by, follow_mask=follow_mask, on_ready=on_ready,
+            model_options=model_options(weights, num_classes, dataset, threat_model, model_dir, mean, std),
             progress=on_progress)
     finally:
         bar.stop()

@@ -113,7 +113,7 @@ def test_torchvision_resnet_layers_and_reused_relu():
     tv = pytest.importorskip("torchvision")
     net = tv.models.resnet18(num_classes=10).eval()
     x = torch.rand(4, 3, 64, 64)
-    assert default_layer(net, x) == "layer4"
+    assert default_layer(net, x) == "fc:in"  # the classifier's input: the penultimate representation
     with ActivationRecorder(net, ["layer4"], 10) as rec:
         rec.observe(x, torch.arange(4), "natural")
     assert rec.stats["layer4"]["natural"].sum.shape == (10, 512)

@@ -15,7 +15,7 @@ from chanscope.cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from chanscope.checkpoint import load_model, save_checkpoint
+from chanscope.checkpoint import load_model, read_checkpoint, save_checkpoint
 from chanscope.data import ImageData, load_data
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_json
@@ -242,8 +242,11 @@ def test_torchscript_and_exported_files_are_named_not_called_corrupt(tmp_path):
     torch.export.save(torch.export.export(lin, (torch.rand(1, 3),)), tmp_path / "ep.pt2")
     for name, kind in (("ts.pt", "a TorchScript file"), ("ep.pt2", "an exported program")):
         with pytest.raises(ChanscopeError, match=f"is {kind}") as e:
-            load_model(tmp_path / name, "cpu")
+            read_checkpoint(tmp_path / name)  # where weights are asked for (`init`, `weights`)
         assert "corrupt" not in str(e.value)
+    assert load_model(tmp_path / "ts.pt", "cpu")(torch.rand(2, 3)).shape == (2, 2)  # as a model: opened
+    with pytest.raises(ChanscopeError, match="exported with a fixed batch of 1"):
+        load_model(tmp_path / "ep.pt2", "cpu")
 
 
 def test_fashion_mnist_files_in_the_wrong_folder_get_the_layout(tmp_path):

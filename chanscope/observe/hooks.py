@@ -1,5 +1,9 @@
 """Streaming per-class, per-channel activation statistics from forward hooks.
 
+A layer is a module's name (its output) or `name:in` (its input, through a forward pre-hook): `linear:in`,
+`fc:in` or `head.fc:in` is the penultimate representation of a network whose last module is a linear
+classifier, the default for models that do not name their feature layer.
+
 Each hooked module's output is reduced at once to one number per channel and image, the magnitude
 m = spatial mean of |activation| (for a post-ReLU layer that is the plain mean; a 2-D output (N, C) is
 taken as is), and folded into per-class sums, sums of squares, counts and active counts. Memory is
@@ -16,8 +20,12 @@ import torch
 import torch.nn as nn
 
 from chanscope.errors import ChanscopeError
+from chanscope.models.wrappers import inner
 
-__all__ = ["ChannelStats", "ActivationRecorder", "resolve_layers", "default_layer", "channel_magnitude"]
+__all__ = ["ChannelStats", "ActivationRecorder", "resolve_layers", "default_layer", "channel_magnitude", "tap",
+           "list_layers", "INPUT"]
+
+INPUT = ":in"  # a layer name ending so means the module's input
 
 
 def channel_magnitude(out: torch.Tensor, layer: str = "") -> torch.Tensor:
@@ -73,27 +81,78 @@ class ChannelStats:
         return self.active / self.count.clamp_min(1)[:, None]
 
 
+def _no_hooks(model: nn.Module) -> None:
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ChanscopeError("a TorchScript model runs compiled code that Python hooks cannot see, so its layers "
+                             "cannot be recorded; save it with torch.export.save (a .pt2 file) or as a state_dict "
+                             "of its architecture (evaluation works on TorchScript as it is)")
+
+
 def resolve_layers(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
-    """Look names up in model.named_modules(); unknown names list the nearest valid ones."""
-    modules = dict(model.named_modules())
+    """Look names up in the model's named_modules() (`name:in` names the module's input); unknown names list
+    the nearest valid ones."""
+    _no_hooks(inner(model))
+    modules = dict(inner(model).named_modules())
     out = {}
     for n in names:
-        if n not in modules or n == "":
-            near = difflib.get_close_matches(n, [m for m in modules if m], n=5, cutoff=0.4)
+        base = n[:-len(INPUT)] if n.endswith(INPUT) else n
+        if base not in modules or base == "":
+            near = difflib.get_close_matches(base, [m for m in modules if m], n=5, cutoff=0.4)
             hint = f"nearest: {', '.join(near)}" if near else f"e.g. {', '.join(list(modules)[1:6])}"
-            raise ChanscopeError(f"unknown layer {n!r}; {hint}")
-        out[n] = modules[n]
+            raise ChanscopeError(f"unknown layer {n!r}; {hint} (`chanscope layers` lists them)")
+        out[n] = modules[base]
     return out
 
 
+def tap(module: nn.Module, name: str, fn):
+    """Call fn(tensor) with layer `name`'s tensor (the module's output, or its input for `name:in`) at every
+    forward; a returned tensor replaces it. Returns the hook's handle."""
+    if name.endswith(INPUT):
+        def pre(m, args):
+            new = fn(args[0])
+            return None if new is None else (new, *args[1:])
+        return module.register_forward_pre_hook(pre)
+
+    def post(m, inputs, output):
+        return fn(output[0] if isinstance(output, (tuple, list)) else output)
+    return module.register_forward_hook(post)
+
+
+def _is_linear(m: nn.Module) -> bool:
+    w = getattr(m, "weight", None)
+    return isinstance(m, nn.Linear) or (isinstance(w, torch.Tensor) and w.ndim == 2 and not list(m.children()))
+
+
+def _classifier_input(model: nn.Module, example: torch.Tensor) -> str | None:
+    """`name:in` of the last linear module whose output is the model's output (the classifier), if any. Linear:
+    an nn.Linear, or any module with a 2-D weight (an exported program's unflattened linear)."""
+    calls: list[tuple[str, torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: calls.append((n, o)))
+               for n, m in inner(model).named_modules() if _is_linear(m)]
+    try:
+        with torch.no_grad():
+            out = model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, o in reversed(calls):
+        if torch.is_tensor(o) and torch.is_tensor(out) and o.shape == out.shape and torch.equal(o, out):
+            return name + INPUT
+    return None
+
+
 def default_layer(model: nn.Module, example: torch.Tensor) -> str:
-    """The penultimate feature map: the model's `feature_layer`, else the last module to finish with a
-    spatial (H, W > 1) 4-D output (torchvision's ResNet: `layer4`)."""
-    if hasattr(model, "feature_layer"):
-        return model.feature_layer
+    """The penultimate representation: the model's `feature_layer` (chanscope's ResNets: the last stage), else
+    the input of its final linear classifier, else the last module to finish with a spatial 4-D output."""
+    if hasattr(inner(model), "feature_layer"):
+        return inner(model).feature_layer
+    _no_hooks(inner(model))
+    found = _classifier_input(model, example)
+    if found:
+        return found
     finished: list[str] = []
     handles = []
-    for name, mod in model.named_modules():
+    for name, mod in inner(model).named_modules():
         if name:
             def hook(m, i, o, name=name):
                 if torch.is_tensor(o) and o.ndim == 4 and o.shape[2] * o.shape[3] > 1:
@@ -106,8 +165,37 @@ def default_layer(model: nn.Module, example: torch.Tensor) -> str:
         for h in handles:
             h.remove()
     if not finished:
-        raise ChanscopeError("found no module with a 4-D output; name one with `layer`")
+        raise ChanscopeError("found no linear classifier and no module with a 4-D output; name one with `layer`")
     return finished[-1]
+
+
+def list_layers(model: nn.Module, example: torch.Tensor) -> list[dict]:
+    """Every named module with its output shape, channel count and calls in one forward on `example`, and the
+    classifier's input; `default` marks the layer a study takes when none is named."""
+    _no_hooks(inner(model))
+    seen: dict[str, list] = {}
+    mods = {n: m for n, m in inner(model).named_modules() if n}
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, []).append(o)) for n, m in mods.items()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    default = default_layer(model, example)
+    rows = []
+    for n, m in mods.items():
+        outs = seen.get(n, [])
+        o = outs[0] if outs else None
+        o = o[0] if isinstance(o, (tuple, list)) and o else o
+        shape = tuple(o.shape) if torch.is_tensor(o) else None
+        rows.append({"layer": n, "type": type(m).__name__, "output": shape, "calls": len(outs),
+                     "channels": shape[1] if shape is not None and len(shape) in (2, 4) else None,
+                     "default": n == default})
+        if default == n + INPUT:
+            rows.append({"layer": default, "type": "input of " + type(m).__name__, "output": None, "calls": len(outs),
+                         "channels": int(m.weight.shape[1]), "default": True})
+    return rows
 
 
 class ActivationRecorder:
@@ -122,7 +210,7 @@ class ActivationRecorder:
 
     def __init__(self, model: nn.Module, layers: list[str], num_classes: int, threshold: float = 1e-2) -> None:
         self.model = model
-        self.modules = resolve_layers(model, layers)
+        self.modules = resolve_layers(model, layers)  # name (or name:in) -> module
         self.num_classes, self.threshold = num_classes, threshold
         self.stats: dict[str, dict[str, ChannelStats]] = {n: {} for n in self.modules}
         self._handles: list = []
@@ -131,7 +219,7 @@ class ActivationRecorder:
 
     def __enter__(self) -> ActivationRecorder:
         for name, mod in self.modules.items():
-            self._handles.append(mod.register_forward_hook(self._hook(name)))
+            self._handles.append(tap(mod, name, self._hook(name)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -140,9 +228,8 @@ class ActivationRecorder:
         self._handles.clear()
 
     def _hook(self, name: str):
-        def fn(module: nn.Module, inputs, output) -> None:
+        def fn(out: torch.Tensor) -> None:
             if self._armed:
-                out = output[0] if isinstance(output, (tuple, list)) else output
                 self._batch.setdefault(name, []).append(channel_magnitude(out, name))
         return fn
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from chanscope.attacks.pgd import frozen_eval
-from chanscope.observe.hooks import resolve_layers
+from chanscope.observe.hooks import resolve_layers, tap
 
 __all__ = ["RELEVANCE_METHODS", "RelevanceAccumulator", "relevance_scores"]
 
@@ -30,13 +30,13 @@ def relevance_scores(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Ten
 
     with frozen_eval(model):
         if method in ("gradient", "grad-x-act"):
-            def add_shift(m, i, out):
+            def add_shift(out):
                 shape = (out.shape[0], out.shape[1]) + (1,) * (out.ndim - 2)
                 shift = torch.zeros(shape, device=out.device, dtype=out.dtype, requires_grad=True)
                 state["shift"], state["act"] = shift, out.detach()
                 return out + shift
 
-            h = module.register_forward_hook(add_shift)
+            h = tap(module, layer, add_shift)
             try:
                 with torch.enable_grad():
                     logits = model(x)
@@ -50,7 +50,7 @@ def relevance_scores(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Ten
             return g.float()
 
         # ablation: one forward per channel, the channel zeroed by the hook
-        def zero_channel(m, i, out):
+        def zero_channel(out):
             k = state.get("k")
             if k is None:
                 state["channels"] = out.shape[1]
@@ -59,7 +59,7 @@ def relevance_scores(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Ten
             out[:, k] = 0
             return out
 
-        h = module.register_forward_hook(zero_channel)
+        h = tap(module, layer, zero_channel)
         try:
             with torch.no_grad():
                 state["k"] = None

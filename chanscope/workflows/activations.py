@@ -19,7 +19,7 @@ from chanscope.observe.relevance import RelevanceAccumulator, relevance_scores
 
 DEFAULT_N = 1000  # test images when none are asked for: a full test set under PGD-20 is a long wait on a CPU
 
-__all__ = ["study_activations", "LayerResult", "write_examples", "read_examples"]
+__all__ = ["study_activations", "LayerResult", "write_examples", "read_examples", "write_results"]
 
 
 def write_examples(path, examples: dict[str, np.ndarray]) -> None:
@@ -55,6 +55,22 @@ class LayerResult:
     # per image, for intervals over images (chanscope.observe.verdicts): y, nat_ok, adv_ok (N,), mag_nat and mag_adv
     # (N, C), relevance (classes, C); the tables above are exact streaming sums of the same numbers
     examples: dict[str, np.ndarray] | None = None
+
+
+def write_results(out_dir, results: list[LayerResult], meta: dict, t0: float | None = None) -> None:
+    """channels.csv, classes.csv (with intervals), examples.npz and activations.json per layer, atomically
+    (suffixed `-<layer>`, `:` as `-`, when there are several layers)."""
+    from chanscope.io import atomic_write_csv, atomic_write_json
+    from chanscope.observe.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
+
+    for res in results:
+        suffix = "" if len(results) == 1 else "-" + res.layer.replace(":", "-")
+        atomic_write_csv(out_dir / f"channels{suffix}.csv", res.channels[CHANNEL_COLUMNS])
+        atomic_write_csv(out_dir / f"classes{suffix}.csv", with_intervals(res.classes[CLASS_COLUMNS], res.examples))
+        if res.examples is not None:
+            write_examples(out_dir / f"examples{suffix}.npz", res.examples)
+        wall = {"wall_seconds": round(time.time() - t0, 1)} if t0 is not None else {}
+        atomic_write_json(out_dir / f"activations{suffix}.json", {"layer": res.layer, **meta, **wall})
 
 
 def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str], layers: list[str],
@@ -129,10 +145,10 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
                     threshold: float = 1e-2, beta_atk: float = 2.0, batch_size: int = 250, data: str | None = None,
                     data_root: str | None = None, download: bool = False, out: str | None = None, seed: int = 0,
                     device: str | None = None, classes_by: str = "name", follow_mask: bool = False,
-                    progress: Callable[[int, int], None] | None = None,
+                    model_options=None, progress: Callable[[int, int], None] | None = None,
                     on_ready: Callable[[dict], None] | None = None) -> tuple[list[LayerResult], dict]:
     """Record a checkpoint's channel statistics and write channels.csv, classes.csv, activations.json
-    (suffixed `-<layer>` when several layers are asked for) atomically.
+    (suffixed `-<layer>`, `:` as `-`, when several layers are asked for) atomically.
 
     n: class-balanced test images; None: DEFAULT_N, or the whole test set where it is smaller."""
     from chanscope.accel import distributed as dist_util
@@ -140,8 +156,7 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     from chanscope.attacks.suite import parse_attacks
     from chanscope.checkpoint import load_model
     from chanscope.errors import ChanscopeError, check_positive_int, check_range
-    from chanscope.io import atomic_write_csv, atomic_write_json, versions
-    from chanscope.observe.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
+    from chanscope.io import versions
     from chanscope.observe.hooks import default_layer, resolve_layers
     from chanscope.observe.relevance import RELEVANCE_METHODS
     from chanscope.workflows.runs import check_fits, data_of_run, match_classes, run_dir_of, test_subset, writable_dir
@@ -158,8 +173,11 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     specs = parse_attacks(attack, eps, follow=follow_mask)
     if len(specs) != 1:
         raise ChanscopeError("`attack` takes one attack, e.g. pgd20")
-    net = set_layout(load_model(model_path, device), "auto")  # speed only: the same numbers in any layout
     ds = data_of_run(model_path, data, data_root, download)
+    mo = dict(vars(model_options)) if model_options is not None else {}
+    if "num_classes" in mo and mo["num_classes"] is None:
+        mo["num_classes"] = ds.num_classes  # a torchvision/timm head as wide as the data's classes
+    net = set_layout(load_model(model_path, device, **mo), "auto")  # speed only: the same numbers in any layout
     class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")
     x, y = test_subset(ds, n if n is not None else min(DEFAULT_N, len(ds.y_test)), seed)
     check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")
@@ -177,15 +195,9 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
         return results, {"out": str(out_dir), "wall_seconds": round(time.time() - t0, 1)}
     meta = {"attack": specs[0].to_dict(), "relevance": relevance, "relevance_on": relevance_on,
             "threshold": threshold, "data": ds.describe() | {"n_used": len(y)}, "classes_note": class_note,
-            "model": str(model_path),
+            "model": str(model_path), "model_source": getattr(net, "source", None),
             "arch": getattr(net, "arch", None), "model_kwargs": getattr(net, "model_kwargs", None), "seed": seed,
             "seconds": round(seconds, 1), "versions": versions(), "out": str(out_dir)}
-    for res in results:
-        suffix = "" if len(results) == 1 else f"-{res.layer}"
-        atomic_write_csv(out_dir / f"channels{suffix}.csv", res.channels[CHANNEL_COLUMNS])
-        atomic_write_csv(out_dir / f"classes{suffix}.csv", with_intervals(res.classes[CLASS_COLUMNS], res.examples))
-        write_examples(out_dir / f"examples{suffix}.npz", res.examples)
-        atomic_write_json(out_dir / f"activations{suffix}.json",
-                          {"layer": res.layer, **meta, "wall_seconds": round(time.time() - t0, 1)})
+    write_results(out_dir, results, meta, t0)
     meta["wall_seconds"] = round(time.time() - t0, 1)
     return results, meta

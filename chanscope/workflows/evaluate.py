@@ -216,9 +216,11 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
              sanity: bool = False, surrogate: str | None = None, batch_size: int = 250, data: str | None = None,
              data_root: str | None = None, download: bool = False, out: str | None = None, seed: int = 0,
              device: str | None = None, classes_by: str = "name", follow_mask: bool = False,
-             progress: Progress | None = None,
+             model_options=None, progress: Progress | None = None,
              on_ready: Callable[[dict], None] | None = None) -> tuple[EvalResult, dict]:
-    """Evaluate a checkpoint and write eval.csv and eval.json (atomically) into `out` or the run folder."""
+    """Evaluate a model and write eval.csv and eval.json (atomically) into `out` or the run folder.
+
+    model_path: any model spec of `chanscope.load_model`; model_options: its ModelOptions (weights, ...)."""
     import json
 
     from chanscope.accel import distributed as dist_util
@@ -236,10 +238,13 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
     device = str(dist_util.setup_device(device)[0])
     check_positive_int(batch_size, "batch size")
     check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
-    net = set_layout(load_model(model_path, device), "auto")  # speed only: the same numbers in any layout
+    ds = data_of_run(model_path, data, data_root, download)
+    mo = dict(vars(model_options)) if model_options is not None else {}
+    if "num_classes" in mo and mo["num_classes"] is None:
+        mo["num_classes"] = ds.num_classes  # a torchvision/timm head as wide as the data's classes
+    net = set_layout(load_model(model_path, device, **mo), "auto")  # speed only: the same numbers in any layout
     specs = specs or parse_attacks(default_attacks(net), eps, **kw)
     sur = set_layout(load_model(surrogate, device), "auto") if surrogate else None
-    ds = data_of_run(model_path, data, data_root, download)
     class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")
     x, y = test_subset(ds, n, seed)
     check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")
@@ -256,7 +261,7 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
                                       square_queries=square_queries, seed=seed,
                                       loss="joint" if has_probes(net) else "ce", progress=progress)
     summary = {
-        "model": str(model_path), "arch": getattr(net, "arch", None),
+        "model": str(model_path), "model_source": getattr(net, "source", None), "arch": getattr(net, "arch", None),
         "model_kwargs": getattr(net, "model_kwargs", None), "data": ds.describe() | {"n_eval": len(y)},
         "classes_note": class_note,
         "eps": eps, "attacks": [s.to_dict() for s in specs], "beta_atk": beta_atk, "seed": seed,

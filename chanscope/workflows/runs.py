@@ -16,15 +16,21 @@ __all__ = ["run_dir_of", "data_of_run", "test_subset", "writable_dir", "check_fi
 
 
 def run_dir_of(model_path: str | Path) -> Path:
+    """Where a model's outputs go by default: its run folder (or the folder of a model file); for a model
+    named by a source (torchvision:NAME, a factory, ...), a folder under runs/ named after it."""
     p = Path(model_path)
-    return p if p.is_dir() else p.parent
+    if p.exists() or ":" not in str(model_path):
+        return p if p.is_dir() else p.parent
+    from chanscope.models.sources import spec_label
+
+    return Path("runs") / spec_label(str(model_path))
 
 
 def data_of_run(model_path: str | Path, data: str | None = None, data_root: str | None = None,
                 download: bool = False) -> ImageData:
     """The data named on the command line, else the run's own (config.json), else the embedded set."""
     from_run = None
-    if data is None:
+    if data is None and (Path(model_path).exists() or ":" not in str(model_path)):  # a path, not a source spec
         cfg_path = run_dir_of(model_path) / "config.json"
         if cfg_path.is_file():
             try:
@@ -77,13 +83,18 @@ def check_fits(model: nn.Module, shape: tuple[int, ...], num_classes: int, what:
     if trained_on is not None and tuple(trained_on) != tuple(shape):
         raise ChanscopeError(f"{what} was trained on images of shape {tuple(trained_on)}, {data_name} has "
                              f"{tuple(shape)}; give the data it was trained on (`data`)")
-    probe = torch.rand(1, *shape, device=next(model.parameters()).device)
+    probe = torch.rand(2, *shape, device=next(model.parameters()).device)
     try:
         with torch.no_grad(), frozen_eval(model):
-            k = model(probe).shape[1]
+            logits = model(probe)
     except RuntimeError as e:
         raise ChanscopeError(f"{what} does not take images of shape {tuple(shape)} from {data_name} "
                              f"({str(e).splitlines()[0][:120]}); give the data it was trained on (`data`)") from None
+    if not torch.is_tensor(logits) or logits.ndim != 2 or not logits.is_floating_point():
+        got = f"a {type(logits).__name__}" if not torch.is_tensor(logits) else f"shape {tuple(logits.shape)}"
+        raise ChanscopeError(f"{what} returns {got}, not logits (images, classes); give a model whose forward "
+                             "returns the logits (wrap it if it returns more)")
+    k = logits.shape[1]
     if k != num_classes:
         raise ChanscopeError(f"{what} predicts {k} classes, {data_name} has {num_classes}; "
                              "give the data it was trained on (`data`)")
