@@ -27,7 +27,8 @@ def train_command(
         help=f"A scale, one of: {', '.join(SCALES)} (default: paper on a GPU, cpu on a CPU).")] = None,
     arch: Annotated[Optional[str], typer.Option(help="Registry name, e.g. resnet18, wrn28_10.")] = None,
     width: Annotated[Optional[float], typer.Option(help="Channel multiplier, e.g. 0.25 on CPU.")] = None,
-    natural: Annotated[Optional[bool], typer.Option("--natural", help="cifs/cas: natural training only.")] = None,
+    natural: Annotated[Optional[bool], typer.Option("--natural", help="cifs/cas/fsr: natural training only.")]
+    = None,
     data: DataOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = None,
@@ -52,6 +53,9 @@ def train_command(
     = None,
     select_stages: Annotated[Optional[str], typer.Option(help="Stages carrying CIFS/CAS, e.g. layer3,layer4.")]
     = None,
+    tau: Annotated[Optional[float], typer.Option(help="FSR: mask temperature (official 0.1).")] = None,
+    lam_sep: Annotated[Optional[float], typer.Option(help="FSR: separation loss weight (official 1).")] = None,
+    lam_rec: Annotated[Optional[float], typer.Option(help="FSR: recalibration loss weight (official 1).")] = None,
     eval_n: Annotated[Optional[int], typer.Option(help="Test images for the per-epoch check.")] = None,
     init: Annotated[Optional[str], typer.Option(help="Start from this checkpoint's weights.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<method>-<arch>-<time>).")] = None,
@@ -70,7 +74,7 @@ def train_command(
     seed: SeedOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Train a standard, PGD-AT, TRADES, CAS or CIFS model into a run folder."""
+    """Train a standard, PGD-AT, TRADES, CAS, CIFS or FSR model into a run folder."""
     given = {
         "method": method, "arch": arch, "width": width, "natural": natural, "data": data, "data_root": data_root,
         "download": download, "subset": subset, "val_n": val_n, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -78,6 +82,7 @@ def train_command(
         "step_size": step_size, "steps": steps, "beta": beta,
         "probes": probes.split(",") if probes else None, "train_label": train_label, "topk": topk, "mask": mask,
         "select_stages": select_stages.split(",") if select_stages else None, "eval_n": eval_n, "init": init,
+        "tau": tau, "lam_sep": lam_sep, "lam_rec": lam_rec,
         "bf16": bf16, "layout": layout,
         "compile": compile, "cuda_graphs": cuda_graphs, "seed": seed, "device": device,
     }

@@ -119,11 +119,12 @@ def _probe_loss(i: int, kind: str = "ce"):
 
 def adaptive_losses(model: nn.Module, beta: float = 2.0) -> dict[str, object]:
     """The losses of the adaptive attack: cross-entropy and CW margin of the final logits, the joint loss
-    (official evaluation), and cross-entropy and CW margin of each probe's logits."""
+    (official evaluation; for FSR with beta 2: the final plus the robust and recalibrated heads' CE), and
+    cross-entropy and CW margin of each probe's (auxiliary head's) logits."""
     losses: dict[str, object] = {"final": attack_loss("ce"), "final_cw": attack_loss("cw")}
     if has_probes(model):
         losses["joint"] = attack_loss("joint", beta)
-        for i in range(len(model.selectors)):
+        for i in range(sum(getattr(s, "n_heads", 1) for _, s in model.selectors)):  # FSR: 2 heads
             losses[f"probe{i}"] = _probe_loss(i)
             losses[f"probe{i}_cw"] = _probe_loss(i, "cw")
     return losses

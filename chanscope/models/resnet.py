@@ -17,11 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from chanscope.models._registry import register_model
-from chanscope.models.select import CAS, CIFS, PROBES, SelectBlock, _Selector
+from chanscope.models.select import CAS, CIFS, FSR, PROBES, SelectBlock, _Selector
 
 __all__ = ["CifarResNet", "Normalize", "BasicBlock", "PreActBlock", "WideBlock", "FEATURE_SELECT"]
 
-FEATURE_SELECT = ("none", "cifs", "cas")
+FEATURE_SELECT = ("none", "cifs", "cas", "fsr")
 
 
 class Normalize(nn.Module):
@@ -98,7 +98,8 @@ class CifarResNet(nn.Module):
     Args:
         block: "basic" (ResNet) or "preact" (PreAct ResNet / WRN; adds a final BN-ReLU `bn_final`).
         depths, widths: blocks and channels per stage; `stem` channels of the first conv.
-        feature_select: "none", "cifs" or "cas"; which stages carry it (default: the last one).
+        feature_select: "none", "cifs", "cas" or "fsr"; which stages carry it (default: the last one; FSR sits
+            after the stage's last block, as the official code puts it after layer4).
         probes: CIFS probe kind per block of each selected stage (the paper: nonlinear, then linear);
             the last entry repeats for deeper stages.
     """
@@ -108,7 +109,7 @@ class CifarResNet(nn.Module):
                  std: Sequence[float] | None = None, feature_select: str = "none",
                  select_stages: Sequence[str] | None = None, probes: Sequence[str] = ("nonlinear", "linear"),
                  probe_hidden: int = 128, topk: int = 2, train_label: str = "true",
-                 mask: str = "softmax") -> None:
+                 mask: str = "softmax", tau: float = 0.1) -> None:
         super().__init__()
         if feature_select not in FEATURE_SELECT:
             raise ValueError(f"unknown feature_select {feature_select!r}; known: {', '.join(FEATURE_SELECT)}")
@@ -134,10 +135,12 @@ class CifarResNet(nn.Module):
             for bi in range(depth):
                 stride = 1 if (si == 0 or bi > 0) else 2
                 blk = (PreActBlock if self.preact else BasicBlock)(cin, cout, stride)
-                if name in selected:
+                if name in selected and (feature_select != "fsr" or bi == depth - 1):  # FSR: after the stage
                     if feature_select == "cifs":
                         kind = probes[min(bi, len(probes) - 1)]
                         sel: _Selector = CIFS(cout, num_classes, kind, probe_hidden, topk, train_label, mask)
+                    elif feature_select == "fsr":
+                        sel = FSR(cout, num_classes, tau)
                     else:
                         sel = CAS(cout, num_classes)
                     blk = SelectBlock(blk, sel)
@@ -175,7 +178,7 @@ class CifarResNet(nn.Module):
             m.label = y if self.training else None
         try:
             logits = self.linear(self.forward_features(x).mean(dim=(2, 3)))
-            aux = [m.last_logits for m in sels]
+            aux = [t for m in sels for t in (m.last_logits if isinstance(m.last_logits, list) else [m.last_logits])]
         finally:
             for m in sels:
                 m.label, m.last_logits = None, None

@@ -1,4 +1,5 @@
-"""Channel selection modules: CIFS (Yan et al., ICML 2021) and CAS (Bai et al., ICLR 2021).
+"""Channel selection modules: CIFS (Yan et al., ICML 2021), CAS (Bai et al., ICLR 2021) and FSR (Kim et al.,
+CVPR 2023).
 
 Both take a block's output features (N, C, H, W), return the features multiplied by a per-sample channel
 mask, and keep their auxiliary ("probe") logits in `last_logits` for the joint loss. The label that
@@ -11,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CIFS", "CAS", "SelectBlock", "PROBES", "TRAIN_LABELS"]
+__all__ = ["CIFS", "CAS", "FSR", "SelectBlock", "PROBES", "TRAIN_LABELS"]
 
 PROBES = ("nonlinear", "linear")
 TRAIN_LABELS = ("true", "pred", "mix:<p>")
@@ -152,6 +153,60 @@ class CAS(_Selector):
         self.last_mask = mask.detach()
         self.last_logits = logits
         return feat * mask[:, :, None, None]
+
+
+def _conv_net(channels: int, hidden: int) -> nn.Sequential:
+    """FSR's separation and recalibration networks: three 3x3 convolutions (no bias), BN-ReLU between."""
+    return nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
+                         nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
+                         nn.Conv2d(hidden, channels, 3, padding=1, bias=False))
+
+
+def gumbel_sigmoid_mask(z: torch.Tensor, tau: float, stochastic: bool) -> torch.Tensor:
+    """FSR's mask from the separation scores z, as the official code computes it: p = sigmoid(z); logistic
+    (Gumbel-difference) noise on log p and log(1 - p), divided by tau, softmax of the pair. Deterministic
+    (stochastic=False) the two noises are equal and cancel: the mask is sigmoid(z / tau), differentiable."""
+    eps = 1e-8
+    p = torch.sigmoid(z)
+    a, b = torch.log(p + eps), torch.log(1 - p + eps)
+    if stochastic:
+        a = a - torch.log(-torch.log(torch.rand_like(z) + eps) + eps)
+        b = b - torch.log(-torch.log(torch.rand_like(z) + eps) + eps)
+    return torch.sigmoid(a / (tau + eps) - b / (tau + eps))
+
+
+class FSR(_Selector):
+    """Feature Separation and Recalibration (Kim et al., CVPR 2023).
+
+    The separation network scores every feature element; a Gumbel-sigmoid mask m (stochastic in training,
+    deterministic sigmoid(z / tau) otherwise) splits the features f into robust r = m f and non-robust
+    nr = (1 - m) f; the recalibration network turns nr into rec = nr + (1 - m) Rec(nr); the block returns
+    r + rec. One auxiliary linear classifier, shared, predicts from the pooled r, nr and rec: r and rec are
+    trained toward the label, nr toward the highest-scoring wrong class. `last_logits` holds [r, rec] (the
+    heads an adaptive attacker also attacks), `last_nr_logits` the non-robust head. The parts are exposed to
+    hooks as the identity modules `robust`, `nonrobust` and `recalibrated`.
+    """
+
+    n_heads = 2
+
+    def __init__(self, channels: int, num_classes: int, tau: float = 0.1, hidden: int = 64) -> None:
+        super().__init__()
+        self.tau = tau
+        self.sep_net = _conv_net(channels, hidden)
+        self.rec_net = _conv_net(channels, hidden)
+        self.aux = nn.Linear(channels, num_classes)
+        self.robust, self.nonrobust, self.recalibrated = nn.Identity(), nn.Identity(), nn.Identity()
+        self.last_nr_logits: torch.Tensor | None = None
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        mask = gumbel_sigmoid_mask(self.sep_net(feat), self.tau, stochastic=self.training)
+        r = self.robust(feat * mask)
+        nr = self.nonrobust(feat * (1 - mask))
+        rec = self.recalibrated(nr + self.rec_net(nr) * (1 - mask))
+        self.last_mask = mask.detach()
+        self.last_logits = [self.aux(r.mean(dim=(2, 3))), self.aux(rec.mean(dim=(2, 3)))]
+        self.last_nr_logits = self.aux(nr.mean(dim=(2, 3)))
+        return r + rec
 
 
 class SelectBlock(nn.Module):

@@ -34,15 +34,16 @@ METHODS: dict[str, tuple[str, str]] = {
     "trades": ("none", "trades"),
     "cas": ("cas", "joint"),
     "cifs": ("cifs", "joint"),
+    "fsr": ("fsr", "fsr"),
 }
 
 
 @dataclass
 class TrainConfig:
-    method: str = "cifs"  # standard | at (PGD-AT, Madry) | trades | cas | cifs
+    method: str = "cifs"  # standard | at (PGD-AT, Madry) | trades | cas | cifs | fsr
     arch: str = "resnet18"  # registry name (chanscope.models.list_models())
     width: float = 1.0  # channel multiplier (0.25 for CPU runs)
-    natural: bool = False  # cas/cifs: train on natural images only (the paper's warm start)
+    natural: bool = False  # cas/cifs/fsr: train on natural images only (the paper's warm start)
     # data
     data: str = "embedded"  # embedded | cifar10 | svhn | fashion-mnist | ImageFolder path | archive
     data_root: str | None = None  # torchvision folder for named data sets
@@ -74,6 +75,10 @@ class TrainConfig:
     topk: int = 2  # logits summed for the relevance (paper: top-2)
     train_label: str = "true"  # top-1 class of the training mask: true (paper), pred, or mix:p (true w.p. p)
     mask: str = "softmax"  # softmax (paper) | softmax_t:T | softmax_scaled (x channels) | sigmoid
+    # FSR (Kim et al. 2023, official defaults): mask temperature, separation and recalibration loss weights
+    tau: float = 0.1
+    lam_sep: float = 1.0
+    lam_rec: float = 1.0
     # per-epoch check on eval_n validation (and training) images, PGD on the joint loss for CIFS/CAS; the
     # test subset of the same size is measured after the last epoch only (paper test: PGD-20, step 0.8/255)
     eval_n: int = 1000
@@ -134,6 +139,8 @@ class TrainConfig:
         kw: dict[str, Any] = {"width": self.width, "feature_select": self.feature_select}
         if self.feature_select == "cifs":
             kw.update(probes=list(self.probes), topk=self.topk, train_label=self.train_label, mask=self.mask)
+        if self.feature_select == "fsr":
+            kw["tau"] = self.tau
         if self.select_stages:
             kw["select_stages"] = list(self.select_stages)
         return kw
@@ -181,7 +188,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ChanscopeError(f"unknown method {cfg.method!r}; known: {', '.join(METHODS)}")
     if cfg.natural and cfg.method in ("at", "trades"):
         raise ChanscopeError(f"natural training with method {cfg.method!r} is method 'standard' (natural only "
-                             "applies to cifs and cas, whose architecture differs); use method standard")
+                             "applies to cifs, cas and fsr, whose architecture differs); use method standard")
     if cfg.arch not in list_models():
         raise ChanscopeError(f"unknown arch {cfg.arch!r}; known: {', '.join(list_models())}")
     check_eps(cfg.eps, "eps")
@@ -199,6 +206,9 @@ def validate(cfg: TrainConfig) -> None:
     check_range(cfg.beta, "beta", 0.0, example="2 (the paper's)")
     check_range(cfg.beta_atk, "beta_atk", 0.0, example="2 (the paper's)")
     check_range(cfg.trades_beta, "trades_beta", 0.0, example="6 (TRADES')")
+    check_positive(cfg.tau, "tau", "0.1 (FSR's)")
+    check_range(cfg.lam_sep, "lam_sep", 0.0, example="1 (FSR's)")
+    check_range(cfg.lam_rec, "lam_rec", 0.0, example="1 (FSR's)")
     if cfg.milestones is not None and any(m < 1 for m in cfg.milestones):
         raise ChanscopeError(f"milestones {cfg.milestones} must be epochs from 1 on, e.g. 75,90")
     from chanscope.models.select import PROBES, mask_function, parse_train_label

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
 from chanscope.losses import joint_ce, trades_kl
 
-__all__ = ["Method", "CrossEntropy", "Joint", "Trades", "method_for", "Craft"]
+__all__ = ["Method", "CrossEntropy", "Joint", "Trades", "FSRLoss", "method_for", "Craft", "wrong_class"]
 
 Craft = Callable[..., torch.Tensor]  # pgd(model, x, y, *, eps, alpha, steps, loss, random_start, beta, init, autocast)
 Autocast = Callable[[], AbstractContextManager]
@@ -99,7 +99,28 @@ class Trades(Method):
         return loss, logits_adv
 
 
-_BY_LOSS: dict[str, type[Method]] = {"ce": CrossEntropy, "joint": Joint, "trades": Trades}
+def wrong_class(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The highest-scoring class other than y (FSR's target for the non-robust head)."""
+    return logits.detach().masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).argmax(1)
+
+
+class FSRLoss(Method):
+    """FSR (Kim et al., CVPR 2023), as the official code: PGD on the final cross-entropy crafts the inputs;
+    the loss is CE(final, y) + lam_sep (CE(robust head, y) + CE(non-robust head, y')) + lam_rec CE(recalibrated
+    head, y), y' the highest-scoring wrong class of the final logits."""
+
+    def loss(self, net, x_in, x, y, autocast):
+        with autocast():
+            logits, aux = net(x_in, y, return_aux=True)
+        nr = next(s.last_nr_logits for _, s in getattr(net, "module", net).selectors)
+        c = self.cfg
+        ce = F.cross_entropy
+        loss = (ce(logits.float(), y) + c.lam_sep * (ce(aux[0].float(), y) + ce(nr.float(), wrong_class(logits, y)))
+                + c.lam_rec * ce(aux[1].float(), y))
+        return loss, logits
+
+
+_BY_LOSS: dict[str, type[Method]] = {"ce": CrossEntropy, "joint": Joint, "trades": Trades, "fsr": FSRLoss}
 
 
 def method_for(cfg: Any, craft: Craft = pgd) -> Method:

@@ -104,7 +104,7 @@ def command_line(cmd: str, **opts: Any) -> str:
 # training options `chanscope train` takes as flags, in the order a recorded command names them
 _TRAIN_FLAGS = ("arch", "width", "data", "data_root", "subset", "val_n", "epochs", "batch_size", "lr", "milestones",
                 "eps", "step_size", "steps", "beta", "probes", "train_label", "topk", "mask", "select_stages",
-                "eval_n", "layout", "compile", "cuda_graphs")
+                "eval_n", "tau", "lam_sep", "lam_rec", "layout", "compile", "cuda_graphs")
 
 
 def train_command(cfg: TrainConfig, out: Path) -> str:
