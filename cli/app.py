@@ -9,6 +9,7 @@ from chanscope.accel.cpu_alloc import DEFAULT_CPU_ALLOC, set_cpu_alloc
 from ._console import handle_errors
 from .ablate import ablate_command
 from .activations import activations_command
+from .compare import compare_command
 from .eval import eval_command
 from .layers import layers_command
 from .plot import app as plot_app
@@ -25,6 +26,7 @@ app.command("activations")(handle_errors(activations_command))
 app.command("layers")(handle_errors(layers_command))
 app.command("reproduce")(handle_errors(reproduce_command))
 app.command("series")(handle_errors(series_command))
+app.command("compare")(handle_errors(compare_command))
 app.command("report")(report_command)
 app.command("ablate")(handle_errors(ablate_command))
 app.add_typer(plot_app, name="plot")

@@ -54,6 +54,29 @@ def _models(with_cas: bool, cifs_scratch: bool) -> list[tuple[str, dict[str, Any
     return out
 
 
+SELECTING = ("cas", "cifs", "fsr")  # methods whose architecture differs: warm-started from their own natural run
+
+
+def models_for(methods: list[str]) -> list[tuple[str, dict[str, Any], str | None]]:
+    """The models that compare `methods` under one warm-start rule: AT and TRADES start from the standard
+    model; CAS, CIFS and FSR from their own architecture trained naturally for the same budget."""
+    from chanscope.train.config import METHODS
+
+    unknown = [m for m in methods if m not in METHODS or m == "standard"]
+    if unknown or not methods:
+        raise ChanscopeError(f"unknown methods {unknown or methods}; compare some of: "
+                             f"{', '.join(m for m in METHODS if m != 'standard')}")
+    out: list[tuple[str, dict[str, Any], str | None]] = []
+    if any(m not in SELECTING for m in methods):
+        out.append(("standard", {"method": "standard"}, None))
+    for m in methods:
+        if m in SELECTING:
+            out += [(f"{m}-nat", {"method": m, "natural": True}, None), (m, {"method": m}, f"{m}-nat")]
+        else:
+            out.append((m, {"method": m}, "standard"))
+    return out
+
+
 def _train_done(run: Path, epochs: int) -> bool:
     m = run / "metrics.csv"
     return (run / "summary.json").is_file() and m.is_file() and len(pd.read_csv(m)) >= epochs
@@ -86,7 +109,8 @@ class _Ctx:
 
 def command_line(cmd: str, **opts: Any) -> str:
     """The `chanscope` command line that passes `opts` (option names as the Python API spells them): None
-    left out, True a bare flag, False `--no-` flag, lists comma-joined, multiples of 1/255 as k/255."""
+    left out, True a bare flag, False `--no-` flag, lists comma-joined, tuples as the flag repeated,
+    multiples of 1/255 as k/255."""
     def value(v: Any) -> str:
         if isinstance(v, float) and v > 0 and abs(v * 255 - round(v * 255)) < 1e-6:
             return f"{round(v * 255)}/255"
@@ -96,6 +120,9 @@ def command_line(cmd: str, **opts: Any) -> str:
     for k, v in opts.items():
         flag = "--" + k.replace("_", "-")
         if v is None:
+            continue
+        if isinstance(v, tuple):
+            parts += [a for item in v for a in (flag, value(item))]
             continue
         parts += [flag] if v is True else [f"--no-{k.replace('_', '-')}"] if v is False else [flag, value(v)]
     return shlex.join(parts)
@@ -176,46 +203,69 @@ def _eval_stages(c: _Ctx, name: str) -> list[Stage]:
     return stages
 
 
-def _activations_stage(c: _Ctx, name: str) -> Stage:
+def _fsr_module(arch: str) -> str:
+    """The name of the FSR module in `arch` (after the last stage's last block, e.g. layer4.1.select)."""
+    from chanscope.models import create_model
+    from chanscope.models.select import FSR
+
+    model = create_model(arch, width=0.0625, feature_select="fsr")
+    return next(n for n, m in model.named_modules() if isinstance(m, FSR))
+
+
+def _activations_stage(c: _Ctx, name: str, parts: bool = False) -> Stage:
+    """The activation study of a model; parts (FSR): its robust and non-robust parts, into run/parts."""
     from chanscope.workflows.activations import run_activations
 
     run, label, sc = c.run(name), c.label(name), c.sc
-    prog = (lambda d, t: c.progress(f"activations {label}", d, t)) if c.progress else None
+    title = "activations-parts" if parts else "activations"
+    prog = (lambda d, t: c.progress(f"{title} {label}", d, t)) if c.progress else None
     # a model with probes is studied under the attack its attacker would use: adaptive, through the mask
-    selects = name.startswith(("cifs", "cas"))
+    selects = name.startswith(SELECTING)
+    folder = run / "parts" if parts else run
+    layers = None
+    if parts:
+        sel = _fsr_module(c.sc.train.get("arch", "resnet18"))
+        layers = (f"{sel}.robust", f"{sel}.nonrobust", f"{sel}.recalibrated")
     kw = {"attack": sc.act_attack.replace("pgd", "adaptive") if selects else sc.act_attack, "n": sc.act_n,
-          "follow_mask": selects or None, "data": c.data, "data_root": c.data_root, "seed": c.seed,
-          "device": c.device}
-    return Stage(f"activations {label}", label, "activations", lambda: (run / "activations.json").is_file(),
-                 lambda: run_activations(str(run / "best.pt"), progress=prog, **{**kw, "follow_mask": selects}),
+          "layer": layers, "follow_mask": selects or None, "data": c.data, "data_root": c.data_root,
+          "seed": c.seed, "device": c.device, "out": str(folder) if parts else None}
+    call = {k: v for k, v in kw.items() if k != "layer"}
+    return Stage(f"{title} {label}", label, "activations",
+                 lambda: (folder / ("activations-" + layers[0].replace(":", "-") + ".json" if parts
+                                    else "activations.json")).is_file(),
+                 lambda: run_activations(str(run / "best.pt"), layers=list(layers) if layers else None,
+                                         progress=prog, **{**call, "follow_mask": selects}),
                  command_line("activations", model=str(run / "best.pt"), **kw))
 
 
 def plan(out: Path, scale: str | Scale, *, data: str | None = None, data_root: str | None = None,
          with_cas: bool = False, cifs_scratch: bool = True, seed: int = 0, seeds: int = 1, device: str | None = None,
          eval_models: list[str] | None = None, progress: Callable[[str, int, int], None] | None = None,
-         bf16: bool | None = None, controls: bool = True) -> list[Stage]:
+         bf16: bool | None = None, controls: bool = True, methods: list[str] | None = None) -> list[Stage]:
     """Every stage of the study: per seed (seed, seed + 1, ...; the first in `out`, the others in
     `out/seed<s>`) train the models, make the random control, evaluate and record activations.
 
-    scale: a name of SCALES or a Scale (the budget series makes one per budget)."""
+    scale: a name of SCALES or a Scale (the budget series makes one per budget).
+    methods: the adversarially trained methods to compare (`models_for`) instead of the paper's models."""
     if isinstance(scale, str) and scale not in SCALES:
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
     sc = SCALES[scale] if isinstance(scale, str) else scale
     check_positive_int(seeds, "seeds")
     stages: list[Stage] = []
-    models = _models(with_cas, cifs_scratch)
+    models = models_for(methods) if methods else _models(with_cas, cifs_scratch)
     compared = eval_models or [m for m, _, _ in models if not m.endswith("-nat")]
     for k in range(seeds):
         c = _Ctx(Path(out), "" if k == 0 else f"seed{seed + k}/", sc, seed + k, data, data_root, device, bf16,
                  progress)
         trains = [_train_stage(c, name, method, warm) for name, method, warm in models]
-        at = next(st for st in trains if st.model == c.label("at"))
+        at = next((st for st in trains if st.model == c.label("at")), None)
         stages += trains
-        if controls:
+        if controls and at is not None:
             stages += [_control_stage(c, at), _activations_stage(c, "random")]
         for name in compared:
             stages += _eval_stages(c, name) + [_activations_stage(c, name)]
+            if name == "fsr":
+                stages.append(_activations_stage(c, name, parts=True))
     return _order(stages)
 
 

@@ -1,0 +1,130 @@
+"""`chanscope compare`: the channel-wise defences and their baselines under one protocol.
+
+Every method gets the same budget (a scale), warm-start rule (AT and TRADES from the standard model; CAS,
+CIFS and FSR from their own architecture trained naturally), seeds and validation split; every model the
+same evaluation (natural, FGSM, PGD, CW, the adaptive attack through the mask where the model has
+auxiliary heads, AutoAttack and the reference AutoAttack on a subset, the gradient-masking checks) and
+the activation study (FSR also on its robust and non-robust parts). `compare.csv` has one row per method
+and seed; `compare_intervals.csv` per method the robust accuracy under the standard attack (PGD on the
+final logits, what each paper reports) and under the adaptive worst case (per image, over every attack),
+each with a 95% interval over test images and seeds, and the difference to AT (paired);
+`figures/compare.png` draws both side by side.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chanscope.errors import ChanscopeError
+from chanscope.io import atomic_write_csv, atomic_write_json
+from chanscope.observe.verdicts import Seed, interval, worst_case
+from chanscope.workflows.pipeline import SCALES, plan, read_record, run_stages
+from chanscope.workflows.report import overall_accuracy
+from chanscope.workflows.runs import writable_dir
+
+__all__ = ["run_compare", "summarise", "intervals", "DEFAULT_METHODS", "COMPARE_COLUMNS"]
+
+DEFAULT_METHODS = "at,trades,cas,cifs,fsr"
+COMPARE_COLUMNS = ["method", "seed", "natural", "standard_attack", "standard", "cw", "adaptive", "worst_case",
+                   "autoattack", "autoattack_ref", "train_seconds"]
+
+
+def _standard_attack(scale: str) -> str:
+    """The scale's PGD on the final logits (cross-entropy): the attack each defence's paper reports."""
+    return next(a for a in SCALES[scale].eval_attacks.split(",") if re.fullmatch(r"pgd\d+(r\d+)?", a))
+
+
+def _folders(out: Path, seeds: int, seed: int):
+    for k in range(seeds):
+        yield seed + k, out if k == 0 else out / f"seed{seed + k}"
+
+
+def summarise(out: str | Path, methods: list[str], scale: str, seeds: int, seed: int = 0) -> pd.DataFrame:
+    """One row per method and seed that has been evaluated (COMPARE_COLUMNS)."""
+    std = _standard_attack(scale)
+    rows = []
+    for s, folder in _folders(Path(out), seeds, seed):
+        for m in methods:
+            run = folder / m
+            if not (run / "eval.csv").is_file():
+                continue
+            o = overall_accuracy(run)
+            ex = run / "eval_examples.csv"
+            metrics = pd.read_csv(run / "metrics.csv") if (run / "metrics.csv").is_file() else None
+            rows.append({"method": m, "seed": s, "natural": o["natural"], "standard_attack": std,
+                         "standard": o.get(std, np.nan),
+                         "cw": next((v for k, v in o.items() if k.startswith("cw") and ":" not in k), np.nan),
+                         "adaptive": next((v for k, v in o.items() if k.startswith("adaptive") and ":" not in k),
+                                          np.nan),
+                         "worst_case": worst_case(pd.read_csv(ex), None) if ex.is_file() else np.nan,
+                         "autoattack": o.get("aa", np.nan), "autoattack_ref": o.get("aa-ref", np.nan),
+                         "train_seconds": round(float(metrics.seconds.sum()), 1) if metrics is not None else np.nan})
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed: int = 0) -> pd.DataFrame:
+    """Per method: robust accuracy under the standard attack and the adaptive worst case, and each minus AT's
+    (paired: the models of a seed see the same test images), with 95% intervals over images and seeds."""
+    std = _standard_attack(scale)
+    ss = []
+    for _, folder in _folders(Path(out), seeds, seed):
+        ev = {m: folder / m / "eval_examples.csv" for m in methods}
+        if all(p.is_file() for p in ev.values()):
+            ss.append(Seed(ev={m: pd.read_csv(p) for m, p in ev.items()}))
+    if not ss:
+        return pd.DataFrame(columns=["method", "under", "seeds", "value", "lo", "hi"])
+
+    def standard(s: Seed, w, m: str) -> float:
+        ok = s.ev[m][std].to_numpy()
+        w = np.ones(len(ok)) if w is None else w
+        return float(100.0 * (ok * w).sum() / w.sum())
+
+    stats = {"standard attack": standard, "adaptive worst case": lambda s, w, m: worst_case(s.ev[m], w)}
+    rows = []
+    for m in methods:
+        for under, f in stats.items():
+            iv = interval(ss, lambda s, w, m=m, f=f: f(s, w, m), "ev")
+            rows.append({"method": m, "under": under, "seeds": len(ss), "value": iv.value, "lo": iv.lo, "hi": iv.hi})
+            if "at" in methods and m != "at":
+                d = interval(ss, lambda s, w, m=m, f=f: f(s, w, m) - f(s, w, "at"), "ev")
+                rows.append({"method": f"{m} - at", "under": under, "seeds": len(ss), "value": d.value, "lo": d.lo,
+                             "hi": d.hi})
+    return pd.DataFrame(rows)
+
+
+def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str = "cpu", seeds: int = 2,
+                seed: int = 0, data: str | None = None, data_root: str | None = None, device: str | None = None,
+                bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None,
+                on_stage: Callable[[str, str, float], None] | None = None,
+                time_limit: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run (or continue) the comparison into `out`; returns (compare.csv, compare_intervals.csv)."""
+    ms = [m.strip() for m in methods.split(",") if m.strip()]
+    if scale not in SCALES:
+        raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    out = writable_dir(out)
+    record_path = out / "compare.json"
+    record = read_record(record_path)
+    opts = {"data": data or "embedded", "seed": seed, "scale": scale, "bf16": bf16}
+    made = record.get("options")
+    if made and record.get("stages") and any(made.get(k) != v for k, v in opts.items()):
+        diff = ", ".join(f"{k} {made.get(k)!r} (given {v!r})" for k, v in opts.items() if made.get(k) != v)
+        raise ChanscopeError(f"this comparison folder was made with {diff}; rerun with its options, or pick "
+                             "another `out`")
+    record["options"] = {**opts, "methods": ms, "seeds": seeds}
+    stages = plan(out, scale, data=data, data_root=data_root, seed=seed, seeds=seeds, device=device,
+                  eval_models=ms, progress=progress, bf16=bf16, controls=False, methods=ms)
+    run_stages(stages, record, record_path, on_stage, time_limit)
+    df, iv = summarise(out, ms, scale, seeds, seed), intervals(out, ms, scale, seeds, seed)
+    atomic_write_csv(out / "compare.csv", df)
+    atomic_write_csv(out / "compare_intervals.csv", iv)
+    atomic_write_json(record_path, record)
+    if len(iv):
+        from chanscope.workflows.plots import compare_plot
+
+        compare_plot(iv, out / "figures")
+    return df, iv
