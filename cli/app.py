@@ -45,8 +45,8 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
                                        help="Print the version and exit."),
           cpu_alloc: str = typer.Option(
               DEFAULT_CPU_ALLOC, "--cpu-alloc", envvar="CHANSCOPE_CPU_ALLOC",
-              help="CPU memory: system (glibc's defaults) or reuse (keep freed blocks for the next batch: up to "
-              "1.15x faster at full width and batch 128, higher peak RSS). Speed only; goes before the command.")
+              help="CPU memory: system (glibc's defaults) or reuse (keep freed blocks for the next batch: faster at "
+              "full width and batch 128, higher peak RSS; docs/benchmarks.md). Speed only; goes before the command.")
           ) -> None:
     """Channel-wise activation studies of adversarially trained CNNs (CIFS, ICML 2021)."""
     set_cpu_alloc(cpu_alloc)

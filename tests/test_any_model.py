@@ -81,7 +81,8 @@ def _cli_kwargs(extra: list[str]) -> dict:
     return {k.lstrip("-").replace("-", "_"): v for k, v in flags.items()}
 
 
-@pytest.mark.parametrize("kind", ["torchvision", "timm", "robustbench", "export", "factory"])
+@pytest.mark.parametrize("kind", [pytest.param("torchvision", marks=pytest.mark.slow), "timm",
+                                  pytest.param("robustbench", marks=pytest.mark.slow), "export", "factory"])
 def test_activations_of_any_model_match_an_independent_hook_and_the_classifier(zoo, kind, tmp_path, monkeypatch):
     d, specs = zoo
     monkeypatch.syspath_prepend(str(d))

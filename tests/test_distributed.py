@@ -102,6 +102,7 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(tmp_path):
     assert m.train_loss[0] == pytest.approx(sum(losses) / len(losses), rel=1e-4)
 
 
+@pytest.mark.slow  # long: runs in `pytest -m slow`
 def test_two_ranks_give_the_statistics_of_one(tmp_path):
     _spawn("_stats_job", str(tmp_path))
     two = torch.load(tmp_path / "stats.pt")

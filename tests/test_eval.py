@@ -143,6 +143,7 @@ class Rounding(nn.Module):
         return self.inner(torch.round(x * 7) / 7)
 
 
+@pytest.mark.slow  # long: runs in `pytest -m slow`
 def test_sanity_checks_flag_a_masked_model_and_pass_a_plain_one(trained, batch):
     model, _ = trained
     x, y = batch

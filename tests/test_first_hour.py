@@ -318,6 +318,7 @@ def test_eval_csv_holds_percentages_without_float_noise(tiny, tmp_path):
     assert "0000" not in text.replace("0.0000", "")  # no 60.00000238418579
 
 
+@pytest.mark.slow  # long: runs in `pytest -m slow`
 def test_off_a_terminal_progress_is_plain_lines_and_tables_are_not_cut(tiny, tmp_path):
     res = _cli("eval", "--model", str(tiny), "--attacks", "fgsm,pgd2", "--n", "20", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
@@ -369,6 +370,7 @@ def test_training_figure_has_whole_epochs_and_a_panel_per_loss(tmp_path, monkeyp
     assert len(fig.legends) == 1
 
 
+@pytest.mark.slow  # long: runs in `pytest -m slow`
 def test_openmp_threads_sleep_when_idle_unless_the_user_says_otherwise():
     """Spinning OpenMP threads made a step 3.9x slower beside another job instead of about 2x (bench/shared_cpu.py):
     chanscope sets the passive wait policy before torch loads OpenMP, and keeps a policy the user set."""

@@ -128,6 +128,7 @@ def test_reproduce_bad_out_or_record_is_one_line(tmp_path):
         pipeline.reproduce(torn, "smoke")
 
 
+@pytest.mark.slow  # long: runs in `pytest -m slow`
 def test_second_run_skips_finished_stages_and_resumes_a_cut_one(study, monkeypatch):
     out, _ = study
     calls = []

@@ -48,6 +48,7 @@ def test_every_method_trains_and_writes_its_run(tmp_path, method):
     assert res.best_epoch == 1
 
 
+@pytest.mark.slow  # long: runs in `pytest -m slow`
 def test_resume_after_epoch_equals_uninterrupted(tmp_path):
     train(_cfg(method="cifs"), tmp_path / "full")
     with pytest.raises(TrainInterrupted):
@@ -123,6 +124,7 @@ def test_cli_bad_input_is_one_line(tmp_path, args, pattern):
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
+@pytest.mark.slow  # long: runs in `pytest -m slow`
 def test_cli_bad_input_in_a_real_process_is_one_line_on_stderr(tmp_path):
     res = subprocess.run([sys.executable, "-m", "chanscope.cli.app", "train", "--preset", "smoke",
                           "--out", str(tmp_path / "r"), "--method", "magic"], capture_output=True, text=True)

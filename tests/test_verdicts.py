@@ -235,6 +235,7 @@ def test_follow_mask_attack_runs_and_is_recorded(tmp_path):
         result.overall().set_index("attack").robust_acc["adaptive2r2"] / 10)
 
 
+@pytest.mark.slow  # long: runs in `pytest -m slow`
 def test_reference_autoattack_agrees_with_the_port_on_a_linear_model():
     """aa-ref (the AutoAttack authors' code) beside aa (torchattacks' port): on a linear classifier both find
     the same worst case, so they must agree image by image."""
