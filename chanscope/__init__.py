@@ -7,6 +7,9 @@ import os
 # jobs share, spinning threads keep every parallel region waiting for a thread the scheduler has parked
 # (docs/benchmarks.md, "Sharing the CPU"; bench/shared_cpu.py); a variable the user set is left alone.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numpy's OpenBLAS threads spin the same way; chanscope's numpy work (bootstrap intervals) is small matrices,
+# which one thread does fastest, and many times faster than several threads on a busy CPU
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from chanscope.checkpoint import load_model, save_checkpoint  # noqa: E402
 from chanscope.errors import ChanscopeError  # noqa: E402

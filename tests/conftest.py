@@ -9,6 +9,7 @@ from pathlib import Path
 # as chanscope does before torch loads OpenMP: idle threads sleep, so the suite keeps its pace on a CPU that
 # other jobs share (spinning threads made a small forward-backward 50x slower beside two other jobs)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as chanscope/__init__.py
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
