@@ -21,12 +21,17 @@ MICRO = pipeline.Scale("micro", "tests", {**pipeline.SCALES["smoke"].train, "arc
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
+    from chanscope.observe import verdicts
+
     out = tmp_path_factory.mktemp("study")
     old = pipeline.SCALES.get("micro")
     pipeline.SCALES["micro"] = MICRO
+    boot = verdicts.N_BOOT, verdicts.N_PERM
+    verdicts.N_BOOT, verdicts.N_PERM = 200, 400  # the report's intervals: fewer resamples, the same code
     try:
         record = pipeline.reproduce(out, "micro", cifs_scratch=False)
     finally:
+        verdicts.N_BOOT, verdicts.N_PERM = boot
         pipeline.SCALES.pop("micro")
         if old:
             pipeline.SCALES["micro"] = old
