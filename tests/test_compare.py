@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from _micro import micro_scale  # tests/ is on sys.path (its conftest)
 
 from chanscope.errors import ChanscopeError
 from chanscope.observe import verdicts
 from chanscope.workflows import compare, pipeline
 
-MICRO = pipeline.Scale("micro", "tests", {**pipeline.SCALES["smoke"].train, "arch": "resnet10", "width": 0.0625,
-                                         "subset": 100, "epochs": 1, "batch_size": 50, "steps": 1,
-                                         "step_size": 8 / 255, "eval_n": 20, "eval_steps": 1,
-                                         "eval_step_size": 2 / 255},
-                       eval_attacks="fgsm,pgd2,adaptive2", eval_n=20, aa_n=0, sanity_n=20, act_n=20, act_attack="pgd2",
-                       square_queries=20)
+MICRO = micro_scale()
 
 
 def test_every_method_gets_the_same_warm_start_rule():
