@@ -10,7 +10,7 @@ from rich.table import Table
 
 from chanscope.errors import parse_fraction
 from chanscope.observe.relevance import RELEVANCE_METHODS
-from chanscope.workflows.activations import run_activations
+from chanscope.workflows.activations import layer_suffix, run_activations
 
 from ._console import console, progress
 from ._options import (
@@ -94,7 +94,7 @@ def activations_command(
     finally:
         bar.stop()
     for res in results:
-        suffix = "" if len(results) == 1 else "-" + res.layer.replace(":", "-")
+        suffix = "" if len(results) == 1 else layer_suffix(res.layer)
         table = Table(title=f"classes{suffix}.csv: {res.layer} ({relevance} relevance, {attack})")
         for head in SHOWN.values():
             table.add_column(head, justify="right")

@@ -19,7 +19,7 @@ from chanscope.observe.relevance import RelevanceAccumulator, relevance_scores
 
 DEFAULT_N = 1000  # test images when none are asked for: a full test set under PGD-20 is a long wait on a CPU
 
-__all__ = ["study_activations", "LayerResult", "write_examples", "read_examples", "write_results"]
+__all__ = ["study_activations", "LayerResult", "write_examples", "read_examples", "write_results", "layer_suffix"]
 
 
 def write_examples(path, examples: dict[str, np.ndarray]) -> None:
@@ -57,6 +57,12 @@ class LayerResult:
     examples: dict[str, np.ndarray] | None = None
 
 
+def layer_suffix(layer: str) -> str:
+    """The part of a file name that says which layer it holds, when a study records several: `-layer4`,
+    `-fc-in` for `fc:in`."""
+    return "-" + layer.replace(":", "-")
+
+
 def write_results(out_dir, results: list[LayerResult], meta: dict, t0: float | None = None) -> None:
     """channels.csv, classes.csv (with intervals), examples.npz and activations.json per layer, atomically
     (suffixed `-<layer>`, `:` as `-`, when there are several layers)."""
@@ -64,7 +70,7 @@ def write_results(out_dir, results: list[LayerResult], meta: dict, t0: float | N
     from chanscope.observe.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
 
     for res in results:
-        suffix = "" if len(results) == 1 else "-" + res.layer.replace(":", "-")
+        suffix = "" if len(results) == 1 else layer_suffix(res.layer)
         atomic_write_csv(out_dir / f"channels{suffix}.csv", res.channels[CHANNEL_COLUMNS])
         atomic_write_csv(out_dir / f"classes{suffix}.csv", with_intervals(res.classes[CLASS_COLUMNS], res.examples))
         if res.examples is not None:
@@ -154,12 +160,19 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     from chanscope.accel import distributed as dist_util
     from chanscope.accel.layout import set_layout
     from chanscope.attacks.suite import parse_attacks
-    from chanscope.checkpoint import load_model
     from chanscope.errors import ChanscopeError, check_positive_int, check_range
     from chanscope.io import versions
     from chanscope.observe.hooks import default_layer, resolve_layers
     from chanscope.observe.relevance import RELEVANCE_METHODS
-    from chanscope.workflows.runs import check_fits, data_of_run, match_classes, run_dir_of, test_subset, writable_dir
+    from chanscope.workflows.runs import (
+        check_fits,
+        data_of_run,
+        match_classes,
+        open_model_for,
+        run_dir_of,
+        test_subset,
+        writable_dir,
+    )
 
     t0 = time.time()
     device = str(dist_util.setup_device(device)[0])
@@ -174,10 +187,7 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     if len(specs) != 1:
         raise ChanscopeError("`attack` takes one attack, e.g. pgd20")
     ds = data_of_run(model_path, data, data_root, download)
-    mo = dict(vars(model_options)) if model_options is not None else {}
-    if "num_classes" in mo and mo["num_classes"] is None:
-        mo["num_classes"] = ds.num_classes  # a torchvision/timm head as wide as the data's classes
-    net = set_layout(load_model(model_path, device, **mo), "auto")  # speed only: the same numbers in any layout
+    net = set_layout(open_model_for(model_path, ds, device, model_options), "auto")  # layout: speed only
     class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")
     x, y = test_subset(ds, n if n is not None else min(DEFAULT_N, len(ds.y_test)), seed)
     check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")

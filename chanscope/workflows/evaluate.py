@@ -229,7 +229,15 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
     from chanscope.checkpoint import load_model
     from chanscope.errors import check_positive_int, check_range
     from chanscope.io import atomic_write_csv, atomic_write_json, versions
-    from chanscope.workflows.runs import check_fits, data_of_run, match_classes, run_dir_of, test_subset, writable_dir
+    from chanscope.workflows.runs import (
+        check_fits,
+        data_of_run,
+        match_classes,
+        open_model_for,
+        run_dir_of,
+        test_subset,
+        writable_dir,
+    )
 
     t0 = time.time()
     kw = {"step_size": step_size, "restarts": restarts, "random_start": random_start,
@@ -239,10 +247,7 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
     check_positive_int(batch_size, "batch size")
     check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
     ds = data_of_run(model_path, data, data_root, download)
-    mo = dict(vars(model_options)) if model_options is not None else {}
-    if "num_classes" in mo and mo["num_classes"] is None:
-        mo["num_classes"] = ds.num_classes  # a torchvision/timm head as wide as the data's classes
-    net = set_layout(load_model(model_path, device, **mo), "auto")  # speed only: the same numbers in any layout
+    net = set_layout(open_model_for(model_path, ds, device, model_options), "auto")  # layout: speed only
     specs = specs or parse_attacks(default_attacks(net), eps, **kw)
     sur = set_layout(load_model(surrogate, device), "auto") if surrogate else None
     class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from chanscope.checkpoint import load_model
 from chanscope.observe.hooks import list_layers
-from chanscope.workflows.runs import check_fits, data_of_run
+from chanscope.workflows.runs import check_fits, data_of_run, open_model_for
 
 __all__ = ["model_layers"]
 
@@ -17,10 +16,7 @@ def model_layers(model_path: str, *, data: str | None = None, data_root: str | N
     """Rows (layer, type, output, channels, calls, default) on two test images of the data, and what was
     loaded."""
     ds = data_of_run(model_path, data, data_root, download)
-    mo = dict(vars(model_options)) if model_options is not None else {}
-    if "num_classes" in mo and mo["num_classes"] is None:
-        mo["num_classes"] = ds.num_classes
-    net = load_model(model_path, device, **mo)
+    net = open_model_for(model_path, ds, device, model_options)
     x = ds.x_test[:2].float().div(255)
     check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {model_path!r}", f"data {ds.name!r}")
     with torch.no_grad():

@@ -39,21 +39,6 @@ class Stage:
     extra: dict = field(default_factory=dict)
 
 
-def _models(with_cas: bool, cifs_scratch: bool) -> list[tuple[str, dict[str, Any], str | None]]:
-    """(name, method options, warm start from) in training order."""
-    out: list[tuple[str, dict[str, Any], str | None]] = [
-        ("standard", {"method": "standard"}, None),
-        ("at", {"method": "at"}, "standard"),
-        ("cifs-nat", {"method": "cifs", "natural": True}, None),
-        ("cifs", {"method": "cifs"}, "cifs-nat"),
-    ]
-    if with_cas:
-        out += [("cas-nat", {"method": "cas", "natural": True}, None), ("cas", {"method": "cas"}, "cas-nat")]
-    if cifs_scratch:
-        out.append(("cifs-scratch", {"method": "cifs"}, None))
-    return out
-
-
 SELECTING = ("cas", "cifs", "fsr")  # methods whose architecture differs: warm-started from their own natural run
 
 
@@ -75,6 +60,13 @@ def models_for(methods: list[str]) -> list[tuple[str, dict[str, Any], str | None
         else:
             out.append((m, {"method": m}, "standard"))
     return out
+
+
+def _models(with_cas: bool, cifs_scratch: bool) -> list[tuple[str, dict[str, Any], str | None]]:
+    """The paper's models, (name, method options, warm start from) in training order: AT and CIFS (and CAS)
+    under `models_for`'s rule, and CIFS from scratch."""
+    out = models_for(["at", "cifs"] + (["cas"] if with_cas else []))
+    return out + ([("cifs-scratch", {"method": "cifs"}, None)] if cifs_scratch else [])
 
 
 def _train_done(run: Path, epochs: int) -> bool:
@@ -214,7 +206,7 @@ def _fsr_module(arch: str) -> str:
 
 def _activations_stage(c: _Ctx, name: str, parts: bool = False) -> Stage:
     """The activation study of a model; parts (FSR): its robust and non-robust parts, into run/parts."""
-    from chanscope.workflows.activations import run_activations
+    from chanscope.workflows.activations import layer_suffix, run_activations
 
     run, label, sc = c.run(name), c.label(name), c.sc
     title = "activations-parts" if parts else "activations"
@@ -231,8 +223,7 @@ def _activations_stage(c: _Ctx, name: str, parts: bool = False) -> Stage:
           "seed": c.seed, "device": c.device, "out": str(folder) if parts else None}
     call = {k: v for k, v in kw.items() if k != "layer"}
     return Stage(f"{title} {label}", label, "activations",
-                 lambda: (folder / ("activations-" + layers[0].replace(":", "-") + ".json" if parts
-                                    else "activations.json")).is_file(),
+                 lambda: (folder / f"activations{layer_suffix(layers[0]) if parts else ''}.json").is_file(),
                  lambda: run_activations(str(run / "best.pt"), layers=list(layers) if layers else None,
                                          progress=prog, **{**call, "follow_mask": selects}),
                  command_line("activations", model=str(run / "best.pt"), **kw))

@@ -12,7 +12,8 @@ from torch import nn
 from chanscope.data import ImageData, balanced_subset, load_data
 from chanscope.errors import ChanscopeError
 
-__all__ = ["run_dir_of", "data_of_run", "test_subset", "writable_dir", "check_fits", "match_classes", "CLASSES_BY"]
+__all__ = ["run_dir_of", "data_of_run", "open_model_for", "test_subset", "writable_dir", "check_fits", "match_classes",
+           "CLASSES_BY"]
 
 
 def run_dir_of(model_path: str | Path) -> Path:
@@ -45,6 +46,18 @@ def data_of_run(model_path: str | Path, data: str | None = None, data_root: str 
         if from_run is None:
             raise
         raise ChanscopeError(f"{e} (this is the data {from_run} names: give `data` where it is now)") from None
+
+
+def open_model_for(model_path: str | Path, data: ImageData, device: str | None = None,
+                   model_options=None) -> nn.Module:
+    """`chanscope.load_model(model_path, device, **options)`; a torchvision/timm head is as wide as the data's
+    classes unless `num_classes` says otherwise."""
+    from chanscope.checkpoint import load_model
+
+    opts = dict(vars(model_options)) if model_options is not None else {}
+    if "num_classes" in opts and opts["num_classes"] is None:
+        opts["num_classes"] = data.num_classes
+    return load_model(model_path, device, **opts)
 
 
 def test_subset(data: ImageData, n: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -80,7 +80,8 @@ class _Session:
 
 
 def _place(cfg: TrainConfig, model: nn.Module, device: torch.device, distributed: bool):
-    """The model on its device with the speed options applied: (model, forward module, update module, notes)."""
+    """The model on its device with the speed options applied: (model, forward module, update module, notes,
+    the config as it runs: compile off where it does not apply)."""
     model.to(device)
     set_layout(model, cfg.layout)
     cuda = device.type == "cuda"
@@ -90,9 +91,10 @@ def _place(cfg: TrainConfig, model: nn.Module, device: torch.device, distributed
             model.to(memory_format=torch.channels_last)
     compile_note = cfg.compile_skipped(device.type)
     notes = [compile_note] if compile_note else []  # asked for, not applied here
+    run_cfg = replace(cfg, compile=False) if compile_note else cfg
     if cfg.cuda_graphs and not cuda:
         notes.append("`cuda_graphs` applies on CUDA only; the attack runs eagerly here")
-    fwd = torch.compile(model) if cfg.compile and not compile_note else model
+    fwd = torch.compile(model) if run_cfg.compile else model
     update = fwd
     if distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -101,7 +103,7 @@ def _place(cfg: TrainConfig, model: nn.Module, device: torch.device, distributed
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # CPU/gloo: BN statistics stay per rank
             fwd = update = model
         update = DDP(fwd, device_ids=[device.index] if cuda else None)
-    return model, fwd, update, notes
+    return model, fwd, update, notes, run_cfg
 
 
 def _session(cfg: TrainConfig, out: Path, state: dict | None) -> _Session:
@@ -115,8 +117,7 @@ def _session(cfg: TrainConfig, out: Path, state: dict | None) -> _Session:
     model = build_model(cfg, data)
     if cfg.init and state is None:
         load_init(model, cfg.init)
-    model, fwd, update, notes = _place(cfg, model, device, distributed)
-    run_cfg = replace(cfg, compile=False) if cfg.compile_skipped(device.type) else cfg
+    model, fwd, update, notes, run_cfg = _place(cfg, model, device, distributed)
     bf16 = cfg.uses_bf16(device.type)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.resolved_milestones(), gamma=0.1)
