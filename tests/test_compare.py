@@ -22,6 +22,12 @@ def test_every_method_gets_the_same_warm_start_rule():
         pipeline.models_for(["at", "magic"])
 
 
+def test_unknown_methods_are_refused_before_the_folder_is_made(tmp_path):
+    with pytest.raises(ChanscopeError, match="unknown methods"):
+        compare.run_compare(tmp_path / "c", "at,magic", scale="smoke")
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.slow  # nine micro trainings and their studies
 def test_compare_trains_evaluates_and_writes_one_table_with_intervals(tmp_path, monkeypatch):
     monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)

@@ -23,7 +23,7 @@ import pandas as pd
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_csv, atomic_write_json
 from chanscope.observe.verdicts import Seed, interval, worst_case
-from chanscope.workflows.pipeline import SCALES, plan, read_record, run_stages
+from chanscope.workflows.pipeline import SCALES, models_for, plan, read_record, run_stages
 from chanscope.workflows.report import overall_accuracy
 from chanscope.workflows.runs import writable_dir
 
@@ -106,6 +106,7 @@ def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str =
     ms = [m.strip() for m in methods.split(",") if m.strip()]
     if scale not in SCALES:
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    models_for(ms)  # unknown methods are refused before the folder is made
     out = writable_dir(out)
     record_path = out / "compare.json"
     record = read_record(record_path)
