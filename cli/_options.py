@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -49,3 +52,25 @@ def model_options(weights: str | None, num_classes: int | None, dataset: str, th
 
     return ModelOptions(weights=weights, num_classes=num_classes, dataset=dataset, threat_model=threat_model,
                         model_dir=model_dir, mean=floats(mean, "--mean"), std=floats(std, "--std"))
+
+
+_SOURCE_FLAGS = (("weights", WeightsOpt, None), ("num_classes", NumClassesOpt, None),
+                 ("dataset", DatasetOpt, "cifar10"), ("threat_model", ThreatModelOpt, "Linf"),
+                 ("model_dir", ModelDirOpt, "models"), ("mean", MeanOpt, None), ("std", StdOpt, None))
+
+
+def with_model_source(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command that takes `model_options` the model-source flags (--weights ... --std) after its own,
+    and pass them to it as one ModelOptions."""
+    own = inspect.signature(command, eval_str=True)
+    params = [p for p in own.parameters.values() if p.name != "model_options"]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+               for name, kind, default in _SOURCE_FLAGS]
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> Any:
+        source = {name: kwargs.pop(name) for name, _, _ in _SOURCE_FLAGS}
+        return command(**kwargs, model_options=model_options(**source))
+
+    run.__signature__ = own.replace(parameters=params)  # what Typer reads
+    return run

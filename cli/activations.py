@@ -9,27 +9,21 @@ import typer
 from rich.table import Table
 
 from chanscope.errors import parse_fraction
+from chanscope.models.sources import ModelOptions
 from chanscope.observe.relevance import RELEVANCE_METHODS
-from chanscope.workflows.activations import layer_suffix, run_activations
+from chanscope.workflows.activations import ActivationOptions, layer_suffix, run_activations
 
 from ._console import console, progress
 from ._options import (
     ClassesByOpt,
     DataOpt,
     DataRootOpt,
-    DatasetOpt,
     DeviceOpt,
     DownloadOpt,
     EpsOpt,
-    MeanOpt,
-    ModelDirOpt,
     ModelOpt,
-    NumClassesOpt,
     SeedOpt,
-    StdOpt,
-    ThreatModelOpt,
-    WeightsOpt,
-    model_options,
+    with_model_source,
 )
 
 SHOWN = {"class_name": "class", "n": "n", "nat_acc": "nat%", "adv_acc": "adv%", "cosine_adv_nat": "cos",
@@ -37,6 +31,7 @@ SHOWN = {"class_name": "class", "n": "n", "nat_acc": "nat%", "adv_acc": "adv%", 
          "spearman_nat": "rho nat", "spearman_adv": "rho adv", "n_pr": "#PR", "n_nr": "#NR"}
 
 
+@with_model_source
 def activations_command(
     model: ModelOpt,
     layer: Annotated[Optional[list[str]], typer.Option(help="Module name(s) (repeatable); default: penultimate.")]
@@ -62,13 +57,7 @@ def activations_command(
     classes_by: ClassesByOpt = "name",
     seed: SeedOpt = None,
     device: DeviceOpt = None,
-    weights: WeightsOpt = None,
-    num_classes: NumClassesOpt = None,
-    dataset: DatasetOpt = "cifar10",
-    threat_model: ThreatModelOpt = "Linf",
-    model_dir: ModelDirOpt = "models",
-    mean: MeanOpt = None,
-    std: StdOpt = None,
+    model_options: ModelOptions | None = None,
 ) -> None:
     """Record per-class channel magnitudes on natural vs adversarial inputs, with channel relevance."""
     bar = progress()
@@ -83,13 +72,14 @@ def activations_command(
         task["id"] = bar.add_task("images", total=info["n"], info="")
 
     try:
+        options = ActivationOptions(
+            eps=parse_fraction(eps), n=n, beta_atk=beta_atk, follow_mask=follow_mask, batch_size=batch_size,
+            seed=seed or 0, device=device, data=data, data_root=data_root, download=bool(download),
+            classes_by=classes_by, out=str(out) if out else None, layers=list(layer) if layer else None,
+            attack=attack, relevance=relevance, relevance_on=relevance_on, threshold=threshold)
         results, meta = run_activations(
-            str(model), layers=list(layer) if layer else None, attack=attack, eps=parse_fraction(eps),
-            relevance=relevance, relevance_on=relevance_on, n=n, threshold=threshold, beta_atk=beta_atk,
-            batch_size=batch_size, data=data, data_root=data_root, download=bool(download),
-            out=str(out) if out else None, seed=seed or 0, device=device, classes_by=classes_by,
-            follow_mask=follow_mask, on_ready=on_ready,
-            model_options=model_options(weights, num_classes, dataset, threat_model, model_dir, mean, std),
+            str(model), options, on_ready=on_ready,
+            model_options=model_options,
             progress=lambda done, total: bar.update(task["id"], completed=done))
     finally:
         bar.stop()

@@ -9,29 +9,24 @@ import typer
 from rich.table import Table
 
 from chanscope.errors import parse_fraction
-from chanscope.workflows.evaluate import run_eval, verdict
+from chanscope.models.sources import ModelOptions
+from chanscope.workflows.evaluate import EvalOptions, run_eval, verdict
 
 from ._console import console, progress
 from ._options import (
     ClassesByOpt,
     DataOpt,
     DataRootOpt,
-    DatasetOpt,
     DeviceOpt,
     DownloadOpt,
     EpsOpt,
-    MeanOpt,
-    ModelDirOpt,
     ModelOpt,
-    NumClassesOpt,
     SeedOpt,
-    StdOpt,
-    ThreatModelOpt,
-    WeightsOpt,
-    model_options,
+    with_model_source,
 )
 
 
+@with_model_source
 def eval_command(
     model: ModelOpt,
     attacks: Annotated[Optional[str], typer.Option(
@@ -61,13 +56,7 @@ def eval_command(
     classes_by: ClassesByOpt = "name",
     seed: SeedOpt = None,
     device: DeviceOpt = None,
-    weights: WeightsOpt = None,
-    num_classes: NumClassesOpt = None,
-    dataset: DatasetOpt = "cifar10",
-    threat_model: ThreatModelOpt = "Linf",
-    model_dir: ModelDirOpt = "models",
-    mean: MeanOpt = None,
-    std: StdOpt = None,
+    model_options: ModelOptions | None = None,
 ) -> None:
     """Evaluate robustness per attack and per class; write eval.csv and eval.json."""
     e = parse_fraction(eps)
@@ -87,14 +76,16 @@ def eval_command(
         bar.update(tasks[name], completed=done)
 
     try:
+        options = EvalOptions(
+            eps=e, n=n, beta_atk=beta_atk, follow_mask=follow_mask, batch_size=batch_size, seed=seed or 0,
+            device=device, data=data, data_root=data_root, download=bool(download), classes_by=classes_by,
+            out=str(out) if out else None, attacks=attacks,
+            step_size=parse_fraction(step_size) if step_size else None, restarts=restarts,
+            random_start=random_start, square_queries=square_queries, sanity=sanity,
+            surrogate=str(surrogate) if surrogate else None)
         result, summary = run_eval(
-            str(model), attacks, e, n=n, step_size=parse_fraction(step_size) if step_size else None,
-            restarts=restarts, random_start=random_start, beta_atk=beta_atk, square_queries=square_queries,
-            sanity=sanity, surrogate=str(surrogate) if surrogate else None, batch_size=batch_size, data=data,
-            data_root=data_root, download=bool(download), out=str(out) if out else None, seed=seed or 0,
-            device=device, classes_by=classes_by, follow_mask=follow_mask, on_ready=on_ready,
-            model_options=model_options(weights, num_classes, dataset, threat_model, model_dir, mean, std),
-            progress=on_progress)
+            str(model), options, on_ready=on_ready, progress=on_progress,
+            model_options=model_options)
     finally:
         bar.stop()
     print_eval(result, summary, str(model), e)

@@ -4,44 +4,32 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from chanscope.models.sources import ModelOptions
 from chanscope.workflows.layers import model_layers
 
 from ._console import console
 from ._options import (
     DataOpt,
     DataRootOpt,
-    DatasetOpt,
     DeviceOpt,
     DownloadOpt,
-    MeanOpt,
-    ModelDirOpt,
     ModelOpt,
-    NumClassesOpt,
-    StdOpt,
-    ThreatModelOpt,
-    WeightsOpt,
-    model_options,
+    with_model_source,
 )
 
 
+@with_model_source
 def layers_command(
     model: ModelOpt,
     data: DataOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = None,
     device: DeviceOpt = None,
-    weights: WeightsOpt = None,
-    num_classes: NumClassesOpt = None,
-    dataset: DatasetOpt = "cifar10",
-    threat_model: ThreatModelOpt = "Linf",
-    model_dir: ModelDirOpt = "models",
-    mean: MeanOpt = None,
-    std: StdOpt = None,
+    model_options: ModelOptions | None = None,
 ) -> None:
     """List a model's layers with output shapes and channel counts on one batch (to pick --layer)."""
     rows, info = model_layers(model, data=data, data_root=data_root, download=bool(download), device=device,
-                              model_options=model_options(weights, num_classes, dataset, threat_model, model_dir,
-                                                          mean, std))
+                              model_options=model_options)
     src = info["source"] or {}
     table = Table(title=f"{model} ({src.get('source', '?')}; input {info['input']} from {info['data']}; "
                         f"normalisation: {src.get('normalisation', '?')})")

@@ -164,6 +164,14 @@ def test_the_python_api_on_a_module_and_a_dataset(zoo, tmp_path):
     loader = torch.utils.data.DataLoader(dataset, batch_size=16)
     table = chanscope.evaluate(model, loader, ["fgsm"], n=30)
     assert set(table.attack) == {"fgsm"} and int(table[table["class"] == "all"].n.iloc[0]) == 30
+    # the API checks its options as the commands do, before it reads the model (this spec does not exist)
+    for bad, pattern in [({"relevance": "saliency"}, "unknown relevance 'saliency'"),
+                         ({"relevance_on": "both"}, "`relevance_on` must be"), ({"threshold": 2.0}, "threshold"),
+                         ({"attack": "pgd2,fgsm"}, "`attack` takes one attack"), ({"batch_size": 0}, "batch size")]:
+        with pytest.raises(ChanscopeError, match=pattern):
+            chanscope.study("no/such/model.pt", dataset, **bad)
+    with pytest.raises(ChanscopeError, match="beta_atk"):
+        chanscope.evaluate("no/such/model.pt", dataset, ["adaptive2"], beta_atk=-1)
 
 
 def test_torchscript_is_evaluated_but_its_layers_are_refused_in_one_line(zoo, tmp_path):

@@ -25,8 +25,8 @@ from chanscope.observe.analysis import most_and_least_robust
 from chanscope.train import build_config
 from chanscope.train.config import default_preset
 from chanscope.workflows import pipeline, plots, report
-from chanscope.workflows.activations import run_activations, write_examples
-from chanscope.workflows.evaluate import default_attacks, run_eval
+from chanscope.workflows.activations import ActivationOptions, run_activations, write_examples
+from chanscope.workflows.evaluate import EvalOptions, default_attacks, run_eval
 from chanscope.workflows.runs import match_classes
 from chanscope.workflows.training import TrainInterrupted
 from chanscope.workflows.training import fit as train
@@ -112,13 +112,13 @@ def test_class_names_must_match_or_be_mapped_explicitly(tiny, tmp_path):
             Image.fromarray(np.full((32, 32, 3), 20 * i, np.uint8)).save(folder / split / f"kind{i}" / "0.png")
     with pytest.raises(ChanscopeError, match="trained on classes airplane, .*first difference: 'airplane' vs "
                                              "'kind0'.*`classes_by`='position'"):
-        run_eval(str(tiny), "fgsm", 8 / 255, data=str(folder), out=str(tmp_path / "o"))
+        run_eval(str(tiny), EvalOptions(attacks="fgsm", data=str(folder), out=str(tmp_path / "o")))
     assert not (tmp_path / "o" / "eval.csv").exists()
     res = _cli("eval", "--model", str(tiny), "--data", str(folder), "--attacks", "fgsm", "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "Traceback" not in res.stderr and "first difference" in _one_line(res.stderr)
     assert "(--classes-by position)" in _one_line(res.stderr)  # the CLI names its flag
-    result, summary = run_eval(str(tiny), "fgsm", 8 / 255, data=str(folder), out=str(tmp_path / "o"),
-                               classes_by="position")
+    result, summary = run_eval(str(tiny), EvalOptions(attacks="fgsm", data=str(folder), out=str(tmp_path / "o"),
+                                                           classes_by="position"))
     assert list(result.table["class"].unique()) == CIFAR + ["all"] and "by position" in summary["classes_note"]
 
 
@@ -261,9 +261,9 @@ def test_activations_default_is_a_subset_a_user_can_wait_for(tiny, tmp_path, mon
     import chanscope.workflows.activations as act
 
     monkeypatch.setattr(act, "DEFAULT_N", 20)
-    _, meta = run_activations(str(tiny), attack="fgsm", out=str(tmp_path))
+    _, meta = run_activations(str(tiny), ActivationOptions(attack="fgsm", out=str(tmp_path)))
     assert meta["data"]["n_used"] == 20
-    _, meta = run_activations(str(tiny), attack="fgsm", n=30, out=str(tmp_path))
+    _, meta = run_activations(str(tiny), ActivationOptions(attack="fgsm", n=30, out=str(tmp_path)))
     assert meta["data"]["n_used"] == 30
 
 
@@ -274,7 +274,7 @@ def test_eval_defaults_to_the_attacks_that_fit_the_model(tmp_path):
     assert default_attacks(cifs) == "fgsm,pgd20,cw20,adaptive20"
     assert default_attacks(create_model("resnet10", width=0.0625, feature_select="cas")).endswith("adaptive20")
     save_checkpoint(tmp_path / "c.pt", cifs.eval())
-    result, _ = run_eval(str(tmp_path / "c.pt"), None, 8 / 255, n=10, out=str(tmp_path))
+    result, _ = run_eval(str(tmp_path / "c.pt"), EvalOptions(n=10, out=str(tmp_path)))
     assert "adaptive20" in set(result.table.attack)
     assert "adaptive<K>" in _one_line(runner.invoke(app, ["eval", "--help"]).output)
 
@@ -309,7 +309,7 @@ def test_resume_of_a_finished_run_keeps_its_summary(tmp_path):
 
 
 def test_eval_csv_holds_percentages_without_float_noise(tiny, tmp_path):
-    result, _ = run_eval(str(tiny), "fgsm", 8 / 255, n=30, out=str(tmp_path))
+    result, _ = run_eval(str(tiny), EvalOptions(attacks="fgsm", n=30, out=str(tmp_path)))
     text = (tmp_path / "eval.csv").read_text()
     for col in ("natural_acc", "robust_acc"):
         for v, row in zip(result.table[col], result.table.itertuples()):

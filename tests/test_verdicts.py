@@ -219,12 +219,12 @@ def test_adaptive_attack_follows_the_cifs_mask_as_a_hand_computed_gradient():
 def test_follow_mask_attack_runs_and_is_recorded(tmp_path):
     from chanscope.checkpoint import save_checkpoint
     from chanscope.models import create_model
-    from chanscope.workflows.evaluate import run_eval
+    from chanscope.workflows.evaluate import EvalOptions, run_eval
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "c.pt", create_model("resnet10", width=0.0625, feature_select="cifs").eval())
-    result, summary = run_eval(str(tmp_path / "c.pt"), "adaptive2r2", 8 / 255, n=10, follow_mask=True,
-                               out=str(tmp_path))
+    result, summary = run_eval(str(tmp_path / "c.pt"), EvalOptions(attacks="adaptive2r2", n=10, follow_mask=True,
+                                                                     out=str(tmp_path)))
     spec = summary["attacks"][0]
     assert spec["follow_mask"] and spec["restarts"] == 2
     comps = set(result.table.attack)
@@ -256,11 +256,11 @@ def test_reference_autoattack_agrees_with_the_port_on_a_linear_model():
 def test_classes_csv_carries_intervals_around_its_values(tmp_path):
     from chanscope.checkpoint import save_checkpoint
     from chanscope.models import create_model
-    from chanscope.workflows.activations import run_activations
+    from chanscope.workflows.activations import ActivationOptions, run_activations
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "m.pt", create_model("resnet10", width=0.0625).eval())
-    run_activations(str(tmp_path / "m.pt"), attack="fgsm", n=60, out=str(tmp_path))
+    run_activations(str(tmp_path / "m.pt"), ActivationOptions(attack="fgsm", n=60, out=str(tmp_path)))
     cl = pd.read_csv(tmp_path / "classes.csv")
     for name in verdicts.INTERVAL_COLUMNS:
         lo, hi, v = cl[f"{name}_lo"], cl[f"{name}_hi"], cl[name]

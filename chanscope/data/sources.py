@@ -140,7 +140,7 @@ def load_data(
 def _embedded() -> ImageData:
     ref = resources.files("chanscope.data").joinpath("assets", EMBEDDED_ARCHIVE)
     with resources.as_file(ref) as p:
-        data = _read_archive(Path(p))
+        data = _cached_archive(Path(p))  # decoded once, like any archive
     data.name = "embedded"
     data.source = (
         "chanscope embedded CIFAR-10 subset: 500 train + 100 test JPEGs per class, seeded sample of "

@@ -120,7 +120,7 @@ def run_ablation(base: str | Path, vary: dict[str, list[Any]], out: str | Path, 
     its own architecture's warm start (`baseline_init`, e.g. the naturally trained standard model), so both
     sides get the same recipe. Without `init` both train from scratch.
     """
-    from chanscope.workflows.evaluate import run_eval
+    from chanscope.workflows.evaluate import EvalOptions, run_eval
     from chanscope.workflows.plots import ablation_plot
 
     out = Path(out)
@@ -141,11 +141,11 @@ def run_ablation(base: str | Path, vary: dict[str, list[Any]], out: str | Path, 
                     fit(cfg, run, resume=(run / "last.pt").is_file())
                 if on_cell:
                     on_cell(setting, cfg.seed, "evaluating")
-                run_eval(str(run / "best.pt"), attack, cfg.eps, n=n, data=cfg.data, data_root=cfg.data_root,
-                         seed=cfg.seed, device=device)
+                common = {"eps": cfg.eps, "data": cfg.data, "data_root": cfg.data_root, "seed": cfg.seed,
+                          "device": device}
+                run_eval(str(run / "best.pt"), EvalOptions(attacks=attack, n=n, **common))
                 if aa_n:
-                    run_eval(str(run / "best.pt"), "aa", cfg.eps, n=aa_n, data=cfg.data, data_root=cfg.data_root,
-                             seed=cfg.seed, device=device, out=str(run / "aa"))
+                    run_eval(str(run / "best.pt"), EvalOptions(attacks="aa", n=aa_n, out=str(run / "aa"), **common))
             elif on_cell:
                 on_cell(setting, cfg.seed, "skipped (complete)")
             ev = pd.read_csv(run / "eval.csv")

@@ -16,10 +16,12 @@ from chanscope.attacks.suite import AttackSpec, run_attack
 from chanscope.observe.analysis import channels_table, classes_table, percent
 from chanscope.observe.hooks import ActivationRecorder
 from chanscope.observe.relevance import RelevanceAccumulator, relevance_scores
+from chanscope.workflows.options import ActivationOptions
 
 DEFAULT_N = 1000  # test images when none are asked for: a full test set under PGD-20 is a long wait on a CPU
 
-__all__ = ["study_activations", "LayerResult", "write_examples", "read_examples", "write_results", "layer_suffix"]
+__all__ = ["run_activations", "ActivationOptions", "study_activations",
+           "LayerResult", "write_examples", "read_examples", "write_results", "layer_suffix"]
 
 
 def write_examples(path, examples: dict[str, np.ndarray]) -> None:
@@ -146,24 +148,18 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
     return results, time.time() - t0
 
 
-def run_activations(model_path: str, *, layers: list[str] | None = None, attack: str = "pgd20", eps: float = 8 / 255,
-                    relevance: str = "gradient", relevance_on: str = "natural", n: int | None = None,
-                    threshold: float = 1e-2, beta_atk: float = 2.0, batch_size: int = 250, data: str | None = None,
-                    data_root: str | None = None, download: bool = False, out: str | None = None, seed: int = 0,
-                    device: str | None = None, classes_by: str = "name", follow_mask: bool = False,
-                    model_options=None, progress: Callable[[int, int], None] | None = None,
+def run_activations(model_path: str, options: ActivationOptions | None = None, *, model_options=None,
+                    progress: Callable[[int, int], None] | None = None,
                     on_ready: Callable[[dict], None] | None = None) -> tuple[list[LayerResult], dict]:
     """Record a checkpoint's channel statistics and write channels.csv, classes.csv, activations.json
-    (suffixed `-<layer>`, `:` as `-`, when several layers are asked for) atomically.
+    (suffixed `-<layer>`, `:` as `-`, when several layers are asked for) atomically into `options.out` or
+    the run folder.
 
-    n: class-balanced test images; None: DEFAULT_N, or the whole test set where it is smaller."""
+    options.n: class-balanced test images; None: DEFAULT_N, or the whole test set where it is smaller."""
     from chanscope.accel import distributed as dist_util
     from chanscope.accel.layout import set_layout
-    from chanscope.attacks.suite import parse_attacks
-    from chanscope.errors import ChanscopeError, check_positive_int, check_range
     from chanscope.io import versions
     from chanscope.observe.hooks import default_layer, resolve_layers
-    from chanscope.observe.relevance import RELEVANCE_METHODS
     from chanscope.workflows.runs import (
         check_fits,
         data_of_run,
@@ -175,38 +171,30 @@ def run_activations(model_path: str, *, layers: list[str] | None = None, attack:
     )
 
     t0 = time.time()
-    device = str(dist_util.setup_device(device)[0])
-    if relevance not in RELEVANCE_METHODS:
-        raise ChanscopeError(f"unknown relevance {relevance!r}; known: {', '.join(RELEVANCE_METHODS)}")
-    if relevance_on not in ("natural", "adversarial"):
-        raise ChanscopeError(f"`relevance_on` must be natural or adversarial, not {relevance_on!r}")
-    check_positive_int(batch_size, "batch size")
-    check_range(threshold, "threshold", 0.0, 1.0, example="0.01 (a channel is active above 1% of the image's largest)")
-    check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
-    specs = parse_attacks(attack, eps, follow=follow_mask)
-    if len(specs) != 1:
-        raise ChanscopeError("`attack` takes one attack, e.g. pgd20")
-    ds = data_of_run(model_path, data, data_root, download)
+    o = options or ActivationOptions()
+    spec = o.spec()  # every option checked before the model is read
+    device = str(dist_util.setup_device(o.device)[0])
+    ds = data_of_run(model_path, o.data, o.data_root, o.download)
     net = set_layout(open_model_for(model_path, ds, device, model_options), "auto")  # layout: speed only
-    class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")
-    x, y = test_subset(ds, n if n is not None else min(DEFAULT_N, len(ds.y_test)), seed)
+    class_note = match_classes(net, ds, o.classes_by, f"model {str(model_path)!r}")
+    x, y = test_subset(ds, o.n if o.n is not None else min(DEFAULT_N, len(ds.y_test)), o.seed)
     check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")
-    dev = next(net.parameters()).device
-    layers = list(layers) if layers else [default_layer(net, x[:1].to(dev))]
+    layers = list(o.layers) if o.layers else [default_layer(net, x[:1].to(next(net.parameters()).device))]
     resolve_layers(net, layers)
-    out_dir = writable_dir(out or run_dir_of(model_path))
+    out_dir = writable_dir(o.out or run_dir_of(model_path))
     if on_ready:
-        on_ready({"layers": layers, "n": len(y), "data": ds.name, "attack": specs[0].name, "out": out_dir,
+        on_ready({"layers": layers, "n": len(y), "data": ds.name, "attack": spec.name, "out": out_dir,
                   "notes": [class_note] if class_note else []})
-    results, seconds = study_activations(net, x, y, ds.classes, layers, specs[0], relevance=relevance,
-                                         relevance_on=relevance_on, threshold=threshold, batch_size=batch_size,
-                                         beta_atk=beta_atk, seed=seed, progress=progress)
+    results, seconds = study_activations(net, x, y, ds.classes, layers, spec, relevance=o.relevance,
+                                         relevance_on=o.relevance_on, threshold=o.threshold,
+                                         batch_size=o.batch_size, beta_atk=o.beta_atk, seed=o.seed,
+                                         progress=progress)
     if not dist_util.is_main():
         return results, {"out": str(out_dir), "wall_seconds": round(time.time() - t0, 1)}
-    meta = {"attack": specs[0].to_dict(), "relevance": relevance, "relevance_on": relevance_on,
-            "threshold": threshold, "data": ds.describe() | {"n_used": len(y)}, "classes_note": class_note,
+    meta = {"attack": spec.to_dict(), "relevance": o.relevance, "relevance_on": o.relevance_on,
+            "threshold": o.threshold, "data": ds.describe() | {"n_used": len(y)}, "classes_note": class_note,
             "model": str(model_path), "model_source": getattr(net, "source", None),
-            "arch": getattr(net, "arch", None), "model_kwargs": getattr(net, "model_kwargs", None), "seed": seed,
+            "arch": getattr(net, "arch", None), "model_kwargs": getattr(net, "model_kwargs", None), "seed": o.seed,
             "seconds": round(seconds, 1), "versions": versions(), "out": str(out_dir)}
     write_results(out_dir, results, meta, t0)
     meta["wall_seconds"] = round(time.time() - t0, 1)

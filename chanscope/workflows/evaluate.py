@@ -17,8 +17,10 @@ import torch.nn as nn
 from chanscope.attacks.pgd import pgd
 from chanscope.attacks.suite import AttackSpec, correct, parse_attacks, run_attack
 from chanscope.observe.analysis import percent
+from chanscope.workflows.options import EvalOptions
 
-__all__ = ["default_attacks", "evaluate", "sanity_checks", "EvalResult", "EVAL_COLUMNS", "accuracy_under"]
+__all__ = ["default_attacks", "evaluate", "run_eval", "EvalOptions",
+           "sanity_checks", "EvalResult", "EVAL_COLUMNS", "accuracy_under"]
 
 EVAL_COLUMNS = ["attack", "eps", "steps", "step_size", "restarts", "loss", "class", "n", "natural_acc",
                 "robust_acc"]
@@ -211,14 +213,10 @@ def default_attacks(model: nn.Module) -> str:
     return DEFAULT_ATTACKS + (f",{ADAPTIVE_DEFAULT}" if has_probes(model) else "")
 
 
-def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None = None, step_size: float | None = None,
-             restarts: int = 1, random_start: bool = False, beta_atk: float = 2.0, square_queries: int = 1000,
-             sanity: bool = False, surrogate: str | None = None, batch_size: int = 250, data: str | None = None,
-             data_root: str | None = None, download: bool = False, out: str | None = None, seed: int = 0,
-             device: str | None = None, classes_by: str = "name", follow_mask: bool = False,
-             model_options=None, progress: Progress | None = None,
+def run_eval(model_path: str, options: EvalOptions | None = None, *, model_options=None,
+             progress: Progress | None = None,
              on_ready: Callable[[dict], None] | None = None) -> tuple[EvalResult, dict]:
-    """Evaluate a model and write eval.csv and eval.json (atomically) into `out` or the run folder.
+    """Evaluate a model and write eval.csv and eval.json (atomically) into `options.out` or the run folder.
 
     model_path: any model spec of `chanscope.load_model`; model_options: its ModelOptions (weights, ...)."""
     import json
@@ -227,7 +225,6 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
     from chanscope.accel.layout import set_layout
     from chanscope.attacks.suite import has_probes
     from chanscope.checkpoint import load_model
-    from chanscope.errors import check_positive_int, check_range
     from chanscope.io import atomic_write_csv, atomic_write_json, versions
     from chanscope.workflows.runs import (
         check_fits,
@@ -240,40 +237,38 @@ def run_eval(model_path: str, attacks: str | None, eps: float, *, n: int | None 
     )
 
     t0 = time.time()
-    kw = {"step_size": step_size, "restarts": restarts, "random_start": random_start,
-          "square_queries": square_queries, "follow": follow_mask}
-    specs = parse_attacks(attacks, eps, **kw) if attacks is not None else None  # fails before the model is read
-    device = str(dist_util.setup_device(device)[0])
-    check_positive_int(batch_size, "batch size")
-    check_range(beta_atk, "beta_atk", 0.0, example="2 (the official)")
-    ds = data_of_run(model_path, data, data_root, download)
+    o = options or EvalOptions()
+    o.check()
+    specs = o.specs() if o.attacks is not None else None  # fails before the model is read
+    device = str(dist_util.setup_device(o.device)[0])
+    ds = data_of_run(model_path, o.data, o.data_root, o.download)
     net = set_layout(open_model_for(model_path, ds, device, model_options), "auto")  # layout: speed only
-    specs = specs or parse_attacks(default_attacks(net), eps, **kw)
-    sur = set_layout(load_model(surrogate, device), "auto") if surrogate else None
-    class_note = match_classes(net, ds, classes_by, f"model {str(model_path)!r}")
-    x, y = test_subset(ds, n, seed)
+    specs = specs or o.specs(default_attacks(net))
+    sur = set_layout(load_model(o.surrogate, device), "auto") if o.surrogate else None
+    class_note = match_classes(net, ds, o.classes_by, f"model {str(model_path)!r}")
+    x, y = test_subset(ds, o.n, o.seed)
     check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")
     if sur is not None:  # the model fits the data (checked above), so the surrogate must fit it too
         check_fits(sur, tuple(x.shape[1:]), ds.num_classes, "surrogate", "the model")
-    out_dir = writable_dir(out or run_dir_of(model_path))
+    out_dir = writable_dir(o.out or run_dir_of(model_path))
     if on_ready:
         on_ready({"n": len(y), "data": ds.name, "device": str(next(net.parameters()).device),
                   "specs": specs, "out": out_dir, "notes": [class_note] if class_note else []})
-    result = evaluate(net, x, y, ds.classes, specs, batch_size=batch_size, beta_atk=beta_atk, seed=seed,
+    result = evaluate(net, x, y, ds.classes, specs, batch_size=o.batch_size, beta_atk=o.beta_atk, seed=o.seed,
                       progress=progress)
-    if sanity:
-        result.sanity = sanity_checks(net, x, y, eps, batch_size=batch_size, surrogate=sur,
-                                      square_queries=square_queries, seed=seed,
+    if o.sanity:
+        result.sanity = sanity_checks(net, x, y, o.eps, batch_size=o.batch_size, surrogate=sur,
+                                      square_queries=o.square_queries, seed=o.seed,
                                       loss="joint" if has_probes(net) else "ce", progress=progress)
     summary = {
         "model": str(model_path), "model_source": getattr(net, "source", None), "arch": getattr(net, "arch", None),
         "model_kwargs": getattr(net, "model_kwargs", None), "data": ds.describe() | {"n_eval": len(y)},
         "classes_note": class_note,
-        "eps": eps, "attacks": [s.to_dict() for s in specs], "beta_atk": beta_atk, "seed": seed,
+        "eps": o.eps, "attacks": [s.to_dict() for s in specs], "beta_atk": o.beta_atk, "seed": o.seed,
         "overall": json.loads(result.overall().to_json(orient="records")), "max_linf": result.max_linf,
         "attack_seconds": result.seconds, "adaptive_components": strongest_components(result.examples),
         "sanity": result.sanity,
-        "verdict": verdict(result.sanity) if sanity else None, "surrogate": str(surrogate) if surrogate else None,
+        "verdict": verdict(result.sanity) if o.sanity else None, "surrogate": o.surrogate,
         "wall_seconds": round(time.time() - t0, 1), "versions": versions(), "out": str(out_dir),
     }
     if dist_util.is_main():

@@ -19,6 +19,7 @@ import torch.nn as nn
 from chanscope.data import balanced_subset, load_data
 from chanscope.errors import ChanscopeError
 from chanscope.workflows.activations import DEFAULT_N, LayerResult, study_activations, write_results
+from chanscope.workflows.options import ActivationOptions, EvalOptions
 
 __all__ = ["study", "evaluate", "Study", "as_images"]
 
@@ -132,23 +133,25 @@ class Study:
 def study(model: nn.Module | str, data: Any = "embedded", layers: list[str] | None = None, attack: str = "pgd20",
           relevance: str = "gradient", n: int | None = DEFAULT_N, *, eps: float = 8 / 255,
           relevance_on: str = "natural", threshold: float = 1e-2, batch_size: int = 250, seed: int = 0,
-          follow_mask: bool = False, device: str | None = None, **model_options: Any) -> Study:
+          follow_mask: bool = False, beta_atk: float = 2.0, device: str | None = None,
+          **model_options: Any) -> Study:
     """Record per-class channel magnitudes of `layers` (default: the penultimate representation) on natural
     and `attack`ed images of `data`, with channel relevance; see `chanscope activations`."""
-    from chanscope.attacks.suite import parse_attacks
     from chanscope.observe.hooks import default_layer, resolve_layers
     from chanscope.workflows.runs import check_fits
 
+    o = ActivationOptions(eps=eps, n=n, follow_mask=follow_mask, beta_atk=beta_atk, batch_size=batch_size,
+                          seed=seed, device=device, layers=list(layers) if layers else None, attack=attack,
+                          relevance=relevance, relevance_on=relevance_on, threshold=threshold)
+    spec = o.spec()  # every option checked before the model is read
     net = _model(model, device, model_options)
     x, y, classes, name = as_images(data, net, n, seed)
     check_fits(net, tuple(x.shape[1:]), len(classes), "the model", f"data {name!r}")
-    dev = next(net.parameters()).device
-    layers = list(layers) if layers else [default_layer(net, x[:2].to(dev))]
+    layers = o.layers or [default_layer(net, x[:2].to(next(net.parameters()).device))]
     resolve_layers(net, layers)
-    spec = parse_attacks(attack, eps, follow=follow_mask)[0]
     results, seconds = study_activations(net, x, y, classes, layers, spec, relevance=relevance,
                                          relevance_on=relevance_on, threshold=threshold, batch_size=batch_size,
-                                         seed=seed)
+                                         beta_atk=beta_atk, seed=seed)
     record = {"attack": spec.to_dict(), "relevance": relevance, "relevance_on": relevance_on,
               "threshold": threshold, "data": {"name": name, "n_used": len(y)},
               "model_source": getattr(net, "source", None), "seed": seed, "seconds": round(seconds, 1)}
@@ -157,14 +160,17 @@ def study(model: nn.Module | str, data: Any = "embedded", layers: list[str] | No
 
 def evaluate(model: nn.Module | str, data: Any = "embedded", attacks: list[str] | str = ("pgd20",), *,
              eps: float = 8 / 255, n: int | None = 1000, batch_size: int = 250, seed: int = 0,
-             follow_mask: bool = False, device: str | None = None, **model_options: Any) -> pd.DataFrame:
+             follow_mask: bool = False, beta_atk: float = 2.0, device: str | None = None,
+             **model_options: Any) -> pd.DataFrame:
     """Robust accuracy of `model` on `data` under each attack, per class and `all` (the eval.csv table)."""
-    from chanscope.attacks.suite import parse_attacks
     from chanscope.workflows.evaluate import evaluate as run
     from chanscope.workflows.runs import check_fits
 
+    o = EvalOptions(eps=eps, n=n, follow_mask=follow_mask, beta_atk=beta_atk, batch_size=batch_size, seed=seed,
+                    device=device, attacks=attacks if isinstance(attacks, str) else ",".join(attacks))
+    o.check()
+    specs = o.specs()  # before the model is read
     net = _model(model, device, model_options)
     x, y, classes, name = as_images(data, net, n, seed)
     check_fits(net, tuple(x.shape[1:]), len(classes), "the model", f"data {name!r}")
-    specs = parse_attacks(list(attacks) if not isinstance(attacks, str) else attacks, eps, follow=follow_mask)
-    return run(net, x, y, classes, specs, batch_size=batch_size, seed=seed).table
+    return run(net, x, y, classes, specs, batch_size=batch_size, beta_atk=beta_atk, seed=seed).table

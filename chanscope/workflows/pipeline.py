@@ -173,14 +173,14 @@ def _control_stage(c: _Ctx, like: Stage) -> Stage:
 
 def _eval_stage(c: _Ctx, name: str, kind: str, title: str, sub: str | None, **opts: Any) -> Stage:
     """One `chanscope eval` of a model's best.pt, into its run folder (or the subfolder `sub`)."""
-    from chanscope.workflows.evaluate import run_eval
+    from chanscope.workflows.evaluate import EvalOptions, run_eval
 
     run, label = c.run(name), c.label(name)
     folder = run / sub if sub else run
     kw = {"eps": 8 / 255, **opts, "data": c.data, "data_root": c.data_root, "seed": c.seed, "device": c.device,
           "out": str(folder) if sub else None}
     return Stage(f"{title} {label}", label, kind, lambda: (folder / "eval.json").is_file(),
-                 lambda: run_eval(str(run / "best.pt"), progress=c.cb(f"{title} {label}"), **kw),
+                 lambda: run_eval(str(run / "best.pt"), EvalOptions(**kw), progress=c.cb(f"{title} {label}")),
                  command_line("eval", model=str(run / "best.pt"), **kw))
 
 
@@ -206,7 +206,7 @@ def _fsr_module(arch: str) -> str:
 
 def _activations_stage(c: _Ctx, name: str, parts: bool = False) -> Stage:
     """The activation study of a model; parts (FSR): its robust and non-robust parts, into run/parts."""
-    from chanscope.workflows.activations import layer_suffix, run_activations
+    from chanscope.workflows.activations import ActivationOptions, layer_suffix, run_activations
 
     run, label, sc = c.run(name), c.label(name), c.sc
     title = "activations-parts" if parts else "activations"
@@ -221,11 +221,11 @@ def _activations_stage(c: _Ctx, name: str, parts: bool = False) -> Stage:
     kw = {"attack": sc.act_attack.replace("pgd", "adaptive") if selects else sc.act_attack, "n": sc.act_n,
           "layer": layers, "follow_mask": selects or None, "data": c.data, "data_root": c.data_root,
           "seed": c.seed, "device": c.device, "out": str(folder) if parts else None}
-    call = {k: v for k, v in kw.items() if k != "layer"}
+    call = {k: v for k, v in kw.items() if k != "layer"} | {"follow_mask": selects}
+    options = ActivationOptions(**call, layers=list(layers) if layers else None)
     return Stage(f"{title} {label}", label, "activations",
                  lambda: (folder / f"activations{layer_suffix(layers[0]) if parts else ''}.json").is_file(),
-                 lambda: run_activations(str(run / "best.pt"), layers=list(layers) if layers else None,
-                                         progress=prog, **{**call, "follow_mask": selects}),
+                 lambda: run_activations(str(run / "best.pt"), options, progress=prog),
                  command_line("activations", model=str(run / "best.pt"), **kw))
 
 
