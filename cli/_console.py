@@ -134,6 +134,18 @@ class StageDisplay:
         self.current = name if status == "running" else None
         self.bar.console.print(f"[bold]{name}[/]: {status}" + (f" ({secs:.0f}s)" if secs else ""), highlight=False)
 
+    def run(self, out, work, *, time_limit: float | None = None, **options):
+        """Call a staged workflow with this display's callbacks and `time_limit` (minutes) in seconds; after
+        Ctrl-C or a cut training: the one line that says how to continue."""
+        from chanscope.workflows.training import TrainInterrupted
+
+        try:
+            with self.bar:
+                return work(out, **options, progress=self.on_progress, on_stage=self.on_stage,
+                            time_limit=time_limit * 60 if time_limit is not None else None)
+        except (TrainInterrupted, KeyboardInterrupt):
+            raise self.interrupted(out) from None
+
     def interrupted(self, out) -> typer.Exit:
         where = f" during {self.current!r}" if self.current else ""
         return fail(f"interrupted{where}; finished stages and trained epochs are kept in {out}: run the same "

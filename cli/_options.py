@@ -19,6 +19,11 @@ EpsOpt = Annotated[Optional[str], typer.Option(help="L-inf budget in pixel units
 ClassesByOpt = Annotated[str, typer.Option(
     help="How the data's labels meet the model's classes: name (the names the checkpoint records must match; "
     "another order is mapped) or position (label i is the model's class i, rows get the model's names).")]
+TimeLimitOpt = Annotated[Optional[float], typer.Option(
+    help="Minutes: start no new stage after this; a rerun continues.")]
+Bf16Opt = Annotated[Optional[bool], typer.Option(
+    "--bf16/--no-bf16", help="bf16 autocast of the training stages (default: CUDA only; on a CPU with AMX --bf16 "
+    "about halves them); evaluation stays float32.")]
 
 # where a model comes from (chanscope.models.sources): shared by eval, activations and layers
 ModelOpt = Annotated[str, typer.Option(

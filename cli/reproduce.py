@@ -9,10 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from chanscope.workflows.pipeline import SCALES, reproduce
-from chanscope.workflows.training import TrainInterrupted
 
 from ._console import StageDisplay, console
-from ._options import DataOpt, DataRootOpt, DeviceOpt, SeedOpt
+from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, TimeLimitOpt
 
 
 def reproduce_command(
@@ -26,11 +25,8 @@ def reproduce_command(
     out: Annotated[Optional[Path], typer.Option(
         help="Study folder (default runs/reproduce-<scale>). An existing one continues with the options it was "
         "made with; other data, scale, seed or bf16 are refused.")] = None,
-    time_limit: Annotated[Optional[float], typer.Option(
-        help="Minutes: start no new stage after this; the report covers what is done, a rerun continues.")] = None,
-    bf16: Annotated[Optional[bool], typer.Option(
-        "--bf16/--no-bf16", help="bf16 autocast of the training stages (default: CUDA only; on a CPU with AMX "
-        "--bf16 about halves them); evaluation stays float32.")] = None,
+    time_limit: TimeLimitOpt = None,
+    bf16: Bf16Opt = None,
     seed: SeedOpt = None,
     seeds: Annotated[Optional[int], typer.Option(
         help="Seeds (--seed, --seed + 1, ...; the others in <out>/seed<s>/); verdicts read their spread. "
@@ -43,15 +39,9 @@ def reproduce_command(
     """Train standard, AT and CIFS (CAS), evaluate, record activations, plot and report; resumable."""
     out = out or Path("runs") / f"reproduce-{scale or 'smoke'}"
     t0 = time.time()
-    show = StageDisplay()
-    try:
-        with show.bar:
-            record = reproduce(out, scale, data=data, data_root=data_root, with_cas=with_cas,
-                               cifs_scratch=cifs_scratch, seed=seed, seeds=seeds, only=only, device=device,
-                               progress=show.on_progress, on_stage=show.on_stage, bf16=bf16,
-                               time_limit=time_limit * 60 if time_limit is not None else None)
-    except (TrainInterrupted, KeyboardInterrupt):
-        raise show.interrupted(out) from None
+    record = StageDisplay().run(out, reproduce, scale=scale, data=data, data_root=data_root, with_cas=with_cas,
+                                cifs_scratch=cifs_scratch, seed=seed, seeds=seeds, only=only, device=device,
+                                bf16=bf16, time_limit=time_limit)
     if only:
         console.print(f"trained models in {out} ({time.time() - t0:.0f}s this invocation); run again without --only "
                       "to evaluate, study and report")
