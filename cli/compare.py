@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chanscope.workflows.compare import DEFAULT_METHODS, run_compare
+from chanscope.workflows.compare import DEFAULT_METHODS, advantage, run_compare
 
 from ._console import StageDisplay, console
 from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, TimeLimitOpt
@@ -33,4 +33,6 @@ def compare_command(
     console.print(df.to_string(index=False))
     if len(iv):
         console.print(iv.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    console.print(f"wrote {out}/compare.csv, compare_intervals.csv, compare.json and figures/compare.png")
+        for r in advantage(iv).itertuples():
+            console.print(f"{r.method.upper()} against AT: {r.finding}", highlight=False)
+    console.print(f"wrote {out}/compare.csv, compare_intervals.csv, compare.md, compare.json and figures/compare.png")

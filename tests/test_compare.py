@@ -41,3 +41,50 @@ def test_compare_trains_evaluates_and_writes_one_table_with_intervals(tmp_path, 
     assert (tmp_path / "fsr" / "parts" / "channels-layer4.0.select.robust.csv").is_file()
     fsr = pd.read_csv(tmp_path / "fsr" / "eval.csv")
     assert {"adaptive2:probe0", "adaptive2:probe1"} <= set(fsr.attack)  # the robust and recalibrated heads
+
+
+def _examples(folder, method, natural, pgd20, adaptive):
+    (folder / method).mkdir(parents=True)
+    pd.DataFrame({"label": 0, "natural": natural, "pgd20": pgd20, "adaptive20": adaptive,
+                  "adaptive20:final": pgd20}).to_csv(folder / method / "eval_examples.csv", index=False)
+
+
+def test_intervals_and_the_advantage_rule_read_the_per_image_records(tmp_path, monkeypatch):
+    monkeypatch.setattr(verdicts, "N_BOOT", 300)
+    n = 400
+    ones = [1] * n
+    half = [1, 0] * (n // 2)
+    # AT: 50% under PGD-20 and its adaptive attack; "masked": 100% under PGD-20 but 25% once adaptive;
+    # "better": ahead under both; "same": AT's records
+    quarter = [1, 0, 0, 0] * (n // 4)
+    for folder in (tmp_path, tmp_path / "seed1"):
+        _examples(folder, "at", ones, half, half)
+        _examples(folder, "masked", ones, ones, quarter)
+        _examples(folder, "better", ones, ones, [1, 1, 1, 0] * (n // 4))
+        _examples(folder, "same", ones, half, half)
+    iv = compare.intervals(tmp_path, ["at", "masked", "better", "same"], "cpu", seeds=2)
+    got = iv.set_index(["method", "under"]).value
+    assert got["at", "natural"] == 100 and got["at", "standard attack"] == 50
+    assert got["masked", "standard attack"] == 100
+    # the worst case is per image over every attack (components aside): min(pgd20, adaptive20)
+    assert got["masked", "adaptive worst case"] == 25 and got["better", "adaptive worst case"] == 75
+    assert got["masked - at", "adaptive worst case"] == -25 and got["same - at", "standard attack"] == 0
+    advantage = compare.advantage(iv).set_index("method")
+    assert advantage.loc["better", "finding"] == "keeps its advantage under the adaptive attack"
+    assert advantage.loc["masked", "finding"] == "ahead under the standard attack, behind under the adaptive attack"
+    assert advantage.loc["same", "finding"].startswith("no advantage: level")
+    md = compare.markdown(pd.DataFrame({"method": ["at"], "autoattack": [49.0]}), iv, "pgd20")
+    assert "| MASKED | +50.0 [" in md and "| AT | 100.0 [100.0, 100.0] | 50.0 [" in md and "| 49.0 |" in md
+    assert len(advantage) == 3
+
+
+def test_an_advantage_the_adaptive_attack_takes_away_is_not_kept():
+    def rows(m, std, adp):
+        return [{"method": f"{m} - at", "under": "standard attack", "seeds": 2, "value": sum(std) / 2,
+                 "lo": std[0], "hi": std[1]},
+                {"method": f"{m} - at", "under": "adaptive worst case", "seeds": 2, "value": sum(adp) / 2,
+                 "lo": adp[0], "hi": adp[1]}]
+    iv = pd.DataFrame(rows("a", (1, 3), (-1, 2)) + rows("b", (-3, -1), (-4, -2)))
+    adv = compare.advantage(iv).set_index("method")
+    assert adv.loc["a", "finding"] == "ahead under the standard attack only: the adaptive attack removes it"
+    assert adv.loc["b", "finding"] == "no advantage: behind under the standard attack, behind under the adaptive attack"

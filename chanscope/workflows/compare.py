@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 
 from chanscope.errors import ChanscopeError
-from chanscope.io import atomic_write_csv, atomic_write_json
+from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from chanscope.observe.verdicts import Seed, interval, worst_case
 from chanscope.workflows.pipeline import SCALES, models_for, plan, read_record, run_stages
 from chanscope.workflows.report import overall_accuracy
 from chanscope.workflows.runs import writable_dir
 
-__all__ = ["run_compare", "summarise", "intervals", "DEFAULT_METHODS", "COMPARE_COLUMNS"]
+__all__ = ["run_compare", "summarise", "intervals", "advantage", "markdown", "DEFAULT_METHODS", "COMPARE_COLUMNS"]
 
 DEFAULT_METHODS = "at,trades,cas,cifs,fsr"
 COMPARE_COLUMNS = ["method", "seed", "natural", "standard_attack", "standard", "cw", "adaptive", "worst_case",
@@ -79,12 +79,15 @@ def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
     if not ss:
         return pd.DataFrame(columns=["method", "under", "seeds", "value", "lo", "hi"])
 
-    def standard(s: Seed, w, m: str) -> float:
-        ok = s.ev[m][std].to_numpy()
-        w = np.ones(len(ok)) if w is None else w
-        return float(100.0 * (ok * w).sum() / w.sum())
+    def share(column: str):
+        def stat(s: Seed, w, m: str) -> float:
+            ok = s.ev[m][column].to_numpy()
+            w = np.ones(len(ok)) if w is None else w
+            return float(100.0 * (ok * w).sum() / w.sum())
+        return stat
 
-    stats = {"standard attack": standard, "adaptive worst case": lambda s, w, m: worst_case(s.ev[m], w)}
+    stats = {"natural": share("natural"), "standard attack": share(std),
+             "adaptive worst case": lambda s, w, m: worst_case(s.ev[m], w)}
     rows = []
     for m in methods:
         for under, f in stats.items():
@@ -95,6 +98,61 @@ def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
                 rows.append({"method": f"{m} - at", "under": under, "seeds": len(ss), "value": d.value, "lo": d.lo,
                              "hi": d.hi})
     return pd.DataFrame(rows)
+
+
+def _side(lo: float, hi: float) -> str:
+    return "ahead" if lo > 0 else "behind" if hi < 0 else "level"
+
+
+def advantage(iv: pd.DataFrame) -> pd.DataFrame:
+    """Per method against AT: its difference under the standard attack and under the adaptive worst case, where
+    each interval puts it (ahead: above zero, behind: below, level: it includes zero) and what that says.
+
+    A method keeps its advantage only if it is ahead under both; ahead under the standard attack alone is an
+    advantage the adaptive attack takes away."""
+    rows = []
+    for m in [m[: -len(" - at")] for m in dict.fromkeys(iv.method) if m.endswith(" - at")]:
+        d = iv[iv.method == f"{m} - at"].set_index("under")
+        std, adp = (d.loc[u] for u in ("standard attack", "adaptive worst case"))
+        s, a = _side(std.lo, std.hi), _side(adp.lo, adp.hi)
+        finding = {("ahead", "ahead"): "keeps its advantage under the adaptive attack",
+                   ("ahead", "level"): "ahead under the standard attack only: the adaptive attack removes it",
+                   ("ahead", "behind"): "ahead under the standard attack, behind under the adaptive attack"}.get(
+            (s, a), f"no advantage: {s} under the standard attack, {a} under the adaptive attack")
+        rows.append({"method": m, "standard_minus_at": std.value, "standard_lo": std.lo, "standard_hi": std.hi,
+                     "adaptive_minus_at": adp.value, "adaptive_lo": adp.lo, "adaptive_hi": adp.hi,
+                     "standard": s, "adaptive": a, "finding": finding})
+    return pd.DataFrame(rows)
+
+
+def markdown(df: pd.DataFrame, iv: pd.DataFrame, standard_attack: str) -> str:
+    """compare.md: per method the three accuracies with intervals, AutoAttack per seed, and the differences
+    to AT with what they say."""
+    def cell(m: str, under: str) -> str:
+        r = iv[(iv.method == m) & (iv.under == under)]
+        if not len(r):
+            return "-"
+        r = r.iloc[0]
+        sign = "+" if " - " in m else ""
+        return f"{r.value:{sign}.1f} [{r.lo:{sign}.1f}, {r.hi:{sign}.1f}]"
+
+    seeds = int(iv.seeds.max()) if len(iv) else 0
+    lines = [f"Robust accuracy in %, mean over {seeds} seed(s) with 95% intervals (test images and seeds); "
+             f"standard attack: {standard_attack} on the final logits; worst case: per image over every attack, "
+             "the adaptive ones included.", "",
+             "| method | natural | standard attack | adaptive worst case | AutoAttack (per seed) |",
+             "|---|---|---|---|---|"]
+    for m in [m for m in dict.fromkeys(iv.method) if " - " not in m]:
+        aa = " / ".join(f"{v:.1f}" for v in df[df.method == m].autoattack)
+        lines.append(f"| {m.upper()} | {cell(m, 'natural')} | {cell(m, 'standard attack')} | "
+                     f"{cell(m, 'adaptive worst case')} | {aa or '-'} |")
+    adv = advantage(iv)
+    if len(adv):
+        lines += ["", "| method - AT | standard attack | adaptive worst case | finding |", "|---|---|---|---|"]
+        for r in adv.itertuples():
+            lines.append(f"| {r.method.upper()} | {cell(r.method + ' - at', 'standard attack')} | "
+                         f"{cell(r.method + ' - at', 'adaptive worst case')} | {r.finding} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str = "cpu", seeds: int = 2,
@@ -123,6 +181,8 @@ def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str =
     df, iv = summarise(out, ms, scale, seeds, seed), intervals(out, ms, scale, seeds, seed)
     atomic_write_csv(out / "compare.csv", df)
     atomic_write_csv(out / "compare_intervals.csv", iv)
+    if len(iv):
+        atomic_write_bytes(out / "compare.md", markdown(df, iv, _standard_attack(scale)).encode())
     atomic_write_json(record_path, record)
     if len(iv):
         from chanscope.workflows.plots import compare_plot
