@@ -14,6 +14,8 @@ from ._console import console, handle_errors
 
 app = typer.Typer(no_args_is_help=True, help="The paper's figures from run folders (PNG, PDF and CSV).")
 RunsOpt = Annotated[list[Path], typer.Option("--run", help="Run folder (repeat for several models).")]
+LayerRunsOpt = Annotated[list[Path], typer.Option("--run", help="Run folder (repeat for several models); of a run "
+                                                   "that recorded several layers, one layer's channels-<layer>.csv.")]
 OutOpt = Annotated[Path, typer.Option(help="Folder for the PNG, PDF and CSV.")]
 
 
@@ -23,7 +25,7 @@ def _done(name: str, out: Path) -> None:
 
 @app.command("nr-channels")
 @handle_errors
-def nr_channels_cmd(run: RunsOpt, out: OutOpt = Path("figures"),
+def nr_channels_cmd(run: LayerRunsOpt, out: OutOpt = Path("figures"),
                     class_name: Annotated[Optional[str], typer.Option("--class", help="One class (default: all).")]
                     = None,
                     raw: Annotated[bool, typer.Option("--raw", help="Raw magnitudes (no per-model scaling).")]

@@ -78,6 +78,13 @@ def test_plots_draw_exactly_the_input_statistics(study, tmp_path):
     ch = pd.read_csv(out / "standard" / "channels.csv")
     ch = ch[ch.class_name == "cat"].sort_values("relevance")
     assert np.allclose(one.mag_nat, ch.mag_nat) and np.allclose(one.relevance, ch.relevance)
+    # one layer's file of a run that recorded several (FSR's parts) stands for a run, labelled by its layer
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "channels-layer4.0.select.robust.csv").write_bytes((out / "at" / "channels.csv").read_bytes())
+    pair = plots.nr_channels([parts / "channels-layer4.0.select.robust.csv", out / "at"], tmp_path, name="pair")
+    assert set(pair.model) == {"parts layer4.0.select.robust", "at"}
+    assert np.allclose(pair[pair.model == "at"].mag_adv, pair[pair.model != "at"].mag_adv)
 
     rob = plots.class_robustness(runs[1:], tmp_path)
     ev = pd.read_csv(out / "at" / "eval.csv")

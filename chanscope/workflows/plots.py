@@ -33,8 +33,12 @@ _HINT = {
 
 
 def read_run_csv(run: str | Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """A run's CSV, or a one-line error naming what is missing and how to make it."""
+    """A run's CSV, or a one-line error naming what is missing and how to make it. `run` may also be one
+    layer's file of a run that recorded several (e.g. channels-layer4.1.select.robust.csv for `name`
+    channels.csv)."""
     run = Path(run)
+    if run.is_file() and run.name.startswith(Path(name).stem) and run.suffix == ".csv":
+        run, name = run.parent, run.name
     if not run.is_dir():
         raise ChanscopeError(f"run folder {str(run)!r} does not exist")
     p = run / name
@@ -80,7 +84,11 @@ def images_used(run: str | Path, stage: str = "activations") -> str:
 
 
 def _label(run: Path) -> str:
-    return Path(run).name
+    """A run folder's name; for one layer's CSV of a run, the folder and the layer (fsr/parts robust)."""
+    run = Path(run)
+    if run.suffix == ".csv":
+        return f"{run.parent.name} {run.stem.split('-', 1)[-1]}"
+    return run.name
 
 
 def _labels(runs: list[str | Path]) -> list[str]:
