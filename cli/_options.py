@@ -20,7 +20,7 @@ ClassesByOpt = Annotated[str, typer.Option(
     help="How the data's labels meet the model's classes: name (the names the checkpoint records must match; "
     "another order is mapped) or position (label i is the model's class i, rows get the model's names).")]
 TimeLimitOpt = Annotated[Optional[float], typer.Option(
-    help="Minutes: start no new stage after this; a rerun continues.")]
+    help="Minutes: start no new stage after this; what is done is kept (and reported), a rerun continues.")]
 Bf16Opt = Annotated[Optional[bool], typer.Option(
     "--bf16/--no-bf16", help="bf16 autocast of the training stages (default: CUDA only; on a CPU with AMX --bf16 "
     "about halves them); evaluation stays float32.")]

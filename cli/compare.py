@@ -35,4 +35,5 @@ def compare_command(
         console.print(iv.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
         for r in advantage(iv).itertuples():
             console.print(f"{r.method.upper()} against AT: {r.finding}", highlight=False)
-    console.print(f"wrote {out}/compare.csv, compare_intervals.csv, compare.md, compare.json and figures/compare.png")
+    made = "compare.md and figures/compare.png" if len(iv) else "no table yet (no seed has every method evaluated)"
+    console.print(f"wrote {out}/compare.csv, compare_intervals.csv, compare.json; {made}")

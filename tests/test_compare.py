@@ -73,7 +73,7 @@ def test_intervals_and_the_advantage_rule_read_the_per_image_records(tmp_path, m
     assert advantage.loc["better", "finding"] == "keeps its advantage under the adaptive attack"
     assert advantage.loc["masked", "finding"] == "ahead under the standard attack, behind under the adaptive attack"
     assert advantage.loc["same", "finding"].startswith("no advantage: level")
-    md = compare.markdown(pd.DataFrame({"method": ["at"], "autoattack": [49.0]}), iv, "pgd20")
+    md = compare.markdown(pd.DataFrame({"method": ["at", "at"], "autoattack": [49.0, float("nan")]}), iv, "pgd20")
     assert "| MASKED | +50.0 [" in md and "| AT | 100.0 [100.0, 100.0] | 50.0 [" in md and "| 49.0 |" in md
     assert len(advantage) == 3
 
@@ -84,7 +84,10 @@ def test_an_advantage_the_adaptive_attack_takes_away_is_not_kept():
                  "lo": std[0], "hi": std[1]},
                 {"method": f"{m} - at", "under": "adaptive worst case", "seeds": 2, "value": sum(adp) / 2,
                  "lo": adp[0], "hi": adp[1]}]
-    iv = pd.DataFrame(rows("a", (1, 3), (-1, 2)) + rows("b", (-3, -1), (-4, -2)))
+    iv = pd.DataFrame(rows("a", (1, 3), (-1, 2)) + rows("b", (-3, -1), (-4, -2)) + rows("c", (-1, 1), (1, 2))
+                      + rows("d", (1, 2), (float("nan"), float("nan"))))
     adv = compare.advantage(iv).set_index("method")
+    assert adv.loc["c", "finding"] == "ahead under the adaptive attack only (level under the standard attack)"
+    assert adv.loc["d", "finding"] == "ahead under the standard attack, unknown under the adaptive attack"
     assert adv.loc["a", "finding"] == "ahead under the standard attack only: the adaptive attack removes it"
     assert adv.loc["b", "finding"] == "no advantage: behind under the standard attack, behind under the adaptive attack"

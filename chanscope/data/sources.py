@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -30,6 +31,7 @@ _ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashio
             "cifar-10": "cifar10", "cifar": "cifar10"}
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _SPLIT_RE = re.compile(r"^(?P<prefix>(?:.*/)?)(?P<split>train|test|val)/(?P<cls>[^/]+)/(?P<file>[^/]+)$", re.I)
+_DECODE_FORMAT = 1  # raise when _decode or _assemble changes what they produce: cached decodes are then redone
 EMBEDDED_ARCHIVE = "cifar10_mini.tar.gz"
 
 
@@ -240,7 +242,8 @@ def _cached_archive(path: Path) -> ImageData:
     resolved = path.resolve()
     st = resolved.stat()
     path_key = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
-    state_key = hashlib.sha256(f"{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:8]
+    state = f"{st.st_size}|{st.st_mtime_ns}|{_DECODE_FORMAT}|{PIL.__version__}"  # a new decoder decodes again
+    state_key = hashlib.sha256(state.encode()).hexdigest()[:8]
     file = root / "decoded" / f"{path_key}-{state_key}.pt"
     if file.is_file():
         try:

@@ -171,7 +171,10 @@ def run_activations(model_path: str, options: ActivationOptions | None = None, *
     )
 
     t0 = time.time()
-    o = options or ActivationOptions()
+    o = options if options is not None else ActivationOptions()
+    if not isinstance(o, ActivationOptions):
+        raise TypeError(f"run_activations takes an ActivationOptions, not {type(o).__name__}: "
+                        "run_activations(model, ActivationOptions(attack='pgd20', n=1000))")
     spec = o.spec()  # every option checked before the model is read
     device = str(dist_util.setup_device(o.device)[0])
     ds = data_of_run(model_path, o.data, o.data_root, o.download)

@@ -101,6 +101,8 @@ def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
 
 
 def _side(lo: float, hi: float) -> str:
+    if np.isnan(lo) or np.isnan(hi):
+        return "unknown"
     return "ahead" if lo > 0 else "behind" if hi < 0 else "level"
 
 
@@ -115,10 +117,15 @@ def advantage(iv: pd.DataFrame) -> pd.DataFrame:
         d = iv[iv.method == f"{m} - at"].set_index("under")
         std, adp = (d.loc[u] for u in ("standard attack", "adaptive worst case"))
         s, a = _side(std.lo, std.hi), _side(adp.lo, adp.hi)
-        finding = {("ahead", "ahead"): "keeps its advantage under the adaptive attack",
-                   ("ahead", "level"): "ahead under the standard attack only: the adaptive attack removes it",
-                   ("ahead", "behind"): "ahead under the standard attack, behind under the adaptive attack"}.get(
-            (s, a), f"no advantage: {s} under the standard attack, {a} under the adaptive attack")
+        if s == "ahead":
+            finding = {"ahead": "keeps its advantage under the adaptive attack",
+                       "level": "ahead under the standard attack only: the adaptive attack removes it",
+                       "behind": "ahead under the standard attack, behind under the adaptive attack"}.get(
+                a, f"ahead under the standard attack, {a} under the adaptive attack")
+        elif a == "ahead":
+            finding = f"ahead under the adaptive attack only ({s} under the standard attack)"
+        else:
+            finding = f"no advantage: {s} under the standard attack, {a} under the adaptive attack"
         rows.append({"method": m, "standard_minus_at": std.value, "standard_lo": std.lo, "standard_hi": std.hi,
                      "adaptive_minus_at": adp.value, "adaptive_lo": adp.lo, "adaptive_hi": adp.hi,
                      "standard": s, "adaptive": a, "finding": finding})
@@ -137,13 +144,13 @@ def markdown(df: pd.DataFrame, iv: pd.DataFrame, standard_attack: str) -> str:
         return f"{r.value:{sign}.1f} [{r.lo:{sign}.1f}, {r.hi:{sign}.1f}]"
 
     seeds = int(iv.seeds.max()) if len(iv) else 0
-    lines = [f"Robust accuracy in %, mean over {seeds} seed(s) with 95% intervals (test images and seeds); "
+    lines = [f"Accuracy in %, mean over {seeds} seed(s) with 95% intervals (test images and seeds); "
              f"standard attack: {standard_attack} on the final logits; worst case: per image over every attack, "
              "the adaptive ones included.", "",
              "| method | natural | standard attack | adaptive worst case | AutoAttack (per seed) |",
              "|---|---|---|---|---|"]
     for m in [m for m in dict.fromkeys(iv.method) if " - " not in m]:
-        aa = " / ".join(f"{v:.1f}" for v in df[df.method == m].autoattack)
+        aa = " / ".join(f"{v:.1f}" for v in df[df.method == m].autoattack.dropna())
         lines.append(f"| {m.upper()} | {cell(m, 'natural')} | {cell(m, 'standard attack')} | "
                      f"{cell(m, 'adaptive worst case')} | {aa or '-'} |")
     adv = advantage(iv)
@@ -181,6 +188,7 @@ def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str =
     df, iv = summarise(out, ms, scale, seeds, seed), intervals(out, ms, scale, seeds, seed)
     atomic_write_csv(out / "compare.csv", df)
     atomic_write_csv(out / "compare_intervals.csv", iv)
+    (out / "compare.md").unlink(missing_ok=True)  # never a table of an earlier state beside these CSVs
     if len(iv):
         atomic_write_bytes(out / "compare.md", markdown(df, iv, _standard_attack(scale)).encode())
     atomic_write_json(record_path, record)

@@ -237,7 +237,10 @@ def run_eval(model_path: str, options: EvalOptions | None = None, *, model_optio
     )
 
     t0 = time.time()
-    o = options or EvalOptions()
+    o = options if options is not None else EvalOptions()
+    if not isinstance(o, EvalOptions):
+        raise TypeError(f"run_eval takes an EvalOptions, not {type(o).__name__}: run_eval(model, "
+                        "EvalOptions(attacks='pgd20', n=1000))")
     o.check()
     specs = o.specs() if o.attacks is not None else None  # fails before the model is read
     device = str(dist_util.setup_device(o.device)[0])

@@ -1,7 +1,8 @@
 """What `run_eval` and `run_activations` are asked to do: option objects the CLI maps its flags onto.
 
-Each object checks itself (`check`) before anything is read, so a bad value is one clear error naming the
-option, whether it came from a flag, a notebook or a recorded pipeline stage.
+Each object checks itself (`check`; the attacks and eps when they are parsed) before a model or data is
+read, so a bad value is one clear error naming the option, whether it came from a flag, a notebook or a
+recorded pipeline stage.
 """
 
 from __future__ import annotations
@@ -49,9 +50,15 @@ class EvalOptions(RunOptions):
     sanity: bool = False
     surrogate: str | None = None  # a model for the transfer check
 
+    def check(self) -> None:
+        super().check()
+        check_positive_int(self.restarts, "restarts")
+        check_positive_int(self.square_queries, "square_queries")
+
     def specs(self, default: str | None = None) -> list[AttackSpec]:
         """The attacks (`default` where none are named)."""
-        return parse_attacks(self.attacks or default, self.eps, step_size=self.step_size, restarts=self.restarts,
+        names = self.attacks if self.attacks is not None else default
+        return parse_attacks(names, self.eps, step_size=self.step_size, restarts=self.restarts,
                              random_start=self.random_start, square_queries=self.square_queries,
                              follow=self.follow_mask)
 

@@ -77,7 +77,9 @@ def images_used(run: str | Path, stage: str = "activations") -> str:
             ev = pd.read_csv(run / "eval.csv")
             row = ev[ev["class"] == "all"].iloc[0]
             return f"{int(row.n)} test images (eval)"
-        meta = read_json(run / "activations.json")
+        # one layer's CSV of a multi-layer run (channels-<layer>.csv): its activations-<layer>.json
+        meta = read_json(run.parent / f"activations-{run.stem.split('-', 1)[1]}.json" if run.suffix == ".csv"
+                         else run / "activations.json")
         return f"{meta['data']['n_used']} test images, {meta['attack']['name']} (activations)"
     except (OSError, ValueError, KeyError, TypeError, IndexError):  # pandas' ParserError is a ValueError
         return f"{stage} stage"
