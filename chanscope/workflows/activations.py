@@ -157,31 +157,14 @@ def run_activations(model_path: str, options: ActivationOptions | None = None, *
 
     options.n: class-balanced test images; None: DEFAULT_N, or the whole test set where it is smaller."""
     from chanscope.accel import distributed as dist_util
-    from chanscope.accel.layout import set_layout
     from chanscope.io import versions
     from chanscope.observe.hooks import default_layer, resolve_layers
-    from chanscope.workflows.runs import (
-        check_fits,
-        data_of_run,
-        match_classes,
-        open_model_for,
-        run_dir_of,
-        test_subset,
-        writable_dir,
-    )
+    from chanscope.workflows.runs import open_measurement, run_dir_of, writable_dir
 
     t0 = time.time()
-    o = options if options is not None else ActivationOptions()
-    if not isinstance(o, ActivationOptions):
-        raise TypeError(f"run_activations takes an ActivationOptions, not {type(o).__name__}: "
-                        "run_activations(model, ActivationOptions(attack='pgd20', n=1000))")
+    o = ActivationOptions.given(options, "run_activations")
     spec = o.spec()  # every option checked before the model is read
-    device = str(dist_util.setup_device(o.device)[0])
-    ds = data_of_run(model_path, o.data, o.data_root, o.download)
-    net = set_layout(open_model_for(model_path, ds, device, model_options), "auto")  # layout: speed only
-    class_note = match_classes(net, ds, o.classes_by, f"model {str(model_path)!r}")
-    x, y = test_subset(ds, o.n if o.n is not None else min(DEFAULT_N, len(ds.y_test)), o.seed)
-    check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")
+    _, ds, net, x, y, class_note = open_measurement(model_path, o, model_options, default_n=DEFAULT_N)
     layers = list(o.layers) if o.layers else [default_layer(net, x[:1].to(next(net.parameters()).device))]
     resolve_layers(net, layers)
     out_dir = writable_dir(o.out or run_dir_of(model_path))

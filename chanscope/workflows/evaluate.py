@@ -226,31 +226,15 @@ def run_eval(model_path: str, options: EvalOptions | None = None, *, model_optio
     from chanscope.attacks.suite import has_probes
     from chanscope.checkpoint import load_model
     from chanscope.io import atomic_write_csv, atomic_write_json, versions
-    from chanscope.workflows.runs import (
-        check_fits,
-        data_of_run,
-        match_classes,
-        open_model_for,
-        run_dir_of,
-        test_subset,
-        writable_dir,
-    )
+    from chanscope.workflows.runs import check_fits, open_measurement, run_dir_of, writable_dir
 
     t0 = time.time()
-    o = options if options is not None else EvalOptions()
-    if not isinstance(o, EvalOptions):
-        raise TypeError(f"run_eval takes an EvalOptions, not {type(o).__name__}: run_eval(model, "
-                        "EvalOptions(attacks='pgd20', n=1000))")
+    o = EvalOptions.given(options, "run_eval")
     o.check()
     specs = o.specs() if o.attacks is not None else None  # fails before the model is read
-    device = str(dist_util.setup_device(o.device)[0])
-    ds = data_of_run(model_path, o.data, o.data_root, o.download)
-    net = set_layout(open_model_for(model_path, ds, device, model_options), "auto")  # layout: speed only
+    device, ds, net, x, y, class_note = open_measurement(model_path, o, model_options)
     specs = specs or o.specs(default_attacks(net))
     sur = set_layout(load_model(o.surrogate, device), "auto") if o.surrogate else None
-    class_note = match_classes(net, ds, o.classes_by, f"model {str(model_path)!r}")
-    x, y = test_subset(ds, o.n, o.seed)
-    check_fits(net, tuple(x.shape[1:]), ds.num_classes, f"model {str(model_path)!r}", f"data {ds.name!r}")
     if sur is not None:  # the model fits the data (checked above), so the surrogate must fit it too
         check_fits(sur, tuple(x.shape[1:]), ds.num_classes, "surrogate", "the model")
     out_dir = writable_dir(o.out or run_dir_of(model_path))

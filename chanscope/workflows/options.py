@@ -32,6 +32,16 @@ class RunOptions:
     classes_by: str = "name"
     out: str | None = None  # None: the run's folder
 
+    @classmethod
+    def given(cls, options: RunOptions | None, caller: str) -> RunOptions:
+        """`options`, or the defaults where None; anything else is refused with what `caller` takes."""
+        if options is None:
+            return cls()
+        if not isinstance(options, cls):
+            raise TypeError(f"{caller} takes {cls.__name__}, not {type(options).__name__}: "
+                            f"{caller}(model, {cls.__name__}(...))")
+        return options
+
     def check(self) -> None:
         """eps is checked with the attacks (`parse_attacks`), `n` against the data (`test_subset`)."""
         check_positive_int(self.batch_size, "batch size")

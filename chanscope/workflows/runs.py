@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from chanscope.data import ImageData, balanced_subset, load_data
 from chanscope.errors import ChanscopeError
 
 __all__ = ["run_dir_of", "data_of_run", "open_model_for", "test_subset", "writable_dir", "check_fits", "match_classes",
-           "CLASSES_BY"]
+           "CLASSES_BY", "Measurement", "open_measurement"]
 
 
 def run_dir_of(model_path: str | Path) -> Path:
@@ -58,6 +59,37 @@ def open_model_for(model_path: str | Path, data: ImageData, device: str | None =
     if "num_classes" in opts and opts["num_classes"] is None:
         opts["num_classes"] = data.num_classes
     return load_model(model_path, device, **opts)
+
+
+class Measurement(NamedTuple):
+    """What a measurement of a model (eval, activations) runs on."""
+
+    device: str
+    data: ImageData
+    net: nn.Module
+    x: torch.Tensor  # the test images, in [0, 1]
+    y: torch.Tensor
+    class_note: str | None  # how the data's labels were matched to the model's classes, where it says
+
+
+def open_measurement(model_path: str | Path, options, model_options, default_n: int | None = None) -> Measurement:
+    """The device, the run's (or `options.data`'s) data, the model (memory layout set, for speed only), its
+    classes matched to the data's, and `options.n` class-balanced test images the model is checked to fit.
+
+    options: the RunOptions of the measurement; default_n: images where `options.n` is None, at most the test
+    set (None: the whole test set)."""
+    from chanscope.accel import distributed as dist_util
+    from chanscope.accel.layout import set_layout
+
+    device = str(dist_util.setup_device(options.device)[0])
+    ds = data_of_run(model_path, options.data, options.data_root, options.download)
+    net = set_layout(open_model_for(model_path, ds, device, model_options), "auto")
+    what = f"model {str(model_path)!r}"
+    note = match_classes(net, ds, options.classes_by, what)
+    n = options.n if options.n is not None or default_n is None else min(default_n, len(ds.y_test))
+    x, y = test_subset(ds, n, options.seed)
+    check_fits(net, tuple(x.shape[1:]), ds.num_classes, what, f"data {ds.name!r}")
+    return Measurement(device, ds, net, x, y, note)
 
 
 def test_subset(data: ImageData, n: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
