@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from _micro import micro_scale  # tests/ is on sys.path (its conftest)
@@ -43,10 +45,14 @@ def test_compare_trains_evaluates_and_writes_one_table_with_intervals(tmp_path, 
     assert {"adaptive2:probe0", "adaptive2:probe1"} <= set(fsr.attack)  # the robust and recalibrated heads
 
 
-def _examples(folder, method, natural, pgd20, adaptive):
-    (folder / method).mkdir(parents=True)
+def _examples(folder, method, natural, pgd20, adaptive, cw=None, failed=None):
+    (folder / method / "sanity").mkdir(parents=True)
     pd.DataFrame({"label": 0, "natural": natural, "pgd20": pgd20, "adaptive20": adaptive,
-                  "adaptive20:final": pgd20}).to_csv(folder / method / "eval_examples.csv", index=False)
+                  "adaptive20:final": pgd20, **({} if cw is None else {"cw20": cw})}).to_csv(
+        folder / method / "eval_examples.csv", index=False)
+    checks = [{"check": "more PGD steps never raise accuracy", "passed": failed is None},
+              {"check": "eps = 0.5 drives accuracy to about 0", "passed": True}]
+    (folder / method / "sanity" / "eval.json").write_text(json.dumps({"sanity": checks}))
 
 
 def test_intervals_and_the_advantage_rule_read_the_per_image_records(tmp_path, monkeypatch):
@@ -91,3 +97,26 @@ def test_an_advantage_the_adaptive_attack_takes_away_is_not_kept():
     assert adv.loc["d", "finding"] == "ahead under the standard attack, unknown under the adaptive attack"
     assert adv.loc["a", "finding"] == "ahead under the standard attack only: the adaptive attack removes it"
     assert adv.loc["b", "finding"] == "no advantage: behind under the standard attack, behind under the adaptive attack"
+
+
+def test_the_table_carries_cw_and_the_masking_checks_per_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(verdicts, "N_BOOT", 100)
+    n = 200
+    ones, half, quarter = [1] * n, [1, 0] * (n // 2), [1, 0, 0, 0] * (n // 4)
+    for folder in (tmp_path, tmp_path / "seed1"):
+        _examples(folder, "at", ones, half, half, cw=quarter)
+        _examples(folder, "masked", ones, ones, quarter, cw=half, failed=folder.name == "seed1" or None)
+        for m in ("at", "masked"):
+            (folder / m / "eval.csv").write_text("class,attack,robust_acc,natural_acc,n\nall,pgd20,50,100,200\n")
+    iv = compare.intervals(tmp_path, ["at", "masked"], "cpu", seeds=2).set_index(["method", "under"])
+    assert iv.value["at", "cw"] == 25 and iv.value["masked - at", "cw"] == 25
+    df = compare.summarise(tmp_path, ["at", "masked"], "cpu", seeds=2)
+    assert list(df.masking_checks) == ["pass", "pass", "pass", "FAIL: more PGD steps never raise accuracy"]
+    md = compare.markdown(df, iv.reset_index(), "pgd20")
+    assert "| AT | 100.0 [100.0, 100.0] | 50.0 [" in md and "| 25.0 [" in md
+    assert "| pass / FAIL: more PGD steps never raise accuracy |" in md
+    # a model without a CW record leaves the column out rather than guess
+    (tmp_path / "at" / "eval_examples.csv").write_text(
+        pd.read_csv(tmp_path / "at" / "eval_examples.csv").drop(columns="cw20").to_csv(index=False))
+    iv = compare.intervals(tmp_path, ["at", "masked"], "cpu", seeds=2)
+    assert "cw" not in set(iv.under)

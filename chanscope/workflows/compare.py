@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from chanscope.errors import ChanscopeError
-from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
 from chanscope.observe.verdicts import Seed, interval, worst_case
 from chanscope.workflows.pipeline import SCALES, models_for, plan, read_record, run_stages
 from chanscope.workflows.report import overall_accuracy
@@ -31,7 +31,7 @@ __all__ = ["run_compare", "summarise", "intervals", "advantage", "markdown", "DE
 
 DEFAULT_METHODS = "at,trades,cas,cifs,fsr"
 COMPARE_COLUMNS = ["method", "seed", "natural", "standard_attack", "standard", "cw", "adaptive", "worst_case",
-                   "autoattack", "autoattack_ref", "train_seconds"]
+                   "autoattack", "autoattack_ref", "masking_checks", "train_seconds"]
 
 
 def _standard_attack(scale: str) -> str:
@@ -63,8 +63,22 @@ def summarise(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
                                           np.nan),
                          "worst_case": worst_case(pd.read_csv(ex), None) if ex.is_file() else np.nan,
                          "autoattack": o.get("aa", np.nan), "autoattack_ref": o.get("aa-ref", np.nan),
+                         "masking_checks": _masking_checks(run),
                          "train_seconds": round(float(metrics.seconds.sum()), 1) if metrics is not None else np.nan})
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def _masking_checks(run: Path) -> str:
+    """The gradient-masking checks of a run in a word: pass, the checks that failed, or '-' (not run)."""
+    checks = read_json(run / "sanity" / "eval.json").get("sanity") or []
+    failed = [c["check"] for c in checks if not c["passed"]]
+    if not checks:
+        return "-"
+    return ("FAIL: " + "; ".join(failed)) if failed else "pass"
+
+
+def _cw_column(ev: pd.DataFrame) -> str | None:
+    return next((c for c in ev.columns if c.startswith("cw") and ":" not in c), None)
 
 
 def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed: int = 0) -> pd.DataFrame:
@@ -79,15 +93,17 @@ def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
     if not ss:
         return pd.DataFrame(columns=["method", "under", "seeds", "value", "lo", "hi"])
 
-    def share(column: str):
+    def share(column: str | None):
         def stat(s: Seed, w, m: str) -> float:
-            ok = s.ev[m][column].to_numpy()
+            ok = s.ev[m][_cw_column(s.ev[m]) if column is None else column].to_numpy()
             w = np.ones(len(ok)) if w is None else w
             return float(100.0 * (ok * w).sum() / w.sum())
         return stat
 
     stats = {"natural": share("natural"), "standard attack": share(std),
              "adaptive worst case": lambda s, w, m: worst_case(s.ev[m], w)}
+    if all(_cw_column(e) for s in ss for e in s.ev.values()):
+        stats["cw"] = share(None)
     rows = []
     for m in methods:
         for under, f in stats.items():
@@ -146,13 +162,16 @@ def markdown(df: pd.DataFrame, iv: pd.DataFrame, standard_attack: str) -> str:
     seeds = int(iv.seeds.max()) if len(iv) else 0
     lines = [f"Accuracy in %, mean over {seeds} seed(s) with 95% intervals (test images and seeds); "
              f"standard attack: {standard_attack} on the final logits; worst case: per image over every attack, "
-             "the adaptive ones included.", "",
-             "| method | natural | standard attack | adaptive worst case | AutoAttack (per seed) |",
-             "|---|---|---|---|---|"]
+             "the adaptive ones included; AutoAttack on a subset, per seed; masking checks: the gradient-masking "
+             "checks per seed.", "",
+             "| method | natural | standard attack | CW | adaptive worst case | AutoAttack | masking checks |",
+             "|---|---|---|---|---|---|---|"]
     for m in [m for m in dict.fromkeys(iv.method) if " - " not in m]:
-        aa = " / ".join(f"{v:.1f}" for v in df[df.method == m].autoattack.dropna())
-        lines.append(f"| {m.upper()} | {cell(m, 'natural')} | {cell(m, 'standard attack')} | "
-                     f"{cell(m, 'adaptive worst case')} | {aa or '-'} |")
+        rows = df[df.method == m]
+        aa = " / ".join(f"{v:.1f}" for v in rows.autoattack.dropna())
+        checks = " / ".join(rows.masking_checks.fillna("-").astype(str)) if "masking_checks" in rows else ""
+        lines.append(f"| {m.upper()} | {cell(m, 'natural')} | {cell(m, 'standard attack')} | {cell(m, 'cw')} | "
+                     f"{cell(m, 'adaptive worst case')} | {aa or '-'} | {checks or '-'} |")
     adv = advantage(iv)
     if len(adv):
         lines += ["", "| method - AT | standard attack | adaptive worst case | finding |", "|---|---|---|---|"]
