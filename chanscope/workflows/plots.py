@@ -127,16 +127,15 @@ def nr_channels(runs: list[str | Path], out: str | Path, class_name: str | None 
         frames.append(g)
     data = pd.concat(frames, ignore_index=True)
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), sharey=True, squeeze=False)
-    for ax, (model, g) in zip(axes[0], data.groupby("model", sort=False)):
+    for ax, run, (model, g) in zip(axes[0], runs, data.groupby("model", sort=False)):
         ax.axvspan(-0.5, g.n_nr.iloc[0] - 0.5, color="0.88", label="NR channels (relevance < 0)")
         ax.plot(g["rank"], g.plot_nat, color=PALETTE[0], lw=1.4, label="natural")
         ax.plot(g["rank"], g.plot_adv, color=PALETTE[3], lw=1.4, label="adversarial")
-        ax.set_title(model)
+        ax.set_title(f"{model}\n{images_used(run)}", fontsize=9)  # each panel says which images it shows
         ax.set_xlabel("channel, sorted by relevance")
     axes[0][0].set_ylabel("magnitude / model's mean natural magnitude" if normalize else "mean activation magnitude")
     axes[0][0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"Channel magnitudes vs relevance ({class_name or 'all classes'}; "
-                 f"{', '.join(f'{lb}: {images_used(r)}' for r, lb in zip(runs, _labels(runs)))})", fontsize=9)
+    fig.suptitle(f"Channel magnitudes vs relevance ({class_name or 'all classes'})", fontsize=10)
     fig.tight_layout()
     return _save(fig, Path(out), name, data)
 
