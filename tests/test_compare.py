@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from _micro import micro_scale  # tests/ is on sys.path (its conftest)
@@ -115,6 +116,18 @@ def test_the_table_carries_cw_and_the_masking_checks_per_seed(tmp_path, monkeypa
     md = compare.markdown(df, iv.reset_index(), "pgd20")
     assert "| AT | 100.0 [100.0, 100.0] | 50.0 [" in md and "| 25.0 [" in md
     assert "| pass / FAIL: more PGD steps never raise accuracy |" in md
+    assert "| pass / FAIL: more PGD steps never raise accuracy | - |" in md  # no activation study yet
+    # the activation study's NR over-activation: NR channels (relevance < 0) at 1.5x (AT) and 1.2x (masked)
+    # their natural magnitude in every image, the PR channel unchanged
+    for folder in (tmp_path, tmp_path / "seed1"):
+        for m, over in (("at", 1.5), ("masked", 1.2)):
+            np.savez(folder / m / "examples.npz", y=np.zeros(50, dtype=np.int64),
+                     relevance=np.array([[-1.0, -2.0, 3.0]]), mag_nat=np.ones((50, 3)),
+                     mag_adv=np.tile([over, over, 1.0], (50, 1)))
+    iv = compare.intervals(tmp_path, ["at", "masked"], "cpu", seeds=2)
+    nr = iv[iv.under == compare.NR_OVER].set_index("method")
+    assert nr.value["at"] == pytest.approx(0.5) and nr.value["masked - at"] == pytest.approx(-0.3)
+    assert "| -0.300 [-0.300, -0.300] |" in compare.markdown(df, iv, "pgd20")
     # a model without a CW record leaves the column out rather than guess
     (tmp_path / "at" / "eval_examples.csv").write_text(
         pd.read_csv(tmp_path / "at" / "eval_examples.csv").drop(columns="cw20").to_csv(index=False))

@@ -22,7 +22,8 @@ import pandas as pd
 
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
-from chanscope.observe.verdicts import Seed, interval, worst_case
+from chanscope.observe.verdicts import Seed, interval, nr_over, worst_case
+from chanscope.workflows.activations import read_examples
 from chanscope.workflows.pipeline import SCALES, models_for, plan, read_record, run_stages
 from chanscope.workflows.report import overall_accuracy
 from chanscope.workflows.runs import writable_dir
@@ -104,16 +105,36 @@ def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
              "adaptive worst case": lambda s, w, m: worst_case(s.ev[m], w)}
     if all(_cw_column(e) for s in ss for e in s.ev.values()):
         stats["cw"] = share(None)
+    rows = _rows(ss, methods, stats, "ev")
+    act = _with_activations(Path(out), seeds, seed, methods)
+    if act:
+        rows += _rows(act, methods, {NR_OVER: lambda s, w, m: nr_over(s.act[m], w)}, "act")
+    return pd.DataFrame(rows)
+
+
+NR_OVER = "NR over-activation"  # the activation study's statistic (observation 2): adversarial over natural
+
+
+def _rows(ss: list[Seed], methods: list[str], stats: dict, source: str) -> list[dict]:
     rows = []
     for m in methods:
         for under, f in stats.items():
-            iv = interval(ss, lambda s, w, m=m, f=f: f(s, w, m), "ev")
+            iv = interval(ss, lambda s, w, m=m, f=f: f(s, w, m), source)
             rows.append({"method": m, "under": under, "seeds": len(ss), "value": iv.value, "lo": iv.lo, "hi": iv.hi})
             if "at" in methods and m != "at":
-                d = interval(ss, lambda s, w, m=m, f=f: f(s, w, m) - f(s, w, "at"), "ev")
+                d = interval(ss, lambda s, w, m=m, f=f: f(s, w, m) - f(s, w, "at"), source)
                 rows.append({"method": f"{m} - at", "under": under, "seeds": len(ss), "value": d.value, "lo": d.lo,
                              "hi": d.hi})
-    return pd.DataFrame(rows)
+    return rows
+
+
+def _with_activations(out: Path, seeds: int, seed: int, methods: list[str]) -> list[Seed]:
+    """Every seed's activation examples of each method (each under its own study attack), or none where a
+    method of a seed has not been studied yet."""
+    paths = [{m: f / m / "examples.npz" for m in methods} for _, f in _folders(out, seeds, seed)]
+    if not all(p.is_file() for ps in paths for p in ps.values()):
+        return []
+    return [Seed(act={m: read_examples(p) for m, p in ps.items()}) for ps in paths]
 
 
 def _side(lo: float, hi: float) -> str:
@@ -148,36 +169,42 @@ def advantage(iv: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown(df: pd.DataFrame, iv: pd.DataFrame, standard_attack: str) -> str:
-    """compare.md: per method the three accuracies with intervals, AutoAttack per seed, and the differences
-    to AT with what they say."""
-    def cell(m: str, under: str) -> str:
-        r = iv[(iv.method == m) & (iv.under == under)]
-        if not len(r):
-            return "-"
-        r = r.iloc[0]
-        sign = "+" if " - " in m else ""
-        return f"{r.value:{sign}.1f} [{r.lo:{sign}.1f}, {r.hi:{sign}.1f}]"
+def _cell(iv: pd.DataFrame, m: str, under: str) -> str:
+    """One interval of compare_intervals.csv as a table cell: accuracies in % to 0.1, NR over-activation (a
+    fraction of the natural magnitude) to 0.001, differences signed."""
+    r = iv[(iv.method == m) & (iv.under == under)]
+    if not len(r):
+        return "-"
+    r = r.iloc[0]
+    f = ("+" if " - " in m or under == NR_OVER else "") + (".3f" if under == NR_OVER else ".1f")
+    return f"{r.value:{f}} [{r.lo:{f}}, {r.hi:{f}}]"
 
+
+def markdown(df: pd.DataFrame, iv: pd.DataFrame, standard_attack: str) -> str:
+    """compare.md: per method the accuracies and the NR over-activation with intervals, AutoAttack and the
+    gradient-masking checks per seed, and the differences to AT with what they say."""
     seeds = int(iv.seeds.max()) if len(iv) else 0
     lines = [f"Accuracy in %, mean over {seeds} seed(s) with 95% intervals (test images and seeds); "
              f"standard attack: {standard_attack} on the final logits; worst case: per image over every attack, "
              "the adaptive ones included; AutoAttack on a subset, per seed; masking checks: the gradient-masking "
-             "checks per seed.", "",
-             "| method | natural | standard attack | CW | adaptive worst case | AutoAttack | masking checks |",
-             "|---|---|---|---|---|---|---|"]
+             "checks per seed; NR over-activation: the activation study's (adversarial - natural) / natural "
+             "magnitude of the NR channels, each model under its own study attack.", "",
+             "| method | natural | standard attack | CW | adaptive worst case | AutoAttack | masking checks "
+             "| NR over-activation |", "|---|---|---|---|---|---|---|---|"]
     for m in [m for m in dict.fromkeys(iv.method) if " - " not in m]:
         rows = df[df.method == m]
         aa = " / ".join(f"{v:.1f}" for v in rows.autoattack.dropna())
         checks = " / ".join(rows.masking_checks.fillna("-").astype(str)) if "masking_checks" in rows else ""
-        lines.append(f"| {m.upper()} | {cell(m, 'natural')} | {cell(m, 'standard attack')} | {cell(m, 'cw')} | "
-                     f"{cell(m, 'adaptive worst case')} | {aa or '-'} | {checks or '-'} |")
+        cells = [_cell(iv, m, u) for u in ("natural", "standard attack", "cw", "adaptive worst case")]
+        lines.append(f"| {m.upper()} | {' | '.join(cells)} | {aa or '-'} | {checks or '-'} | {_cell(iv, m, NR_OVER)} |")
     adv = advantage(iv)
     if len(adv):
-        lines += ["", "| method - AT | standard attack | adaptive worst case | finding |", "|---|---|---|---|"]
+        lines += ["", "| method - AT | standard attack | adaptive worst case | finding | NR over-activation |",
+                  "|---|---|---|---|---|"]
         for r in adv.itertuples():
-            lines.append(f"| {r.method.upper()} | {cell(r.method + ' - at', 'standard attack')} | "
-                         f"{cell(r.method + ' - at', 'adaptive worst case')} | {r.finding} |")
+            d = r.method + " - at"
+            lines.append(f"| {r.method.upper()} | {_cell(iv, d, 'standard attack')} | "
+                         f"{_cell(iv, d, 'adaptive worst case')} | {r.finding} | {_cell(iv, d, NR_OVER)} |")
     return "\n".join(lines) + "\n"
 
 
