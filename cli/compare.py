@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chanscope.workflows.compare import DEFAULT_METHODS, advantage, run_compare
+from chanscope.workflows.compare import DEFAULT_METHODS, NR_OVER, advantage, run_compare
 
 from ._console import StageDisplay, console
 from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, TimeLimitOpt
@@ -32,7 +32,10 @@ def compare_command(
                                 data=data, data_root=data_root, device=device, bf16=bf16, time_limit=time_limit)
     console.print(df.to_string(index=False))
     if len(iv):
-        console.print(iv.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        nr = iv.under == NR_OVER  # a fraction of the natural magnitude, not a percentage
+        console.print(iv[~nr].to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        if nr.any():
+            console.print(iv[nr].to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
         for r in advantage(iv).itertuples():
             console.print(f"{r.method.upper()} against AT: {r.finding}", highlight=False)
     made = "compare.md and figures/compare.png" if len(iv) else "no table yet (no seed has every method evaluated)"

@@ -28,7 +28,8 @@ from chanscope.workflows.pipeline import SCALES, models_for, plan, read_record, 
 from chanscope.workflows.report import overall_accuracy
 from chanscope.workflows.runs import writable_dir
 
-__all__ = ["run_compare", "summarise", "intervals", "advantage", "markdown", "DEFAULT_METHODS", "COMPARE_COLUMNS"]
+__all__ = ["run_compare", "summarise", "intervals", "advantage", "markdown", "DEFAULT_METHODS", "COMPARE_COLUMNS",
+           "NR_OVER"]
 
 DEFAULT_METHODS = "at,trades,cas,cifs,fsr"
 COMPARE_COLUMNS = ["method", "seed", "natural", "standard_attack", "standard", "cw", "adaptive", "worst_case",
