@@ -81,7 +81,7 @@ def test_intervals_and_the_advantage_rule_read_the_per_image_records(tmp_path, m
     assert advantage.loc["masked", "finding"] == "ahead under the standard attack, behind under the adaptive attack"
     assert advantage.loc["same", "finding"].startswith("no advantage: level")
     md = compare.markdown(pd.DataFrame({"method": ["at", "at"], "autoattack": [49.0, float("nan")]}), iv, "pgd20")
-    assert "| MASKED | +50.0 [" in md and "| AT | 100.0 [100.0, 100.0] | 50.0 [" in md and "| 49.0 |" in md
+    assert "| MASKED | +50.0 [" in md and "| AT | 100.0 [100.0, 100.0] | 50.0 [" in md and "| 49.0 / - |" in md
     assert len(advantage) == 3
 
 
@@ -117,16 +117,22 @@ def test_the_table_carries_cw_and_the_masking_checks_per_seed(tmp_path, monkeypa
     assert "| AT | 100.0 [100.0, 100.0] | 50.0 [" in md and "| 25.0 [" in md
     assert "| pass / FAIL: more PGD steps never raise accuracy |" in md
     assert "| pass / FAIL: more PGD steps never raise accuracy | - |" in md  # no activation study yet
-    # the activation study's NR over-activation: NR channels (relevance < 0) at 1.5x (AT) and 1.2x (masked)
-    # their natural magnitude in every image, the PR channel unchanged
+    # the activation study's NR over-activation: NR channels (relevance < 0) at 1 + u times their natural
+    # magnitude in AT (u uniform in [0, 1] per image, mean 0.5 over the drawn images) and 0.3 less in "masked",
+    # image by image; the PR channel unchanged. Paired resampling keeps the difference at exactly -0.3;
+    # unpaired, it would spread.
+    rng = np.random.default_rng(0)
     for folder in (tmp_path, tmp_path / "seed1"):
-        for m, over in (("at", 1.5), ("masked", 1.2)):
+        u = rng.uniform(0, 1, 50)
+        u += 0.5 - u.mean()
+        for m, over in (("at", 1 + u), ("masked", 0.7 + u)):
             np.savez(folder / m / "examples.npz", y=np.zeros(50, dtype=np.int64),
                      relevance=np.array([[-1.0, -2.0, 3.0]]), mag_nat=np.ones((50, 3)),
-                     mag_adv=np.tile([over, over, 1.0], (50, 1)))
+                     mag_adv=np.stack([over, over, np.ones(50)], axis=1))
     iv = compare.intervals(tmp_path, ["at", "masked"], "cpu", seeds=2)
     nr = iv[iv.under == compare.NR_OVER].set_index("method")
     assert nr.value["at"] == pytest.approx(0.5) and nr.value["masked - at"] == pytest.approx(-0.3)
+    assert nr.hi["at"] - nr.lo["at"] > 0.05  # the images differ, so AT's own interval has a width
     assert "| -0.300 [-0.300, -0.300] |" in compare.markdown(df, iv, "pgd20")
     # a model without a CW record leaves the column out rather than guess
     (tmp_path / "at" / "eval_examples.csv").write_text(

@@ -5,10 +5,12 @@ CIFS and FSR from their own architecture trained naturally), seeds and validatio
 same evaluation (natural, FGSM, PGD, CW, the adaptive attack through the mask where the model has
 auxiliary heads, AutoAttack and the reference AutoAttack on a subset, the gradient-masking checks) and
 the activation study (FSR also on its robust and non-robust parts). `compare.csv` has one row per method
-and seed; `compare_intervals.csv` per method the robust accuracy under the standard attack (PGD on the
-final logits, what each paper reports) and under the adaptive worst case (per image, over every attack),
-each with a 95% interval over test images and seeds, and the difference to AT (paired);
-`figures/compare.png` draws both side by side.
+and seed; `compare_intervals.csv` per method (column `under`) natural accuracy, robust accuracy under the
+standard attack (PGD on the final logits, what each paper reports), under CW and under the adaptive worst
+case (per image, over every attack), in %, and the NR over-activation of the activation study (a fraction
+of the natural magnitude), each with a 95% interval over test images and seeds, and each minus AT's
+(paired); `compare.md` shows them as tables with the advantage rule's findings; `figures/compare.png` draws
+the standard attack and the adaptive worst case side by side.
 """
 
 from __future__ import annotations
@@ -84,8 +86,10 @@ def _cw_column(ev: pd.DataFrame) -> str | None:
 
 
 def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed: int = 0) -> pd.DataFrame:
-    """Per method: robust accuracy under the standard attack and the adaptive worst case, and each minus AT's
-    (paired: the models of a seed see the same test images), with 95% intervals over images and seeds."""
+    """Per method: natural accuracy, robust accuracy under the standard attack, CW (where every run has it)
+    and the adaptive worst case, the NR over-activation (where every run has its activation study), and each
+    minus AT's (paired: the models of a seed see the same test images), with 95% intervals over images and
+    seeds."""
     std = _standard_attack(scale)
     ss = []
     for _, folder in _folders(Path(out), seeds, seed):
@@ -194,7 +198,8 @@ def markdown(df: pd.DataFrame, iv: pd.DataFrame, standard_attack: str) -> str:
              "| NR over-activation |", "|---|---|---|---|---|---|---|---|"]
     for m in [m for m in dict.fromkeys(iv.method) if " - " not in m]:
         rows = df[df.method == m]
-        aa = " / ".join(f"{v:.1f}" for v in rows.autoattack.dropna())
+        aa = "" if rows.autoattack.isna().all() else " / ".join(  # one entry per seed, '-' where not run
+            "-" if np.isnan(v) else f"{v:.1f}" for v in rows.autoattack)
         checks = " / ".join(rows.masking_checks.fillna("-").astype(str)) if "masking_checks" in rows else ""
         cells = [_cell(iv, m, u) for u in ("natural", "standard attack", "cw", "adaptive worst case")]
         lines.append(f"| {m.upper()} | {' | '.join(cells)} | {aa or '-'} | {checks or '-'} | {_cell(iv, m, NR_OVER)} |")

@@ -86,7 +86,7 @@ def images_used(run: str | Path, stage: str = "activations") -> str:
 
 
 def _label(run: Path) -> str:
-    """A run folder's name; for one layer's CSV of a run, the folder and the layer (fsr/parts robust)."""
+    """A run folder's name; for one layer's CSV of a run, the folder and the layer (parts layer4.1.select.robust)."""
     run = Path(run)
     if run.suffix == ".csv":
         return f"{run.parent.name} {run.stem.split('-', 1)[-1]}"
@@ -324,11 +324,12 @@ def series_plot(df: pd.DataFrame, gaps: pd.DataFrame, out: str | Path, name: str
 def compare_plot(iv: pd.DataFrame, out: str | Path, name: str = "compare") -> pd.DataFrame:
     """Robust accuracy per method under its standard attack and under the adaptive worst case, side by side,
     with 95% intervals (over test images and seeds)."""
-    own = iv[~iv.method.str.contains(" - ")]
+    drawn = ("standard attack", "adaptive worst case")
+    own = iv[~iv.method.str.contains(" - ") & iv.under.isin(drawn)]
     methods = list(dict.fromkeys(own.method))
     fig, ax = plt.subplots(figsize=(1.3 * len(methods) + 2, 3.6))
     x = np.arange(len(methods))
-    for j, (under, color) in enumerate((("standard attack", PALETTE[0]), ("adaptive worst case", PALETTE[3]))):
+    for j, (under, color) in enumerate(zip(drawn, (PALETTE[0], PALETTE[3]))):
         g = own[own.under == under].set_index("method").reindex(methods)
         ax.bar(x + (j - 0.5) * 0.38, g.value, 0.38, color=color, label=under,
                yerr=[g.value - g.lo, g.hi - g.value], capsize=3)
@@ -337,4 +338,4 @@ def compare_plot(iv: pd.DataFrame, out: str | Path, name: str = "compare") -> pd
     ax.set_title(f"one protocol, {int(own.seeds.max())} seed(s); bars: 95% intervals", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, Path(out), name, iv)
+    return _save(fig, Path(out), name, own)  # the drawn rows; compare_intervals.csv has them all
