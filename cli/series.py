@@ -31,4 +31,6 @@ def series_command(
     df = StageDisplay().run(out, run_series, budgets=budgets, seeds=seeds, seed=seed or 0, data=data,
                             data_root=data_root, device=device, bf16=bf16, time_limit=time_limit)
     console.print(df[[c for c in SERIES_COLUMNS if c not in ("train_eval_nat_acc",)]].to_string(index=False))
-    console.print(f"wrote {out}/series.csv, series.json and figures/series.png")
+    if df.attrs.get("trend"):  # the change of the gap from the smallest to the largest budget
+        console.print(df.attrs["trend"], highlight=False)
+    console.print(f"wrote {out}/series.csv, series.json, series.md and figures/series.png")

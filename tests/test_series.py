@@ -43,6 +43,8 @@ def test_series_trains_evaluates_summarises_and_resumes(tmp_path, monkeypatch):
     m = pd.read_csv(tmp_path / "60x1x1" / "cifs" / "metrics.csv").iloc[-1]
     assert row.label_leak == pytest.approx(m.train_acc - m.train_eval_pgd_acc)
     assert (tmp_path / "figures" / "series.png").is_file() and (tmp_path / "series.csv").is_file()
+    assert "From 60x1x1 to 100x1x2 (2.5x the training compute)" in (tmp_path / "series.md").read_text()
+    assert df.attrs["trend"].startswith("From 60x1x1 to 100x1x2")
     gaps = pd.read_csv(tmp_path / "figures" / "series.csv")
     assert len(gaps) == len(df)
     seen = []
@@ -51,3 +53,33 @@ def test_series_trains_evaluates_summarises_and_resumes(tmp_path, monkeypatch):
     assert set(seen) == {"skipped (complete)"} and np.allclose(again.worst_case, df.worst_case)
     with pytest.raises(ChanscopeError, match="made with seed 0"):
         series.run_series(tmp_path, "60x1x1", seeds=2, seed=5, base="micro")
+
+
+def _records(folder, at, cifs):
+    for m, ok in (("at", at), ("cifs", cifs)):
+        (folder / m).mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"label": 0, "natural": 1, "pgd20": ok, "adaptive20": ok}).to_csv(
+            folder / m / "eval_examples.csv", index=False)
+
+
+@pytest.mark.parametrize("cifs_large, reading", [
+    ([1] * 150 + [0] * 250, "CIFS gains on AT"),  # the gap falls from 10 points to 0
+    ([1] * 110 + [0] * 290, "no change"),  # 10 points at both budgets
+    ([1] * 60 + [0] * 340, "AT gains on CIFS"),  # the gap grows to 22.5 points
+])
+def test_the_trend_of_the_gap_must_leave_zero_to_say_anything(tmp_path, monkeypatch, cifs_large, reading):
+    monkeypatch.setattr(verdicts, "N_BOOT", 300)
+    bs = series.parse_budgets("50x1x1,100x1x1,400x1x1")
+    at = [1] * 150 + [0] * 250  # 37.5% at both budgets, on the same 400 test images per seed
+    cifs_small = [1] * 110 + [0] * 40 + [0] * 250  # 10 points below AT, on AT's robust images
+    for sub in ("", "seed1"):  # <series>/<budget>/ is seed 0, <series>/<budget>/seed1/ seed 1
+        _records(tmp_path / "50x1x1" / sub, at, cifs_small)
+        _records(tmp_path / "400x1x1" / sub, at, cifs_large)
+    _records(tmp_path / "100x1x1", at, at)  # seed 0 only: not a budget the trend may use
+    tr = series.trend(tmp_path, bs, seeds=2)
+    assert (tr["from"], tr["to"], tr["compute_ratio"]) == ("50x1x1", "400x1x1", 8.0)
+    assert tr["gap_from"] == pytest.approx(10.0) and tr["reading"].startswith(reading)
+    assert tr["lo"] <= tr["change"] <= tr["hi"]
+    md = series.markdown(series.gaps(tmp_path, bs, seeds=2), tr)
+    assert "| 50x1x1 | 100 | 2 | 37.5 [" in md and "| +10.0 [" in md and reading in md
+    assert series.trend(tmp_path, bs[:2], seeds=2) is None  # 100x1x1 lacks seed 1: one usable budget

@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 
 from chanscope.errors import ChanscopeError
-from chanscope.io import atomic_write_csv, atomic_write_json
+from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from chanscope.observe.verdicts import Interval, Seed, interval
 from chanscope.workflows.pipeline import SCALES, Scale, Stage, plan, read_record, run_stages
 from chanscope.workflows.report import overall_accuracy
 from chanscope.workflows.runs import writable_dir
 
-__all__ = ["Budget", "parse_budgets", "run_series", "summarise", "SERIES_COLUMNS", "DEFAULT_BUDGETS"]
+__all__ = ["Budget", "parse_budgets", "run_series", "summarise", "gaps", "trend", "markdown", "SERIES_COLUMNS",
+           "DEFAULT_BUDGETS"]
 
 DEFAULT_BUDGETS = "5000x8x3,10000x10x4,10000x16x5"  # 1x, 3.1x and 6x the cpu scale's training compute
 SERIES_COLUMNS = ["budget", "compute", "method", "seed", "natural", "pgd20", "cw20", "adaptive", "autoattack",
@@ -86,7 +87,8 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
                bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None,
                on_stage: Callable[[str, str, float], None] | None = None,
                time_limit: float | None = None) -> pd.DataFrame:
-    """Run (or continue) the series into `out`; returns the summary (also series.csv, series.json, figure)."""
+    """Run (or continue) the series into `out`; returns the summary (also series.csv, series.json, series.md,
+    figure), with the sentence on how the gap changes in `attrs["trend"]` once two budgets are done."""
     bs = parse_budgets(budgets)
     if base not in SCALES:
         raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
@@ -105,10 +107,16 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     df = summarise(out, bs, seeds, seed)
     atomic_write_csv(out / "series.csv", df)
     atomic_write_json(record_path, record)
+    (out / "series.md").unlink(missing_ok=True)  # never a summary of an earlier state beside series.csv
     if len(df):
         from chanscope.workflows.plots import series_plot
 
-        series_plot(df, gaps(out, bs, seeds, seed), out / "figures")
+        g, tr = gaps(out, bs, seeds, seed), trend(out, bs, seeds, seed)
+        series_plot(df, g, out / "figures")
+        md = markdown(g, tr)
+        atomic_write_bytes(out / "series.md", md.encode())
+        if tr:
+            df.attrs["trend"] = md.rstrip().rsplit("\n", 1)[-1]  # its last line: the change of the gap
     return df
 
 
@@ -167,3 +175,61 @@ def gaps(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> p
             rows.append({"budget": b.label, "compute": b.compute, "what": what, "seeds": len(ss), "value": iv.value,
                          "lo": iv.lo, "hi": iv.hi})
     return pd.DataFrame(rows, columns=["budget", "compute", "what", "seeds", "value", "lo", "hi"])
+
+
+def _evaluated(out: Path, b: Budget, seeds: int, seed: int) -> list[dict[str, pd.DataFrame]] | None:
+    """Per seed, AT's and CIFS's per-image records at budget b; None unless every seed has both."""
+    found = []
+    for _, _, folder in _runs(out, [b], seeds, seed):
+        ev = {m: folder / m / "eval_examples.csv" for m in ("at", "cifs")}
+        if not all(p.is_file() for p in ev.values()):
+            return None
+        found.append({m: pd.read_csv(p) for m, p in ev.items()})
+    return found
+
+
+def trend(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> dict | None:
+    """How the AT - CIFS gap (worst-case robust accuracy) changes from the smallest to the largest budget that
+    every seed has evaluated: the change with its 95% interval, paired within a seed (a seed evaluates every
+    budget on the same test images), and what it says: one method gains on the other only where the interval
+    excludes zero; which side of zero each budget's gap lies on is the gap's own interval (series.md). None
+    with fewer than two such budgets."""
+    from chanscope.observe.verdicts import worst_case
+
+    done = [(b, ev) for b in budgets if (ev := _evaluated(Path(out), b, seeds, seed))]
+    if len(done) < 2:
+        return None
+    (small, e0), (large, e1) = done[0], done[-1]
+    ss = [Seed(ev={f"{m}@{k}": e[m] for k, e in (("s", a), ("l", b)) for m in ("at", "cifs")})
+          for a, b in zip(e0, e1)]
+
+    def gap(s: Seed, w, k: str) -> float:
+        return worst_case(s.ev[f"at@{k}"], w) - worst_case(s.ev[f"cifs@{k}"], w)
+
+    iv = interval(ss, lambda s, w: gap(s, w, "l") - gap(s, w, "s"), "ev")
+    g0, g1 = (float(np.mean([gap(s, None, k) for s in ss])) for k in ("s", "l"))
+    reading = ("no change the interval can tell apart from zero" if iv.lo <= 0 <= iv.hi else
+               "CIFS gains on AT with budget (the AT - CIFS gap falls)" if iv.hi < 0 else
+               "AT gains on CIFS with budget (the AT - CIFS gap grows)")
+    return {"from": small.label, "to": large.label, "compute_ratio": large.compute / small.compute,
+            "gap_from": g0, "gap_to": g1, "change": iv.value, "lo": iv.lo, "hi": iv.hi, "seeds": len(ss),
+            "reading": reading}
+
+
+def markdown(g: pd.DataFrame, tr: dict | None) -> str:
+    """series.md: per budget the worst-case robust accuracy of AT and CIFS and their gap with 95% intervals,
+    and the change of the gap from the smallest to the largest budget."""
+    lines = ["Worst-case robust accuracy in % (per image over every attack, the adaptive one through the mask "
+             "included), mean over seeds with 95% intervals (test images and seeds).", "",
+             "| budget | compute | seeds | AT | CIFS | AT - CIFS |", "|---|---|---|---|---|---|"]
+    for b, rows in g.groupby("budget", sort=False):
+        r = rows.set_index("what")
+        cells = [f"{r.value[w]:{f}.1f} [{r.lo[w]:{f}.1f}, {r.hi[w]:{f}.1f}]"
+                 for w, f in (("at", ""), ("cifs", ""), ("at - cifs", "+"))]
+        lines.append(f"| {b} | {int(r.compute.iloc[0]):,} | {int(r.seeds.iloc[0])} | {' | '.join(cells)} |")
+    if tr:
+        lines += ["", f"From {tr['from']} to {tr['to']} ({tr['compute_ratio']:.1f}x the training compute) the gap "
+                  f"goes from {tr['gap_from']:+.1f} to {tr['gap_to']:+.1f} points: a change of "
+                  f"{tr['change']:+.1f} [{tr['lo']:+.1f}, {tr['hi']:+.1f}] over {tr['seeds']} seed(s); "
+                  f"{tr['reading']}."]
+    return "\n".join(lines) + "\n"
