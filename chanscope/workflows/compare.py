@@ -27,7 +27,7 @@ from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from chanscope.observe.verdicts import Seed, interval, nr_over, worst_case
 from chanscope.workflows.activations import read_examples
 from chanscope.workflows.pipeline import SCALES, models_for, plan, read_record, run_stages
-from chanscope.workflows.report import overall_accuracy
+from chanscope.workflows.report import attack_named, overall_accuracy
 from chanscope.workflows.runs import writable_dir
 
 __all__ = ["run_compare", "summarise", "intervals", "advantage", "markdown", "DEFAULT_METHODS", "COMPARE_COLUMNS",
@@ -62,9 +62,8 @@ def summarise(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
             metrics = pd.read_csv(run / "metrics.csv") if (run / "metrics.csv").is_file() else None
             rows.append({"method": m, "seed": s, "natural": o["natural"], "standard_attack": std,
                          "standard": o.get(std, np.nan),
-                         "cw": next((v for k, v in o.items() if k.startswith("cw") and ":" not in k), np.nan),
-                         "adaptive": next((v for k, v in o.items() if k.startswith("adaptive") and ":" not in k),
-                                          np.nan),
+                         "cw": o.get(attack_named(o, "cw"), np.nan),
+                         "adaptive": o.get(attack_named(o, "adaptive"), np.nan),
                          "worst_case": worst_case(pd.read_csv(ex), None) if ex.is_file() else np.nan,
                          "autoattack": o.get("aa", np.nan), "autoattack_ref": o.get("aa-ref", np.nan),
                          "masking_checks": _masking_checks(run),
@@ -81,10 +80,6 @@ def _masking_checks(run: Path) -> str:
     return ("FAIL: " + "; ".join(failed)) if failed else "pass"
 
 
-def _cw_column(ev: pd.DataFrame) -> str | None:
-    return next((c for c in ev.columns if c.startswith("cw") and ":" not in c), None)
-
-
 def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed: int = 0) -> pd.DataFrame:
     """Per method: natural accuracy, robust accuracy under the standard attack, CW (where every run has it)
     and the adaptive worst case, the NR over-activation (where every run has its activation study), and each
@@ -99,17 +94,17 @@ def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
     if not ss:
         return pd.DataFrame(columns=["method", "under", "seeds", "value", "lo", "hi"])
 
-    def share(column: str | None):
+    def share(prefix: str):
         def stat(s: Seed, w, m: str) -> float:
-            ok = s.ev[m][_cw_column(s.ev[m]) if column is None else column].to_numpy()
+            ok = s.ev[m][attack_named(s.ev[m].columns, prefix)].to_numpy()
             w = np.ones(len(ok)) if w is None else w
             return float(100.0 * (ok * w).sum() / w.sum())
         return stat
 
     stats = {"natural": share("natural"), "standard attack": share(std),
              "adaptive worst case": lambda s, w, m: worst_case(s.ev[m], w)}
-    if all(_cw_column(e) for s in ss for e in s.ev.values()):
-        stats["cw"] = share(None)
+    if all(attack_named(e.columns, "cw") for s in ss for e in s.ev.values()):
+        stats["cw"] = share("cw")
     rows = _rows(ss, methods, stats, "ev")
     act = _with_activations(Path(out), seeds, seed, methods)
     if act:

@@ -24,7 +24,8 @@ from chanscope.workflows.plots import (
     training_curves,
 )
 
-__all__ = ["observations", "write_report", "write_outputs", "load_seeds", "overall_accuracy", "markdown_table"]
+__all__ = ["observations", "write_report", "write_outputs", "load_seeds", "overall_accuracy", "attack_named",
+           "markdown_table"]
 
 
 def _fmt(v, nd: int = 1) -> str:
@@ -44,6 +45,12 @@ def markdown_table(df: pd.DataFrame, nd: int = 1) -> str:
     sep = "|" + "---|" * len(df.columns)
     rows = ["| " + " | ".join(_fmt(v, nd) for v in r) + " |" for r in df.itertuples(index=False)]
     return "\n".join([head, sep, *rows])
+
+
+def attack_named(names, prefix: str) -> str | None:
+    """The first attack among `names` (eval columns or overall_accuracy keys) whose name starts with `prefix`
+    ('cw' finds cw20), components such as 'adaptive20:final' aside; None if there is none."""
+    return next((k for k in names if k.startswith(prefix) and ":" not in k), None)
 
 
 def overall_accuracy(run: Path) -> dict[str, float]:

@@ -22,11 +22,11 @@ from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from chanscope.observe.verdicts import Interval, Seed, interval
 from chanscope.workflows.pipeline import SCALES, Scale, Stage, plan, read_record, run_stages
-from chanscope.workflows.report import overall_accuracy
+from chanscope.workflows.report import attack_named, overall_accuracy
 from chanscope.workflows.runs import writable_dir
 
-__all__ = ["Budget", "parse_budgets", "run_series", "summarise", "gaps", "trend", "markdown", "SERIES_COLUMNS",
-           "DEFAULT_BUDGETS"]
+__all__ = ["Budget", "parse_budgets", "run_series", "summarise", "gaps", "trend", "trend_sentence", "markdown",
+           "SERIES_COLUMNS", "DEFAULT_BUDGETS"]
 
 DEFAULT_BUDGETS = "5000x8x3,10000x10x4,10000x16x5"  # 1x, 3.1x and 6x the cpu scale's training compute
 SERIES_COLUMNS = ["budget", "compute", "method", "seed", "natural", "pgd20", "cw20", "adaptive", "autoattack",
@@ -113,10 +113,9 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
 
         g, tr = gaps(out, bs, seeds, seed), trend(out, bs, seeds, seed)
         series_plot(df, g, out / "figures")
-        md = markdown(g, tr)
-        atomic_write_bytes(out / "series.md", md.encode())
+        atomic_write_bytes(out / "series.md", markdown(g, tr).encode())
         if tr:
-            df.attrs["trend"] = md.rstrip().rsplit("\n", 1)[-1]  # its last line: the change of the gap
+            df.attrs["trend"] = trend_sentence(tr)
     return df
 
 
@@ -139,7 +138,7 @@ def summarise(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0)
             o = overall_accuracy(run)  # eval.csv and aa/eval.csv
             m = pd.read_csv(run / "metrics.csv")
             last = m.iloc[-1]
-            adaptive = next((v for k, v in o.items() if k.startswith("adaptive") and ":" not in k), np.nan)
+            adaptive = o.get(attack_named(o, "adaptive"), np.nan)
             ex = run / "eval_examples.csv"
             rows.append({"budget": b.label, "compute": b.compute, "method": method, "seed": s,
                          "natural": o["natural"], "pgd20": o.get("pgd20", np.nan), "cw20": o.get("cw20", np.nan),
@@ -161,11 +160,7 @@ def gaps(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> p
 
     rows = []
     for b in budgets:
-        ss = []
-        for _, _, folder in _runs(Path(out), [b], seeds, seed):
-            ev = {m: folder / m / "eval_examples.csv" for m in ("at", "cifs")}
-            if all(p.is_file() for p in ev.values()):
-                ss.append(Seed(ev={m: pd.read_csv(p) for m, p in ev.items()}))
+        ss = [Seed(ev=ev) for ev in _evaluated(Path(out), b, seeds, seed)]
         if not ss:
             continue
         stats: dict[str, Interval] = {
@@ -177,14 +172,13 @@ def gaps(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> p
     return pd.DataFrame(rows, columns=["budget", "compute", "what", "seeds", "value", "lo", "hi"])
 
 
-def _evaluated(out: Path, b: Budget, seeds: int, seed: int) -> list[dict[str, pd.DataFrame]] | None:
-    """Per seed, AT's and CIFS's per-image records at budget b; None unless every seed has both."""
+def _evaluated(out: Path, b: Budget, seeds: int, seed: int) -> list[dict[str, pd.DataFrame]]:
+    """AT's and CIFS's per-image records at budget b, one dict per seed that has evaluated both."""
     found = []
     for _, _, folder in _runs(out, [b], seeds, seed):
         ev = {m: folder / m / "eval_examples.csv" for m in ("at", "cifs")}
-        if not all(p.is_file() for p in ev.values()):
-            return None
-        found.append({m: pd.read_csv(p) for m, p in ev.items()})
+        if all(p.is_file() for p in ev.values()):
+            found.append({m: pd.read_csv(p) for m, p in ev.items()})
     return found
 
 
@@ -196,7 +190,7 @@ def trend(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> 
     with fewer than two such budgets."""
     from chanscope.observe.verdicts import worst_case
 
-    done = [(b, ev) for b in budgets if (ev := _evaluated(Path(out), b, seeds, seed))]
+    done = [(b, ev) for b in budgets if len(ev := _evaluated(Path(out), b, seeds, seed)) == seeds]
     if len(done) < 2:
         return None
     (small, e0), (large, e1) = done[0], done[-1]
@@ -228,8 +222,12 @@ def markdown(g: pd.DataFrame, tr: dict | None) -> str:
                  for w, f in (("at", ""), ("cifs", ""), ("at - cifs", "+"))]
         lines.append(f"| {b} | {int(r.compute.iloc[0]):,} | {int(r.seeds.iloc[0])} | {' | '.join(cells)} |")
     if tr:
-        lines += ["", f"From {tr['from']} to {tr['to']} ({tr['compute_ratio']:.1f}x the training compute) the gap "
-                  f"goes from {tr['gap_from']:+.1f} to {tr['gap_to']:+.1f} points: a change of "
-                  f"{tr['change']:+.1f} [{tr['lo']:+.1f}, {tr['hi']:+.1f}] over {tr['seeds']} seed(s); "
-                  f"{tr['reading']}."]
+        lines += ["", trend_sentence(tr)]
     return "\n".join(lines) + "\n"
+
+
+def trend_sentence(tr: dict) -> str:
+    """trend() in one sentence: the gap at both ends, its change with the interval, and what that says."""
+    return (f"From {tr['from']} to {tr['to']} ({tr['compute_ratio']:.1f}x the training compute) the gap goes from "
+            f"{tr['gap_from']:+.1f} to {tr['gap_to']:+.1f} points: a change of {tr['change']:+.1f} "
+            f"[{tr['lo']:+.1f}, {tr['hi']:+.1f}] over {tr['seeds']} seed(s); {tr['reading']}.")
