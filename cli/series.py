@@ -26,11 +26,16 @@ def series_command(
     bf16: Bf16Opt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
+    summary_only: Annotated[bool, typer.Option(
+        "--summary-only", help="Start nothing: summarise the finished stages (e.g. while separate processes "
+        "still train some seeds) and list the unfinished ones.")] = False,
 ) -> None:
     """AT against warm-started CIFS at several training budgets and seeds: series.csv and a figure; resumable."""
     df = StageDisplay().run(out, run_series, budgets=budgets, seeds=seeds, seed=seed or 0, data=data,
-                            data_root=data_root, device=device, bf16=bf16, time_limit=time_limit)
+                            data_root=data_root, device=device, bf16=bf16, time_limit=time_limit,
+                            summary_only=summary_only)
     console.print(df[[c for c in SERIES_COLUMNS if c not in ("train_eval_nat_acc",)]].to_string(index=False))
     if df.attrs.get("trend"):  # the change of the gap from the smallest to the largest budget
         console.print(df.attrs["trend"], highlight=False)
-    console.print(f"wrote {out}/series.csv, series.json, series.md and figures/series.png")
+    wrote = "series.csv, series.md" if summary_only else "series.csv, series.json, series.md"
+    console.print(f"wrote {out}/{wrote} and figures/series.png")

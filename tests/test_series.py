@@ -24,6 +24,17 @@ def test_budgets_parse_and_order_by_compute():
             series.parse_budgets(bad)
 
 
+def test_summary_only_starts_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
+    seen = []
+    df = series.run_series(tmp_path, "60x1x1", seeds=2, base="micro", summary_only=True,
+                           on_stage=lambda n, s, t: seen.append((n, s)))
+    assert len(df) == 0 and list(df.columns) == series.SERIES_COLUMNS
+    assert len(seen) == 2 * 6 and all(s.startswith("not finished") for _, s in seen)  # 4 trainings, 2 evals
+    assert "60x1x1 train seed1/cifs" in dict(seen)
+    assert not (tmp_path / "60x1x1").exists() and not (tmp_path / "series.json").exists()
+
+
 @pytest.mark.slow  # 16 micro trainings and 8 evaluations: minutes on 2 cores
 def test_series_trains_evaluates_summarises_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
@@ -51,6 +62,12 @@ def test_series_trains_evaluates_summarises_and_resumes(tmp_path, monkeypatch):
     again = series.run_series(tmp_path, "60x1x1,100x1x2", seeds=2, base="micro",
                               on_stage=lambda n, s, t: seen.append(s))
     assert set(seen) == {"skipped (complete)"} and np.allclose(again.worst_case, df.worst_case)
+    seen.clear()  # a budget not yet run: listed as unfinished, not started; the finished ones summarised
+    part = series.run_series(tmp_path, "60x1x1,100x1x2,200x1x1", seeds=2, base="micro", summary_only=True,
+                             on_stage=lambda n, s, t: seen.append((n, s)))
+    assert {s for n, s in seen if n.startswith("200x1x1")} == {"not finished (not started: --summary-only)"}
+    assert {s for n, s in seen if not n.startswith("200x1x1")} == {"finished"}
+    assert not (tmp_path / "200x1x1").exists() and np.allclose(part.worst_case, df.worst_case)
     with pytest.raises(ChanscopeError, match="made with seed 0"):
         series.run_series(tmp_path, "60x1x1", seeds=2, seed=5, base="micro")
 

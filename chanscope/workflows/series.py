@@ -86,9 +86,12 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
                data: str | None = None, data_root: str | None = None, base: str = "cpu", device: str | None = None,
                bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None,
                on_stage: Callable[[str, str, float], None] | None = None,
-               time_limit: float | None = None) -> pd.DataFrame:
+               time_limit: float | None = None, summary_only: bool = False) -> pd.DataFrame:
     """Run (or continue) the series into `out`; returns the summary (also series.csv, series.json, series.md,
-    figure), with the sentence on how the gap changes in `attrs["trend"]` once two budgets are done."""
+    figure), with the sentence on how the gap changes in `attrs["trend"]` once two budgets are done.
+
+    summary_only: start no stage (each is reported finished or not), only summarise what is finished: safe
+    beside the processes still training its seeds, which a normal run would collide with."""
     bs = parse_budgets(budgets)
     if base not in SCALES:
         raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
@@ -97,16 +100,20 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     record = read_record(record_path)
     made = record.get("options")
     opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16}
-    if made and record.get("stages") and any(made.get(k) != v for k, v in opts.items()):
+    if not summary_only and made and record.get("stages") and any(made.get(k) != v for k, v in opts.items()):
         diff = ", ".join(f"{k} {made.get(k)!r} (given {v!r})" for k, v in opts.items() if made.get(k) != v)
         raise ChanscopeError(f"this series folder was made with {diff}; rerun with its options, or pick another "
                              "`out`")
-    record["options"] = opts
-    run_stages(_stages(out, bs, SCALES[base], seeds, seed, data, data_root, device, bf16, progress), record,
-               record_path, on_stage, time_limit)
+    stages = _stages(out, bs, SCALES[base], seeds, seed, data, data_root, device, bf16, progress)
+    if not summary_only:
+        record["options"] = opts
+        run_stages(stages, record, record_path, on_stage, time_limit)
+        atomic_write_json(record_path, record)
+    elif on_stage:
+        for st in stages:
+            on_stage(st.name, "finished" if st.done() else "not finished (not started: --summary-only)", 0.0)
     df = summarise(out, bs, seeds, seed)
     atomic_write_csv(out / "series.csv", df)
-    atomic_write_json(record_path, record)
     (out / "series.md").unlink(missing_ok=True)  # never a summary of an earlier state beside series.csv
     if len(df):
         from chanscope.workflows.plots import series_plot
