@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 from chanscope.errors import ChanscopeError  # noqa: E402
 from chanscope.io import atomic_write_bytes, atomic_write_csv, read_json  # noqa: E402
@@ -302,7 +303,9 @@ def series_plot(df: pd.DataFrame, gaps: pd.DataFrame, out: str | Path, name: str
     for m, c in colors.items():
         g = df[df.method == m]
         axes[0].scatter(g.compute, g.worst_case, color=c, s=18, label=f"{m.upper()} (seeds)")
-        axes[2].scatter(g.compute, g.label_leak, color=c, s=18, label=m.upper())
+        axes[2].scatter(g.compute, g.label_leak, color=c, s=18, label=f"{m.upper()} (seeds; line: mean)")
+        leak = g.groupby("compute").label_leak.mean()
+        axes[2].plot(leak.index, leak.values, color=c)
         iv = gaps[gaps.what == m].sort_values("compute")
         axes[0].plot(iv.compute, iv.value, color=c)
         axes[0].fill_between(iv.compute, iv.lo, iv.hi, color=c, alpha=0.15)
@@ -311,10 +314,14 @@ def series_plot(df: pd.DataFrame, gaps: pd.DataFrame, out: str | Path, name: str
     axes[1].fill_between(gap.compute, gap.lo, gap.hi, color="0.5", alpha=0.2, label="95% interval")
     axes[1].axhline(0, color="0.5", lw=0.8, ls="--")
     titles = ("robust accuracy %, worst case per image", "AT - CIFS, points of robust accuracy",
-              "label leak: training-batch - eval-mode PGD accuracy on training images")
+              "label leak, points: training-batch - eval-mode PGD acc. on training images")
+    budgets = df[["compute", "budget"]].drop_duplicates().sort_values("compute")
+    ticks = [f"{b}\n{c / 1e6:.2g}M" for b, c in zip(budgets.budget, budgets.compute)]
     for ax, t in zip(axes, titles):
         ax.set_xscale("log")
-        ax.set_xlabel("training compute (images x epochs x (attack steps + 1))")
+        ax.set_xticks(budgets.compute, ticks, fontsize=8)  # one tick per budget, no decades
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("budget: images x epochs x PGD steps; compute in image passes")
         ax.set_title(t, fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
