@@ -100,3 +100,12 @@ def test_the_trend_of_the_gap_must_leave_zero_to_say_anything(tmp_path, monkeypa
     md = series.markdown(series.gaps(tmp_path, bs, seeds=2), tr)
     assert "| 50x1x1 | 100 | 2 | 37.5 [" in md and "| +10.0 [" in md and reading in md
     assert series.trend(tmp_path, bs[:2], seeds=2) is None  # 100x1x1 lacks seed 1: one usable budget
+
+
+def test_series_md_lists_each_methods_means_over_seeds():
+    df = pd.DataFrame({c: [1.0, 3.0, 10.0] for c in series.SERIES_COLUMNS})
+    df["budget"], df["method"], df["seed"], df["compute"] = ["50x1x1", "50x1x1", "100x1x1"], "at", [0, 1, 0], 100
+    df["seconds"] = [60.0, 180.0, 300.0]
+    md = series.markdown(pd.DataFrame(columns=["budget", "what"]), None, df)
+    assert "| 50x1x1 | AT | 2 | " + " | ".join(["2.0"] * 9) + " | 2.0 |" in md  # 2 training minutes
+    assert md.rstrip().endswith("| 100x1x1 | AT | 1 | " + " | ".join(["10.0"] * 9) + " | 5.0 |")

@@ -120,7 +120,7 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
 
         g, tr = gaps(out, bs, seeds, seed), trend(out, bs, seeds, seed)
         series_plot(df, g, out / "figures")
-        atomic_write_bytes(out / "series.md", markdown(g, tr).encode())
+        atomic_write_bytes(out / "series.md", markdown(g, tr, df).encode())
         if tr:
             df.attrs["trend"] = trend_sentence(tr)
     return df
@@ -217,9 +217,10 @@ def trend(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> 
             "reading": reading}
 
 
-def markdown(g: pd.DataFrame, tr: dict | None) -> str:
+def markdown(g: pd.DataFrame, tr: dict | None, df: pd.DataFrame | None = None) -> str:
     """series.md: per budget the worst-case robust accuracy of AT and CIFS and their gap with 95% intervals,
-    and the change of the gap from the smallest to the largest budget."""
+    the change of the gap from the smallest to the largest budget, and (given series.csv's rows) each method's
+    accuracies, label leak and training time, means over seeds."""
     lines = ["Worst-case robust accuracy in % (per image over every attack, the adaptive one through the mask "
              "included), mean over seeds with 95% intervals (test images and seeds).", "",
              "| budget | compute | seeds | AT | CIFS | AT - CIFS |", "|---|---|---|---|---|---|"]
@@ -230,7 +231,19 @@ def markdown(g: pd.DataFrame, tr: dict | None) -> str:
         lines.append(f"| {b} | {int(r.compute.iloc[0]):,} | {int(r.seeds.iloc[0])} | {' | '.join(cells)} |")
     if tr:
         lines += ["", trend_sentence(tr)]
+    if df is not None and len(df):
+        lines += ["", "Accuracy in % (AutoAttack on the eval subset), label leak in points, training minutes; means "
+                  "over the seeds.", "", "| budget | method | seeds | " + " | ".join(h for _, h in _MEANS) + " |",
+                  "|---|---|---|" + "---|" * len(_MEANS)]
+        for (b, m), rows in df.groupby(["budget", "method"], sort=False):
+            cells = [f"{rows[c].mean() / (60 if c == 'seconds' else 1):.1f}" for c, _ in _MEANS]
+            lines.append(f"| {b} | {m.upper()} | {len(rows)} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
+
+
+_MEANS = [("natural", "natural"), ("pgd20", "PGD-20"), ("cw20", "CW-20"), ("adaptive", "adaptive"),
+          ("autoattack", "AutoAttack"), ("worst_case", "worst case"), ("train_batch_acc", "train batch"),
+          ("train_eval_pgd_acc", "train, eval-mode PGD"), ("label_leak", "label leak"), ("seconds", "train min")]
 
 
 def trend_sentence(tr: dict) -> str:
