@@ -217,6 +217,12 @@ def trend(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> 
             "reading": reading}
 
 
+# series.md's table of means: series.csv's column and its heading
+_MEANS = [("natural", "natural"), ("pgd20", "PGD-20"), ("cw20", "CW-20"), ("adaptive", "adaptive"),
+          ("autoattack", "AutoAttack"), ("worst_case", "worst case"), ("train_batch_acc", "train batch"),
+          ("train_eval_pgd_acc", "train, eval-mode PGD"), ("label_leak", "label leak"), ("seconds", "train min")]
+
+
 def markdown(g: pd.DataFrame, tr: dict | None, df: pd.DataFrame | None = None) -> str:
     """series.md: per budget the worst-case robust accuracy of AT and CIFS and their gap with 95% intervals,
     the change of the gap from the smallest to the largest budget, and (given series.csv's rows) each method's
@@ -239,11 +245,6 @@ def markdown(g: pd.DataFrame, tr: dict | None, df: pd.DataFrame | None = None) -
             cells = [f"{rows[c].mean() / (60 if c == 'seconds' else 1):.1f}" for c, _ in _MEANS]
             lines.append(f"| {b} | {m.upper()} | {len(rows)} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
-
-
-_MEANS = [("natural", "natural"), ("pgd20", "PGD-20"), ("cw20", "CW-20"), ("adaptive", "adaptive"),
-          ("autoattack", "AutoAttack"), ("worst_case", "worst case"), ("train_batch_acc", "train batch"),
-          ("train_eval_pgd_acc", "train, eval-mode PGD"), ("label_leak", "label leak"), ("seconds", "train min")]
 
 
 def trend_sentence(tr: dict) -> str:
