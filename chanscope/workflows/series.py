@@ -242,7 +242,8 @@ def markdown(g: pd.DataFrame, tr: dict | None, df: pd.DataFrame | None = None) -
                   "over the seeds.", "", "| budget | method | seeds | " + " | ".join(h for _, h in _MEANS) + " |",
                   "|---|---|---|" + "---|" * len(_MEANS)]
         for (b, m), rows in df.groupby(["budget", "method"], sort=False):
-            cells = [f"{rows[c].mean() / (60 if c == 'seconds' else 1):.1f}" for c, _ in _MEANS]
+            means = [rows[c].mean() / (60 if c == "seconds" else 1) for c, _ in _MEANS]
+            cells = ["-" if np.isnan(v) else f"{v:.1f}" for v in means]  # '-': no seed has it yet
             lines.append(f"| {b} | {m.upper()} | {len(rows)} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
