@@ -106,8 +106,9 @@ def test_series_md_lists_each_methods_means_over_seeds():
     df = pd.DataFrame({c: [1.0, 3.0, 10.0] for c in series.SERIES_COLUMNS})
     df["budget"], df["method"], df["seed"], df["compute"] = ["50x1x1", "50x1x1", "100x1x1"], "at", [0, 1, 0], 100
     df["seconds"] = [60.0, 180.0, 300.0]
-    df.loc[2, "autoattack"] = np.nan  # not yet run
+    df.loc[[1, 2], "autoattack"] = np.nan  # not yet run: by one of 50x1x1's seeds, by 100x1x1's only seed
     md = series.markdown(pd.DataFrame(columns=["budget", "what"]), None, df)
-    assert "| 50x1x1 | AT | 2 | " + " | ".join(["2.0"] * 9) + " | 2.0 |" in md  # 2 training minutes
+    two = " | ".join(["2.0"] * 4)  # 2 training minutes at the end
+    assert f"| 50x1x1 | AT | 2 | {two} | 1.0 (1 of 2 seeds) | {two} | 2.0 |" in md
     assert md.rstrip().endswith("| 100x1x1 | AT | 1 | 10.0 | 10.0 | 10.0 | 10.0 | - | "
                                 + " | ".join(["10.0"] * 4) + " | 5.0 |")

@@ -242,10 +242,15 @@ def markdown(g: pd.DataFrame, tr: dict | None, df: pd.DataFrame | None = None) -
                   "over the seeds.", "", "| budget | method | seeds | " + " | ".join(h for _, h in _MEANS) + " |",
                   "|---|---|---|" + "---|" * len(_MEANS)]
         for (b, m), rows in df.groupby(["budget", "method"], sort=False):
-            means = [rows[c].mean() / (60 if c == "seconds" else 1) for c, _ in _MEANS]
-            cells = ["-" if np.isnan(v) else f"{v:.1f}" for v in means]  # '-': no seed has it yet
+            cells = [_mean_cell(rows[c] / (60 if c == "seconds" else 1)) for c, _ in _MEANS]
             lines.append(f"| {b} | {m.upper()} | {len(rows)} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
+
+
+def _mean_cell(v: pd.Series) -> str:
+    """The mean over seeds; '-' where no seed has the value yet, the count where only some have it."""
+    n = int(v.notna().sum())
+    return "-" if n == 0 else f"{v.mean():.1f}" + ("" if n == len(v) else f" ({n} of {len(v)} seeds)")
 
 
 def trend_sentence(tr: dict) -> str:
