@@ -102,6 +102,19 @@ def test_the_trend_of_the_gap_must_leave_zero_to_say_anything(tmp_path, monkeypa
     assert series.trend(tmp_path, bs[:2], seeds=2) is None  # 100x1x1 lacks seed 1: one usable budget
 
 
+def test_the_pgd20_only_gap_is_beside_the_worst_case_gap(tmp_path):
+    for sub in ("", "seed1"):  # CIFS wins under PGD-20 (60% vs AT's 40%), loses once the adaptive attack runs
+        for m, pgd, ada in (("at", [1] * 40 + [0] * 60, [1] * 40 + [0] * 60),
+                            ("cifs", [1] * 60 + [0] * 40, [1] * 30 + [0] * 70)):
+            (tmp_path / "50x1x1" / sub / m).mkdir(parents=True)
+            pd.DataFrame({"label": 0, "natural": 1, "pgd20": pgd, "adaptive20": ada}).to_csv(
+                tmp_path / "50x1x1" / sub / m / "eval_examples.csv", index=False)
+    g = series.gaps(tmp_path, series.parse_budgets("50x1x1"), seeds=2).set_index("what")
+    assert g.value["at - cifs"] == pytest.approx(10.0) and g.value["at - cifs, pgd20"] == pytest.approx(-20.0)
+    row = series.markdown(g.reset_index(), None).split("| 50x1x1 |")[1]
+    assert row.split(" | ")[-2].startswith("+10.0 [") and row.split(" | ")[-1].startswith("-20.0 [")
+
+
 def test_series_md_lists_each_methods_means_over_seeds():
     df = pd.DataFrame({c: [1.0, 3.0, 10.0] for c in series.SERIES_COLUMNS})
     df["budget"], df["method"], df["seed"], df["compute"] = ["50x1x1", "50x1x1", "100x1x1"], "at", [0, 1, 0], 100
