@@ -125,3 +125,26 @@ def test_series_md_lists_each_methods_means_over_seeds():
     assert f"| 50x1x1 | AT | 2 | {two} | 1.0 (1 of 2 seeds) | {two} | 2.0 |" in md
     assert md.rstrip().endswith("| 100x1x1 | AT | 1 | 10.0 | 10.0 | 10.0 | 10.0 | - | "
                                 + " | ".join(["10.0"] * 4) + " | 5.0 |")
+
+
+def test_stage_times_of_seeds_run_apart_merge_per_budget(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "series_stage_times.py"
+    spec = importlib.util.spec_from_file_location("series_stage_times", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for k, secs in ((0, 600.0), (1, 1200.0)):  # each seed's own series folder, stages named without seed
+        (tmp_path / f"s{k}").mkdir()
+        (tmp_path / f"s{k}" / "series.json").write_text(json.dumps({"stages": {
+            "100x1x1 train at": {"seconds": secs}, "100x1x1 eval cifs": {"seconds": 60.0}}}))
+    (tmp_path / "study").mkdir()  # a study linked in as the smallest budget: only the series' stages count
+    (tmp_path / "study" / "pipeline.json").write_text(json.dumps({"stages": {
+        "train seed1/cifs": {"seconds": 120.0}, "eval standard": {"seconds": 999.0},
+        "activations at": {"seconds": 999.0}}}))
+    rec = mod.merge([tmp_path / "s0", tmp_path / "s1"], {"50x1x1": tmp_path / "study"})
+    assert set(rec["stages"]) == {"100x1x1 train at", "100x1x1 eval cifs", "100x1x1 train seed1/at",
+                                  "100x1x1 eval seed1/cifs", "50x1x1 train seed1/cifs"}
+    assert rec["minutes_per_budget"] == {"100x1x1": 32.0, "50x1x1": 2.0} and rec["minutes"] == 34.0
