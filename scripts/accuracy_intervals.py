@@ -9,19 +9,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from chanscope.observe.verdicts import Seed, interval, worst_case
+from chanscope.observe.verdicts import Seed, accuracy, interval, worst_case
 from chanscope.workflows.report import markdown_table
 
 ATTACKS = ("natural", "fgsm", "pgd20", "cw20", "adaptive20r2")
 
 
-def accuracy(s: Seed, w: np.ndarray | None, model: str, column: str) -> float:
-    ok = s.ev[model][column].to_numpy()
-    w = np.ones(len(ok)) if w is None else w
-    return float(100 * (ok * w).sum() / w.sum())
+def column(model: str, col: str):
+    """The statistic for interval(): a seed's accuracy (%) of `model` under one eval column."""
+    return lambda s, w: accuracy(s.ev[model][col].to_numpy(), w)
 
 
 def main(out: Path) -> None:
@@ -32,10 +30,10 @@ def main(out: Path) -> None:
         aa = [Seed(ev={m: pd.read_csv(f / m / "aa" / "eval_examples.csv")}) for f in folders]
         row = {"model": m}
         for col in ATTACKS:
-            row[col] = interval(ss, lambda s, w, m=m, col=col: accuracy(s, w, m, col), "ev").pct()
+            row[col] = interval(ss, column(m, col), "ev").pct()
         row["worst case"] = interval(ss, lambda s, w, m=m: worst_case(s.ev[m], w), "ev").pct()
         for col in ("aa", "aa-ref"):
-            row[f"{col} (100)"] = interval(aa, lambda s, w, m=m, col=col: accuracy(s, w, m, col), "ev").pct()
+            row[f"{col} (100)"] = interval(aa, column(m, col), "ev").pct()
         rows.append(row)
     print(markdown_table(pd.DataFrame(rows)))
 

@@ -23,7 +23,7 @@ import pandas as pd
 from chanscope.errors import ChanscopeError
 
 __all__ = ["Seed", "Interval", "interval", "observation_1", "observation_2", "observation_3", "observation_4",
-           "observations", "class_means", "nr_over", "alignment"]
+           "observations", "class_means", "nr_over", "alignment", "accuracy", "worst_case"]
 
 N_BOOT = 1000
 N_PERM = 2000
@@ -291,12 +291,16 @@ def observation_3(seeds: list[Seed], model: str = "at") -> dict | None:
                 "permutation p-value is coarse, and the halves are chosen on the same images")
 
 
+def accuracy(ok: np.ndarray, w: np.ndarray | None) -> float:
+    """Accuracy (%) of per-image correctness `ok` (0/1), images weighted by w (None: every image once)."""
+    w = np.ones(len(ok)) if w is None else w
+    return float(100.0 * (ok * w).sum() / w.sum())
+
+
 def worst_case(ev: pd.DataFrame, w: np.ndarray | None) -> float:
     """Robust accuracy (%) under the worst case per image over every attack in an eval (components aside)."""
     attacks = [c for c in ev.columns if c not in ("label", "natural") and ":" not in c]
-    ok = ev[attacks].to_numpy().min(1) if attacks else ev["natural"].to_numpy()
-    w = np.ones(len(ok)) if w is None else w
-    return float(100.0 * (ok * w).sum() / w.sum())
+    return accuracy(ev[attacks].to_numpy().min(1) if attacks else ev["natural"].to_numpy(), w)
 
 
 def observation_4(seeds: list[Seed]) -> dict | None:

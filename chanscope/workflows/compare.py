@@ -24,7 +24,7 @@ import pandas as pd
 
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
-from chanscope.observe.verdicts import Seed, interval, nr_over, worst_case
+from chanscope.observe.verdicts import Seed, accuracy, interval, nr_over, worst_case
 from chanscope.workflows.activations import read_examples
 from chanscope.workflows.pipeline import SCALES, models_for, plan, read_record, run_stages
 from chanscope.workflows.report import attack_named, overall_accuracy
@@ -96,9 +96,7 @@ def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
 
     def share(prefix: str):
         def stat(s: Seed, w, m: str) -> float:
-            ok = s.ev[m][attack_named(s.ev[m].columns, prefix)].to_numpy()
-            w = np.ones(len(ok)) if w is None else w
-            return float(100.0 * (ok * w).sum() / w.sum())
+            return accuracy(s.ev[m][attack_named(s.ev[m].columns, prefix)].to_numpy(), w)
         return stat
 
     stats = {"natural": share("natural"), "standard attack": share(std),

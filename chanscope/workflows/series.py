@@ -20,7 +20,7 @@ import pandas as pd
 
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
-from chanscope.observe.verdicts import Interval, Seed, interval
+from chanscope.observe.verdicts import Interval, Seed, accuracy, interval
 from chanscope.workflows.pipeline import SCALES, Scale, Stage, plan, read_record, run_stages
 from chanscope.workflows.report import attack_named, overall_accuracy
 from chanscope.workflows.runs import writable_dir
@@ -175,17 +175,13 @@ def gaps(out: str | Path, budgets: list[Budget], seeds: int, seed: int = 0) -> p
         stats["at - cifs"] = interval(ss, lambda s, w: worst_case(s.ev["at"], w) - worst_case(s.ev["cifs"], w), "ev")
         # the same gap under PGD-20 alone (CIFS's final logits): what an evaluation without the adaptive attack sees
         if all("pgd20" in e for s in ss for e in s.ev.values()):
-            stats["at - cifs, pgd20"] = interval(ss, lambda s, w: _acc(s.ev["at"], w) - _acc(s.ev["cifs"], w), "ev")
+            stats["at - cifs, pgd20"] = interval(
+                ss, lambda s, w: accuracy(s.ev["at"].pgd20.to_numpy(), w) - accuracy(s.ev["cifs"].pgd20.to_numpy(), w),
+                "ev")
         for what, iv in stats.items():
             rows.append({"budget": b.label, "compute": b.compute, "what": what, "seeds": len(ss), "value": iv.value,
                          "lo": iv.lo, "hi": iv.hi})
     return pd.DataFrame(rows, columns=["budget", "compute", "what", "seeds", "value", "lo", "hi"])
-
-
-def _acc(ev: pd.DataFrame, w: np.ndarray | None, attack: str = "pgd20") -> float:
-    """Robust accuracy (%) under one attack of an eval, images weighted by w."""
-    w = np.ones(len(ev)) if w is None else w
-    return float(100.0 * (ev[attack].to_numpy() * w).sum() / w.sum())
 
 
 def _evaluated(out: Path, b: Budget, seeds: int, seed: int) -> list[dict[str, pd.DataFrame]]:
