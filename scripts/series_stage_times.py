@@ -6,8 +6,7 @@ minutes per budget, printed and written.
         --study 5000x8x3=runs/cpu-2seeds --out results/series-cpu/stages.json
 
 Seed k of the list is the series' seed k (its stages are named `seed<k>/...` from k = 1 on); a study keeps
-only the stages the series would run (training of standard, AT and both CIFS models; eval and AutoAttack of
-AT and CIFS).
+only the stages the series would run at its budget (`chanscope.workflows.series.stage_names`).
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-SERIES_STAGES = {"train": ("standard", "at", "cifs-nat", "cifs"), "eval": ("at", "cifs"),
-                 "autoattack": ("at", "cifs")}
+from chanscope.workflows.series import stage_names
 
 
 def merge(seed_runs: list[Path], studies: dict[str, Path]) -> dict:
@@ -27,9 +25,9 @@ def merge(seed_runs: list[Path], studies: dict[str, Path]) -> dict:
             budget, kind, model = name.split(" ", 2)
             stages[f"{budget} {kind} {f'seed{k}/' if k else ''}{model}"] = rec
     for budget, study in studies.items():
+        keep = set(stage_names(budget, seeds=max(len(seed_runs), 1)))
         for name, rec in json.loads((study / "pipeline.json").read_text())["stages"].items():
-            kind, model = name.split(" ", 1)
-            if model.split("/")[-1] in SERIES_STAGES.get(kind, ()):
+            if f"{budget} {name}" in keep:
                 stages[f"{budget} {name}"] = rec
     minutes: dict[str, float] = {}
     for name, rec in stages.items():

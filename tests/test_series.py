@@ -65,7 +65,7 @@ def test_series_trains_evaluates_summarises_and_resumes(tmp_path, monkeypatch):
     seen.clear()  # a budget not yet run: listed as unfinished, not started; the finished ones summarised
     part = series.run_series(tmp_path, "60x1x1,100x1x2,200x1x1", seeds=2, base="micro", summary_only=True,
                              on_stage=lambda n, s, t: seen.append((n, s)))
-    assert {s for n, s in seen if n.startswith("200x1x1")} == {"not finished (not started: --summary-only)"}
+    assert {s for n, s in seen if n.startswith("200x1x1")} == {"not finished (not started)"}
     assert {s for n, s in seen if not n.startswith("200x1x1")} == {"finished"}
     assert not (tmp_path / "200x1x1").exists() and np.allclose(part.worst_case, df.worst_case)
     with pytest.raises(ChanscopeError, match="made with seed 0"):
@@ -142,9 +142,11 @@ def test_stage_times_of_seeds_run_apart_merge_per_budget(tmp_path):
             "100x1x1 train at": {"seconds": secs}, "100x1x1 eval cifs": {"seconds": 60.0}}}))
     (tmp_path / "study").mkdir()  # a study linked in as the smallest budget: only the series' stages count
     (tmp_path / "study" / "pipeline.json").write_text(json.dumps({"stages": {
-        "train seed1/cifs": {"seconds": 120.0}, "eval standard": {"seconds": 999.0},
-        "activations at": {"seconds": 999.0}}}))
+        "train seed1/cifs": {"seconds": 120.0}, "autoattack seed1/at": {"seconds": 60.0},
+        "eval standard": {"seconds": 999.0}, "activations at": {"seconds": 999.0}, "sanity at": {"seconds": 999.0},
+        "control random": {"seconds": 999.0}}}))
     rec = mod.merge([tmp_path / "s0", tmp_path / "s1"], {"50x1x1": tmp_path / "study"})
     assert set(rec["stages"]) == {"100x1x1 train at", "100x1x1 eval cifs", "100x1x1 train seed1/at",
-                                  "100x1x1 eval seed1/cifs", "50x1x1 train seed1/cifs"}
-    assert rec["minutes_per_budget"] == {"100x1x1": 32.0, "50x1x1": 2.0} and rec["minutes"] == 34.0
+                                  "100x1x1 eval seed1/cifs", "50x1x1 train seed1/cifs",
+                                  "50x1x1 autoattack seed1/at"}
+    assert rec["minutes_per_budget"] == {"100x1x1": 32.0, "50x1x1": 3.0} and rec["minutes"] == 35.0

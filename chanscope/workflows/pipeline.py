@@ -355,16 +355,21 @@ def read_record(path: Path) -> dict:
 
 
 def run_stages(stages: list[Stage], record: dict, record_path: Path,
-               on_stage: Callable[[str, str, float], None] | None = None, time_limit: float | None = None) -> None:
+               on_stage: Callable[[str, str, float], None] | None = None, time_limit: float | None = None,
+               start: bool = True) -> None:
     """Run the stages not yet done, in order; each finished one is added to the record, written at once.
 
-    time_limit: seconds after which no new stage starts (the finished ones are still reported as skipped)."""
+    time_limit: seconds after which no new stage starts (the finished ones are still reported as skipped).
+    start: False reports each stage finished or not and starts none (the record is left as it is)."""
     def say(name: str, status: str, secs: float = 0.0) -> None:
         if on_stage:
             on_stage(name, status, secs)
 
     started = time.time()
     for st in stages:
+        if not start:
+            say(st.name, "finished" if st.done() else "not finished (not started)")
+            continue
         if time_limit is not None and time.time() - started > time_limit and not st.done():
             say(st.name, "not started (time limit; run again to continue)")
             continue

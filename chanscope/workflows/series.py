@@ -82,6 +82,13 @@ def _stages(out: Path, budgets: list[Budget], base: Scale, seeds: int, seed: int
     return stages
 
 
+def stage_names(budgets: str, seeds: int = 2, seed: int = 0) -> list[str]:
+    """The names of the stages a series runs, as its record (series.json) keeps them, e.g. "5000x8x3 train at"
+    and "5000x8x3 eval seed1/cifs": to pick a series' stages out of records made by other processes."""
+    stages = _stages(Path("."), parse_budgets(budgets), SCALES["cpu"], seeds, seed, None, None, None, None, None)
+    return [st.name for st in stages]
+
+
 def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 2, seed: int = 0,
                data: str | None = None, data_root: str | None = None, base: str = "cpu", device: str | None = None,
                bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None,
@@ -107,11 +114,9 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     stages = _stages(out, bs, SCALES[base], seeds, seed, data, data_root, device, bf16, progress)
     if not summary_only:
         record["options"] = opts
-        run_stages(stages, record, record_path, on_stage, time_limit)
+    run_stages(stages, record, record_path, on_stage, time_limit, start=not summary_only)
+    if not summary_only:
         atomic_write_json(record_path, record)
-    elif on_stage:
-        for st in stages:
-            on_stage(st.name, "finished" if st.done() else "not finished (not started: --summary-only)", 0.0)
     df = summarise(out, bs, seeds, seed)
     atomic_write_csv(out / "series.csv", df)
     (out / "series.md").unlink(missing_ok=True)  # never a summary of an earlier state beside series.csv
