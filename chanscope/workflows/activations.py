@@ -118,6 +118,18 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
                     progress(min(len(y), i + batch_size), len(y))
     finally:
         model.train(was_training)
+    return _layer_results(rec, rel, kept, kept_ok, classes, layers), time.time() - t0
+
+
+def _layer_results(rec: ActivationRecorder, rel: dict[str, RelevanceAccumulator],
+                   kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
+                   kept_ok: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], classes: list[str],
+                   layers: list[str]) -> list[LayerResult]:
+    """The walk's sums added over ranks, then per layer the channel and class tables and the per-image
+    magnitudes (`kept`) with each image's natural and adversarial correctness (`kept_ok`)."""
+    from chanscope.accel import distributed as dist_util
+
+    k = len(classes)
     for name in layers:
         for kind in ("natural", "adversarial"):
             st = rec.stats[name].get(kind)
@@ -145,7 +157,7 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
         examples = {"y": ok[2], "nat_ok": ok[0], "adv_ok": ok[1], "mag_nat": mags[0].numpy(),
                     "mag_adv": mags[1].numpy(), "relevance": relevance.astype(np.float32)}
         results.append(LayerResult(name, ch, classes_table(ch, nat_acc, adv_acc), examples))
-    return results, time.time() - t0
+    return results
 
 
 def run_activations(model_path: str, options: ActivationOptions | None = None, *, model_options=None,
