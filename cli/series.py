@@ -29,11 +29,14 @@ def series_command(
     summary_only: Annotated[bool, typer.Option(
         "--summary-only", help="Start nothing: summarise the finished stages (e.g. while separate processes "
         "still train some seeds) and list the unfinished ones.")] = False,
+    jobs: Annotated[int, typer.Option(
+        help="Train and evaluate this many seeds at once, each in its own process with cores / jobs threads "
+        "(logs: <out>/series-seed<s>.log); same folders as one process.")] = 1,
 ) -> None:
     """AT against warm-started CIFS at several training budgets and seeds: series.csv and a figure; resumable."""
     df = StageDisplay().run(out, run_series, budgets=budgets, seeds=seeds, seed=seed or 0, data=data,
                             data_root=data_root, device=device, bf16=bf16, time_limit=time_limit,
-                            summary_only=summary_only)
+                            summary_only=summary_only, jobs=jobs)
     console.print(df[[c for c in SERIES_COLUMNS if c not in ("train_eval_nat_acc",)]].to_string(index=False))
     if df.attrs.get("trend"):  # the change of the gap from the smallest to the largest budget
         console.print(df.attrs["trend"], highlight=False)

@@ -35,6 +35,45 @@ def test_summary_only_starts_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "60x1x1").exists() and not (tmp_path / "series.json").exists()
 
 
+def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch):
+    import json
+    import os
+
+    import torch
+
+    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # each of the two seeds' processes: one thread, as below
+    monkeypatch.setattr(verdicts, "N_BOOT", 100)
+    with pytest.raises(ChanscopeError, match="jobs"):
+        series.run_series(tmp_path / "par", "60x1x1", seeds=2, base="micro", jobs=0)
+    assert not (tmp_path / "par").exists()
+    (tmp_path / "par" / "60x1x1").mkdir(parents=True)
+    (tmp_path / "par" / "60x1x1" / "seed1").write_text("in the way")  # seed 1's process fails, seed 0's finishes
+    with pytest.raises(ChanscopeError, match="series-seed1.log"):
+        series.run_series(tmp_path / "par", "60x1x1", seeds=2, base="micro", jobs=2)
+    rec = json.loads((tmp_path / "par" / "series.json").read_text())
+    assert set(rec["stages"]) == {n for n in series.stage_names("60x1x1", 2, base="micro") if "seed1/" not in n}
+    assert "error: cannot create run folder" in (tmp_path / "par" / "series-seed1.log").read_text()
+    (tmp_path / "par" / "60x1x1" / "seed1").unlink()
+    seen = []
+    par = series.run_series(tmp_path / "par", "60x1x1", seeds=2, base="micro", jobs=2,
+                            on_stage=lambda n, s, t: seen.append((n, s)))
+    assert [n for n, s in seen if s.startswith("running (1 thread")] == ["seed 0", "seed 1"]
+    assert {s for n, s in seen if not n.startswith("seed ")} == {"finished"}
+    rec = json.loads((tmp_path / "par" / "series.json").read_text())
+    assert set(rec["stages"]) == set(series.stage_names("60x1x1", 2, base="micro"))  # one record, as one process's
+    assert not list((tmp_path / "par").glob("series-seed*.json"))
+    assert "60x1x1 train standard: skipped (complete)" in (tmp_path / "par" / "series-seed0.log").read_text()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seq = series.run_series(tmp_path / "seq", "60x1x1", seeds=1, seed=1, base="micro")
+    finally:
+        torch.set_num_threads(threads)
+    cols = [c for c in series.SERIES_COLUMNS if c != "seconds"]  # seed 1 in its own process as in this one:
+    pd.testing.assert_frame_equal(par[par.seed == 1][cols].reset_index(drop=True), seq[cols])  # the same models
+
+
 @pytest.mark.slow  # 16 micro trainings and 8 evaluations: minutes on 2 cores
 def test_series_trains_evaluates_summarises_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)

@@ -10,15 +10,21 @@ attack through the mask, AutoAttack on a subset. Finished stages are skipped and
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from chanscope.errors import ChanscopeError
+from chanscope.errors import ChanscopeError, check_positive_int
 from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from chanscope.observe.verdicts import Interval, Seed, accuracy, interval
 from chanscope.workflows.pipeline import SCALES, Scale, Stage, plan, read_record, run_stages
@@ -82,10 +88,81 @@ def _stages(out: Path, budgets: list[Budget], base: Scale, seeds: int, seed: int
     return stages
 
 
-def stage_names(budgets: str, seeds: int = 2, seed: int = 0) -> list[str]:
+def seed_stages(out: str | Path, budgets: list[Budget], base: Scale, seeds: int, seed: int, index: int,
+                *args) -> list[Stage]:
+    """The stages of one seed (`seed + index`) of the series: those a `--jobs` process runs. `args`: data,
+    data_root, device, bf16 and progress, as for the whole series."""
+    prefix = f"seed{seed + index}/"
+    return [st for st in _stages(Path(out), budgets, base, seeds, seed, *args)
+            if (st.model.startswith(prefix) if index else "/" not in st.model)]
+
+
+def seed_record(out: str | Path, s: int) -> Path:
+    """Where a `--jobs` process keeps the stage records of seed `s` until the series merges them."""
+    return Path(out) / f"series-seed{s}.json"
+
+
+def _merge_seed_records(out: Path, record: dict, seeds: int, seed: int) -> None:
+    for s in range(seed, seed + seeds):
+        path = seed_record(out, s)
+        if path.is_file():
+            record["stages"].update(read_record(path)["stages"])
+            atomic_write_json(out / "series.json", record)
+            path.unlink()
+
+
+def _run_seed_processes(out: Path, spec: dict, seeds: int, jobs: int,
+                        on_stage: Callable[[str, str, float], None] | None) -> list[Path]:
+    """Run the seeds in `jobs` processes at a time, each with cores / jobs threads; the logs of failed ones."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    pending, running, failed = list(range(seeds)), [], []
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                k = pending.pop(0)
+                log = out / f"series-seed{spec['seed'] + k}.log"
+                with open(log, "a") as fh:
+                    cmd = [sys.executable, "-m", "chanscope.workflows._series_worker", json.dumps({**spec, "index": k})]
+                    running.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                                     start_new_session=True), log))  # Ctrl-C: forwarded once
+                if on_stage:
+                    on_stage(f"seed {spec['seed'] + k}", f"running ({env['OMP_NUM_THREADS']} thread(s); log {log})",
+                             0.0)
+            time.sleep(0.5)
+            for proc, log in [r for r in running if r[0].poll() is not None]:
+                running.remove((proc, log))
+                if proc.returncode:
+                    failed.append(log)
+    finally:
+        for proc, _ in running:  # interrupted: each seed saves its training state (as after Ctrl-C) and stops
+            proc.send_signal(signal.SIGINT)
+        for proc, _ in running:
+            try:
+                proc.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return failed
+
+
+def _in_processes(stages: list[Stage], record: dict, record_path: Path, spec: dict, jobs: int,
+                  on_stage: Callable[[str, str, float], None] | None) -> None:
+    """Run the series' seeds as separate processes, merge their records, report every stage finished or not."""
+    from chanscope.data import load_data
+
+    load_data(spec["data"], spec["data_root"])  # bad data: one error here; an archive decoded once for all seeds
+    atomic_write_json(record_path, record)
+    failed = _run_seed_processes(record_path.parent, spec, spec["seeds"], jobs, on_stage)
+    _merge_seed_records(record_path.parent, record, spec["seeds"], spec["seed"])
+    run_stages(stages, record, record_path, on_stage, start=False)
+    if failed:
+        raise ChanscopeError(f"a seed's process stopped with an error (see {', '.join(map(str, failed))}); the "
+                             "finished stages are kept: run the same command again to continue")
+
+
+def stage_names(budgets: str, seeds: int = 2, seed: int = 0, base: str = "cpu") -> list[str]:
     """The names of the stages a series runs, as its record (series.json) keeps them, e.g. "5000x8x3 train at"
     and "5000x8x3 eval seed1/cifs": to pick a series' stages out of records made by other processes."""
-    stages = _stages(Path("."), parse_budgets(budgets), SCALES["cpu"], seeds, seed, None, None, None, None, None)
+    stages = _stages(Path("."), parse_budgets(budgets), SCALES[base], seeds, seed, None, None, None, None, None)
     return [st.name for st in stages]
 
 
@@ -93,13 +170,16 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
                data: str | None = None, data_root: str | None = None, base: str = "cpu", device: str | None = None,
                bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None,
                on_stage: Callable[[str, str, float], None] | None = None,
-               time_limit: float | None = None, summary_only: bool = False) -> pd.DataFrame:
+               time_limit: float | None = None, summary_only: bool = False, jobs: int = 1) -> pd.DataFrame:
     """Run (or continue) the series into `out`; returns the summary (also series.csv, series.json, series.md,
     figure), with the sentence on how the gap changes in `attrs["trend"]` once two budgets are done.
 
     summary_only: start no stage (each is reported finished or not), only summarise what is finished: safe
-    beside the processes still training its seeds, which a normal run would collide with."""
+    beside the processes still training its seeds, which a normal run would collide with.
+    jobs: run the seeds in this many processes at a time, each with cores / jobs threads (on a small CPU two
+    one-thread processes train more per hour than one two-thread process); same folders and records."""
     bs = parse_budgets(budgets)
+    check_positive_int(jobs, "jobs")
     if base not in SCALES:
         raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
     out = writable_dir(out)
@@ -112,10 +192,18 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         raise ChanscopeError(f"this series folder was made with {diff}; rerun with its options, or pick another "
                              "`out`")
     stages = _stages(out, bs, SCALES[base], seeds, seed, data, data_root, device, bf16, progress)
-    if not summary_only:
+    if summary_only:
+        run_stages(stages, record, record_path, on_stage, start=False)
+    else:
         record["options"] = opts
-    run_stages(stages, record, record_path, on_stage, time_limit, start=not summary_only)
-    if not summary_only:
+        _merge_seed_records(out, record, seeds, seed)  # those a cut `jobs` run left
+        if jobs > 1 and seeds > 1:
+            spec = {"out": str(out), "budgets": ",".join(b.label for b in bs), "scale": asdict(SCALES[base]),
+                    "seeds": seeds, "seed": seed, "data": data, "data_root": data_root, "device": device,
+                    "bf16": bf16, "time_limit": time_limit}
+            _in_processes(stages, record, record_path, spec, min(jobs, seeds), on_stage)
+        else:
+            run_stages(stages, record, record_path, on_stage, time_limit)
         atomic_write_json(record_path, record)
     df = summarise(out, bs, seeds, seed)
     atomic_write_csv(out / "series.csv", df)
