@@ -37,19 +37,27 @@ def test_summary_only_starts_nothing(tmp_path, monkeypatch):
 
 def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch):
     import json
-    import os
 
     import torch
 
+    from chanscope.workflows import series_jobs
+
     monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # each of the two seeds' processes: one thread, as below
+    monkeypatch.setattr(series_jobs, "cores", lambda: 2)  # each of the two seeds' processes: one thread, as below
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(verdicts, "N_BOOT", 100)
     with pytest.raises(ChanscopeError, match="jobs"):
         series.run_series(tmp_path / "par", "60x1x1", seeds=2, base="micro", jobs=0)
     assert not (tmp_path / "par").exists()
+    late = series.run_series(tmp_path / "late", "60x1x1", seeds=2, base="micro", jobs=2, time_limit=0)
+    assert len(late) == 0 and not (tmp_path / "late" / "60x1x1").exists()  # past the time limit: no seed starts
+    b = series.parse_budgets("60x1x1")  # a first seed other than 0: seed 4's stages in seed4/, its own record
+    assert {st.model for st in series.seed_stages(tmp_path, b, MICRO, 2, 3, 1)} == {
+        f"seed4/{m}" for m in ("standard", "at", "cifs-nat", "cifs")}
+    assert series_jobs.seed_record(tmp_path, 4).name == "series-seed4.json"
     (tmp_path / "par" / "60x1x1").mkdir(parents=True)
     (tmp_path / "par" / "60x1x1" / "seed1").write_text("in the way")  # seed 1's process fails, seed 0's finishes
-    with pytest.raises(ChanscopeError, match="series-seed1.log"):
+    with pytest.raises(ChanscopeError, match="seed 1: error: cannot create run folder .*series-seed1.log"):
         series.run_series(tmp_path / "par", "60x1x1", seeds=2, base="micro", jobs=2)
     rec = json.loads((tmp_path / "par" / "series.json").read_text())
     assert set(rec["stages"]) == {n for n in series.stage_names("60x1x1", 2, base="micro") if "seed1/" not in n}
@@ -63,7 +71,8 @@ def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch
     rec = json.loads((tmp_path / "par" / "series.json").read_text())
     assert set(rec["stages"]) == set(series.stage_names("60x1x1", 2, base="micro"))  # one record, as one process's
     assert not list((tmp_path / "par").glob("series-seed*.json"))
-    assert "60x1x1 train standard: skipped (complete)" in (tmp_path / "par" / "series-seed0.log").read_text()
+    log = (tmp_path / "par" / "series-seed0.log").read_text()
+    assert "seed 0: 6 stages, 1 thread(s)" in log and "60x1x1 train standard: skipped (complete)" in log
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -104,7 +113,7 @@ def test_series_trains_evaluates_summarises_and_resumes(tmp_path, monkeypatch):
     seen.clear()  # a budget not yet run: listed as unfinished, not started; the finished ones summarised
     part = series.run_series(tmp_path, "60x1x1,100x1x2,200x1x1", seeds=2, base="micro", summary_only=True,
                              on_stage=lambda n, s, t: seen.append((n, s)))
-    assert {s for n, s in seen if n.startswith("200x1x1")} == {"not finished (not started)"}
+    assert {s for n, s in seen if n.startswith("200x1x1")} == {"not finished"}
     assert {s for n, s in seen if not n.startswith("200x1x1")} == {"finished"}
     assert not (tmp_path / "200x1x1").exists() and np.allclose(part.worst_case, df.worst_case)
     with pytest.raises(ChanscopeError, match="made with seed 0"):

@@ -368,7 +368,7 @@ def run_stages(stages: list[Stage], record: dict, record_path: Path,
     started = time.time()
     for st in stages:
         if not start:
-            say(st.name, "finished" if st.done() else "not finished (not started)")
+            say(st.name, "finished" if st.done() else "not finished")
             continue
         if time_limit is not None and time.time() - started > time_limit and not st.done():
             say(st.name, "not started (time limit; run again to continue)")

@@ -10,12 +10,7 @@ attack through the mask, AutoAttack on a subset. Finished stages are skipped and
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -88,80 +83,20 @@ def _stages(out: Path, budgets: list[Budget], base: Scale, seeds: int, seed: int
     return stages
 
 
-def seed_stages(out: str | Path, budgets: list[Budget], base: Scale, seeds: int, seed: int, index: int,
-                *args) -> list[Stage]:
-    """The stages of one seed (`seed + index`) of the series: those a `--jobs` process runs. `args`: data,
-    data_root, device, bf16 and progress, as for the whole series."""
+def seed_stages(out: str | Path, budgets: list[Budget], base: Scale, seeds: int, seed: int, index: int, *,
+                data: str | None = None, data_root: str | None = None, device: str | None = None,
+                bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None) -> list[Stage]:
+    """The stages of seed `seed + index` of the series, in its folders: what a `--jobs` worker runs."""
     prefix = f"seed{seed + index}/"
-    return [st for st in _stages(Path(out), budgets, base, seeds, seed, *args)
+    return [st for st in _stages(Path(out), budgets, base, seeds, seed, data, data_root, device, bf16, progress)
             if (st.model.startswith(prefix) if index else "/" not in st.model)]
-
-
-def seed_record(out: str | Path, s: int) -> Path:
-    """Where a `--jobs` process keeps the stage records of seed `s` until the series merges them."""
-    return Path(out) / f"series-seed{s}.json"
-
-
-def _merge_seed_records(out: Path, record: dict, seeds: int, seed: int) -> None:
-    for s in range(seed, seed + seeds):
-        path = seed_record(out, s)
-        if path.is_file():
-            record["stages"].update(read_record(path)["stages"])
-            atomic_write_json(out / "series.json", record)
-            path.unlink()
-
-
-def _run_seed_processes(out: Path, spec: dict, seeds: int, jobs: int,
-                        on_stage: Callable[[str, str, float], None] | None) -> list[Path]:
-    """Run the seeds in `jobs` processes at a time, each with cores / jobs threads; the logs of failed ones."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
-    pending, running, failed = list(range(seeds)), [], []
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                k = pending.pop(0)
-                log = out / f"series-seed{spec['seed'] + k}.log"
-                with open(log, "a") as fh:
-                    cmd = [sys.executable, "-m", "chanscope.workflows._series_worker", json.dumps({**spec, "index": k})]
-                    running.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                                     start_new_session=True), log))  # Ctrl-C: forwarded once
-                if on_stage:
-                    on_stage(f"seed {spec['seed'] + k}", f"running ({env['OMP_NUM_THREADS']} thread(s); log {log})",
-                             0.0)
-            time.sleep(0.5)
-            for proc, log in [r for r in running if r[0].poll() is not None]:
-                running.remove((proc, log))
-                if proc.returncode:
-                    failed.append(log)
-    finally:
-        for proc, _ in running:  # interrupted: each seed saves its training state (as after Ctrl-C) and stops
-            proc.send_signal(signal.SIGINT)
-        for proc, _ in running:
-            try:
-                proc.wait(timeout=600)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    return failed
-
-
-def _in_processes(stages: list[Stage], record: dict, record_path: Path, spec: dict, jobs: int,
-                  on_stage: Callable[[str, str, float], None] | None) -> None:
-    """Run the series' seeds as separate processes, merge their records, report every stage finished or not."""
-    from chanscope.data import load_data
-
-    load_data(spec["data"], spec["data_root"])  # bad data: one error here; an archive decoded once for all seeds
-    atomic_write_json(record_path, record)
-    failed = _run_seed_processes(record_path.parent, spec, spec["seeds"], jobs, on_stage)
-    _merge_seed_records(record_path.parent, record, spec["seeds"], spec["seed"])
-    run_stages(stages, record, record_path, on_stage, start=False)
-    if failed:
-        raise ChanscopeError(f"a seed's process stopped with an error (see {', '.join(map(str, failed))}); the "
-                             "finished stages are kept: run the same command again to continue")
 
 
 def stage_names(budgets: str, seeds: int = 2, seed: int = 0, base: str = "cpu") -> list[str]:
     """The names of the stages a series runs, as its record (series.json) keeps them, e.g. "5000x8x3 train at"
     and "5000x8x3 eval seed1/cifs": to pick a series' stages out of records made by other processes."""
+    if base not in SCALES:
+        raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
     stages = _stages(Path("."), parse_budgets(budgets), SCALES[base], seeds, seed, None, None, None, None, None)
     return [st.name for st in stages]
 
@@ -176,15 +111,19 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
 
     summary_only: start no stage (each is reported finished or not), only summarise what is finished: safe
     beside the processes still training its seeds, which a normal run would collide with.
-    jobs: run the seeds in this many processes at a time, each with cores / jobs threads (on a small CPU two
-    one-thread processes train more per hour than one two-thread process); same folders and records."""
+    jobs: run the seeds in this many processes at a time (`series_jobs`), each with cores / jobs threads (on a
+    small CPU two one-thread processes train more per hour than one two-thread process); same folders."""
     bs = parse_budgets(budgets)
     check_positive_int(jobs, "jobs")
     if base not in SCALES:
         raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
+    from chanscope.workflows import series_jobs
+
     out = writable_dir(out)
     record_path = out / "series.json"
     record = read_record(record_path)
+    if not summary_only:
+        series_jobs.merge_seed_records(out, record, seeds, seed)  # those a cut `jobs` run left
     made = record.get("options")
     opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16}
     if not summary_only and made and record.get("stages") and any(made.get(k) != v for k, v in opts.items()):
@@ -196,12 +135,11 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         run_stages(stages, record, record_path, on_stage, start=False)
     else:
         record["options"] = opts
-        _merge_seed_records(out, record, seeds, seed)  # those a cut `jobs` run left
         if jobs > 1 and seeds > 1:
             spec = {"out": str(out), "budgets": ",".join(b.label for b in bs), "scale": asdict(SCALES[base]),
                     "seeds": seeds, "seed": seed, "data": data, "data_root": data_root, "device": device,
-                    "bf16": bf16, "time_limit": time_limit}
-            _in_processes(stages, record, record_path, spec, min(jobs, seeds), on_stage)
+                    "bf16": bf16, "deadline": None if time_limit is None else time.time() + time_limit}
+            series_jobs.run_in_processes(stages, record, record_path, spec, min(jobs, seeds), on_stage)
         else:
             run_stages(stages, record, record_path, on_stage, time_limit)
         atomic_write_json(record_path, record)

@@ -1,0 +1,219 @@
+"""`chanscope series --jobs N`: the series' seeds in processes of their own, N at a time.
+
+The calling process starts one worker per seed (`python -m chanscope.workflows.series_jobs '<spec>'`) with
+cores / N threads unless OMP_NUM_THREADS is set. A worker runs its seed's stages (`series.seed_stages`) into
+the folders one process would make, logs to `<out>/series-seed<s>.log` and keeps its stage records in
+`<out>/series-seed<s>.json`; only the calling process writes series.json, merging those records when the
+workers have stopped (or, after a cut run, when the series starts again). Ctrl-C, SIGTERM and SIGHUP of the
+calling process are passed on to each worker as a stop request (SIGUSR1: a Ctrl-C, so that a training saves
+its state, and no further stage), and a worker whose calling process has gone stops the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from chanscope.errors import ChanscopeError
+from chanscope.io import atomic_write_json
+from chanscope.workflows.pipeline import SCALES, Scale, Stage, read_record, run_stages
+from chanscope.workflows.series import parse_budgets, seed_stages
+
+OnStage = Callable[[str, str, float], None] | None
+STOP = signal.SIGUSR1  # the calling process's request to a worker: stop as after Ctrl-C, start no other stage
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity, where the system tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def seed_record(out: str | Path, s: int) -> Path:
+    """Where the worker of seed `s` keeps its stage records until the series merges them."""
+    return Path(out) / f"series-seed{s}.json"
+
+
+def merge_seed_records(out: Path, record: dict, seeds: int, seed: int) -> None:
+    """Move the workers' stage records into the series' record (series.json), written before each is removed."""
+    for s in range(seed, seed + seeds):
+        path = seed_record(out, s)
+        if path.is_file():
+            record["stages"].update(read_record(path)["stages"])
+            atomic_write_json(out / "series.json", record)
+            path.unlink()
+
+
+def run_in_processes(stages: list[Stage], record: dict, record_path: Path, spec: dict, jobs: int,
+                     on_stage: OnStage) -> None:
+    """Run the series' seeds in workers, merge their records, report every stage finished or not."""
+    from chanscope.data import load_data
+
+    load_data(spec["data"], spec["data_root"])  # bad data: one error here; an archive decoded once for all seeds
+    atomic_write_json(record_path, record)
+    failed = _run_workers(record_path.parent, spec, jobs, on_stage)
+    merge_seed_records(record_path.parent, record, spec["seeds"], spec["seed"])
+    run_stages(stages, record, record_path, on_stage, start=False)
+    if failed:
+        said = "; ".join(f"seed {s}: {_last_line(log)} (log {log})" for s, log in failed)
+        raise ChanscopeError(f"{said}; the other seeds' finished stages are kept: mend it and run the same "
+                             "command again")
+
+
+def _run_workers(out: Path, spec: dict, jobs: int, on_stage: OnStage) -> list[tuple[int, Path]]:
+    """Keep `jobs` workers running until every seed has run (or the deadline has passed); the failed ones."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, cores() // jobs))}
+    pending, running, failed = list(range(spec["seeds"])), [], []
+    with _stop_signals_interrupt():
+        try:
+            while pending or running:
+                while pending and len(running) < jobs and (spec["deadline"] is None or time.time() < spec["deadline"]):
+                    running.append(_start(out, spec, pending.pop(0), env, on_stage))
+                if not running:  # the time limit has passed: the pending seeds are not started
+                    break
+                time.sleep(0.5)
+                for s, proc, log in [r for r in running if r[1].poll() is not None]:
+                    running.remove((s, proc, log))
+                    if proc.returncode:
+                        failed.append((s, log))
+        finally:
+            _stop([proc for _, proc, _ in running])
+    return failed
+
+
+def _start(out: Path, spec: dict, k: int, env: dict, on_stage: OnStage) -> tuple[int, subprocess.Popen, Path]:
+    s = spec["seed"] + k
+    log = out / f"series-seed{s}.log"
+    cmd = [sys.executable, "-m", "chanscope.workflows.series_jobs", json.dumps({**spec, "index": k})]
+    with open(log, "a") as fh:  # its own session: a terminal's Ctrl-C reaches it once, passed on by _stop
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    if on_stage:
+        on_stage(f"seed {s}", f"running ({env['OMP_NUM_THREADS']} thread(s); log {log})", 0.0)
+    return s, proc, log
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Ask each worker still running to stop (`_on_stop`: it saves its training state) and wait for them; a
+    further Ctrl-C asks again (a second request stops a worker at once)."""
+    for proc in procs:
+        proc.send_signal(STOP)
+    while True:
+        try:
+            for proc in procs:
+                proc.wait()
+            return
+        except KeyboardInterrupt:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(STOP)
+
+
+@contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP as Ctrl-C while workers run, so that they are stopped, not left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _last_line(log: Path) -> str:
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln.startswith("error:")]
+    return (said or lines or ["(empty log)"])[-1]
+
+
+# ------------------------------------------------------------------------------------------------ worker
+def worker(spec: dict) -> None:
+    """One seed's stages, in this process; records in its seed record, events and progress on stdout."""
+    import torch
+
+    out, s = Path(spec["out"]), spec["seed"] + spec["index"]
+    base = Scale(**spec["scale"])
+    SCALES[base.name] = base  # the scale exactly as the calling process has it (its recipe names it as preset)
+    stages = seed_stages(out, parse_budgets(spec["budgets"]), base, spec["seeds"], spec["seed"], spec["index"],
+                         data=spec["data"], data_root=spec["data_root"], device=spec["device"], bf16=spec["bf16"],
+                         progress=_progress())
+    path, names = seed_record(out, s), {st.name for st in stages}
+    record = {"stages": {n: r for n, r in read_record(out / "series.json")["stages"].items() if n in names}}
+    record["stages"].update(read_record(path)["stages"])  # seconds add up over cut runs, as in one process
+    limit = None if spec["deadline"] is None else max(0.0, spec["deadline"] - time.time())
+    print(f"seed {s}: {len(stages)} stages, {torch.get_num_threads()} thread(s)", flush=True)
+    signal.signal(STOP, _on_stop)
+    _stop_when_orphaned()
+    stages = [replace(st, run=_unless_stopped(st.run)) for st in stages]
+    run_stages(stages, record, path, lambda n, st, t: print(f"{n}: {st}" + (f" ({t:.0f}s)" if t else ""),
+                                                            flush=True), limit)
+
+
+_stop_asked = threading.Event()
+
+
+def _on_stop(signum=None, frame=None) -> None:  # noqa: ARG001
+    """A stop request: a Ctrl-C now (a training saves its state at the next batch, as for a user's), and no
+    further stage, even when the Ctrl-C came as the training finished anyway."""
+    _stop_asked.set()
+    signal.raise_signal(signal.SIGINT)
+
+
+def _unless_stopped(run: Callable[[], None]) -> Callable[[], None]:
+    def go() -> None:
+        if _stop_asked.is_set():
+            raise KeyboardInterrupt("asked to stop before this stage")
+        run()
+    return go
+
+
+def _progress() -> Callable[[str, int, int], None]:
+    """Progress lines at most once a minute per task (and at its end): a log, not a screen."""
+    last: dict[str, float] = {}
+
+    def say(label: str, done: int, total: int) -> None:
+        if done >= total or time.time() - last.get(label, 0.0) > 60:
+            last[label] = time.time()
+            print(f"{label}: {done}/{total}", flush=True)
+    return say
+
+
+def _stop_when_orphaned() -> None:
+    """A stop request to this worker once its calling process has gone (killed outright)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os.kill(os.getpid(), STOP)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+if __name__ == "__main__":
+    from chanscope.workflows.training import TrainInterrupted
+
+    try:
+        worker(json.loads(sys.argv[1]))
+    except ChanscopeError as e:  # bad input or a folder in the way: its one line, as the command says it
+        print(f"error: {e}", flush=True)
+        sys.exit(2)
+    except (TrainInterrupted, KeyboardInterrupt) as e:
+        print(f"interrupted: {e or 'stopped'}; the finished stages and trained epochs are kept", flush=True)
+        sys.exit(130)
