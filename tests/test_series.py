@@ -83,6 +83,37 @@ def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch
     pd.testing.assert_frame_equal(par[par.seed == 1][cols].reset_index(drop=True), seq[cols])  # the same models
 
 
+def test_jobs_stop_request_and_the_records_of_a_cut_run(tmp_path):
+    import json
+
+    from chanscope.workflows import series_jobs
+    from chanscope.workflows.train_state import sigint_flag
+
+    ran = []
+    stage = series_jobs._unless_stopped(lambda: ran.append(1))
+    stage()
+    try:
+        with sigint_flag() as flag:  # a stop request in a training: its Ctrl-C (it saves at the next batch)
+            series_jobs._on_stop()
+        assert flag["stop"]
+        with pytest.raises(KeyboardInterrupt):  # outside a training: Ctrl-C at once
+            series_jobs._on_stop()
+        with pytest.raises(KeyboardInterrupt, match="before this stage"):  # and no further stage
+            stage()
+        assert ran == [1]
+    finally:
+        series_jobs._stop_asked.clear()
+    # a cut --jobs run: its options in series.json, a finished stage only in a seed's record; another --seed
+    # is refused as for a folder whose stages one process recorded, and the record is merged first
+    opts = {"data": "embedded", "seed": 0, "base": "cpu", "bf16": None}
+    (tmp_path / "series.json").write_text(json.dumps({"stages": {}, "options": opts}))
+    series_jobs.seed_record(tmp_path, 1).write_text(json.dumps({"stages": {"5000x8x3 train seed1/at": {}}}))
+    with pytest.raises(ChanscopeError, match=r"seed 0 \(given 3\)"):
+        series.run_series(tmp_path, "5000x8x3", seeds=2, seed=3, jobs=2)
+    assert "5000x8x3 train seed1/at" in json.loads((tmp_path / "series.json").read_text())["stages"]
+    assert not series_jobs.seed_record(tmp_path, 1).exists()
+
+
 @pytest.mark.slow  # 16 micro trainings and 8 evaluations: minutes on 2 cores
 def test_series_trains_evaluates_summarises_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)

@@ -123,10 +123,10 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     record_path = out / "series.json"
     record = read_record(record_path)
     if not summary_only:
-        series_jobs.merge_seed_records(out, record, seeds, seed)  # those a cut `jobs` run left
+        series_jobs.merge_seed_records(out, record)  # those a cut `jobs` run left
     made = record.get("options")
     opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16}
-    if not summary_only and made and record.get("stages") and any(made.get(k) != v for k, v in opts.items()):
+    if not summary_only and made and any(made.get(k) != v for k, v in opts.items()):
         diff = ", ".join(f"{k} {made.get(k)!r} (given {v!r})" for k, v in opts.items() if made.get(k) != v)
         raise ChanscopeError(f"this series folder was made with {diff}; rerun with its options, or pick another "
                              "`out`")
@@ -135,6 +135,7 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         run_stages(stages, record, record_path, on_stage, start=False)
     else:
         record["options"] = opts
+        atomic_write_json(record_path, record)  # before any stage: a cut training is of these options
         if jobs > 1 and seeds > 1:
             spec = {"out": str(out), "budgets": ",".join(b.label for b in bs), "scale": asdict(SCALES[base]),
                     "seeds": seeds, "seed": seed, "data": data, "data_root": data_root, "device": device,

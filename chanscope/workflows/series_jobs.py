@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from chanscope.errors import ChanscopeError
@@ -45,14 +45,13 @@ def seed_record(out: str | Path, s: int) -> Path:
     return Path(out) / f"series-seed{s}.json"
 
 
-def merge_seed_records(out: Path, record: dict, seeds: int, seed: int) -> None:
-    """Move the workers' stage records into the series' record (series.json), written before each is removed."""
-    for s in range(seed, seed + seeds):
-        path = seed_record(out, s)
-        if path.is_file():
-            record["stages"].update(read_record(path)["stages"])
-            atomic_write_json(out / "series.json", record)
-            path.unlink()
+def merge_seed_records(out: Path, record: dict) -> None:
+    """Move every worker's stage records in `out` into the series' record (series.json, written before each
+    worker's file is removed)."""
+    for path in sorted(out.glob("series-seed*.json")):
+        record["stages"].update(read_record(path)["stages"])
+        atomic_write_json(out / "series.json", record)
+        path.unlink()
 
 
 def run_in_processes(stages: list[Stage], record: dict, record_path: Path, spec: dict, jobs: int,
@@ -61,17 +60,32 @@ def run_in_processes(stages: list[Stage], record: dict, record_path: Path, spec:
     from chanscope.data import load_data
 
     load_data(spec["data"], spec["data_root"])  # bad data: one error here; an archive decoded once for all seeds
-    atomic_write_json(record_path, record)
-    failed = _run_workers(record_path.parent, spec, jobs, on_stage)
-    merge_seed_records(record_path.parent, record, spec["seeds"], spec["seed"])
+    failed = _run_workers(record_path.parent, {**spec, "parent": os.getpid()}, jobs, on_stage)
+    merge_seed_records(record_path.parent, record)
     run_stages(stages, record, record_path, on_stage, start=False)
     if failed:
-        said = "; ".join(f"seed {s}: {_last_line(log)} (log {log})" for s, log in failed)
+        said = "; ".join(f"seed {w.seed}: {w.error()} (log {w.log})" for w in failed)
         raise ChanscopeError(f"{said}; the other seeds' finished stages are kept: mend it and run the same "
                              "command again")
 
 
-def _run_workers(out: Path, spec: dict, jobs: int, on_stage: OnStage) -> list[tuple[int, Path]]:
+@dataclass
+class _Worker:
+    seed: int
+    proc: subprocess.Popen
+    log: Path
+    offset: int  # the log's length before this run: its error is after it
+
+    def error(self) -> str:
+        """The worker's error line of this run (else its last line)."""
+        with open(self.log, errors="replace") as fh:
+            fh.seek(self.offset)
+            lines = [ln for ln in fh.read().splitlines() if ln.strip()]
+        said = [ln for ln in lines if ln.startswith("error:")]
+        return (said or lines or ["(nothing in its log)"])[-1]
+
+
+def _run_workers(out: Path, spec: dict, jobs: int, on_stage: OnStage) -> list[_Worker]:
     """Keep `jobs` workers running until every seed has run (or the deadline has passed); the failed ones."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, cores() // jobs))}
     pending, running, failed = list(range(spec["seeds"])), [], []
@@ -79,37 +93,42 @@ def _run_workers(out: Path, spec: dict, jobs: int, on_stage: OnStage) -> list[tu
         try:
             while pending or running:
                 while pending and len(running) < jobs and (spec["deadline"] is None or time.time() < spec["deadline"]):
-                    running.append(_start(out, spec, pending.pop(0), env, on_stage))
+                    _start(out, spec, pending.pop(0), env, running)
+                    if on_stage:
+                        w = running[-1]
+                        on_stage(f"seed {w.seed}", f"running ({env['OMP_NUM_THREADS']} thread(s); log {w.log})", 0.0)
                 if not running:  # the time limit has passed: the pending seeds are not started
                     break
                 time.sleep(0.5)
-                for s, proc, log in [r for r in running if r[1].poll() is not None]:
-                    running.remove((s, proc, log))
-                    if proc.returncode:
-                        failed.append((s, log))
+                for w in [w for w in running if w.proc.poll() is not None]:
+                    running.remove(w)
+                    if w.proc.returncode:
+                        failed.append(w)
         finally:
-            _stop([proc for _, proc, _ in running])
+            _stop([w.proc for w in running])
     return failed
 
 
-def _start(out: Path, spec: dict, k: int, env: dict, on_stage: OnStage) -> tuple[int, subprocess.Popen, Path]:
+def _start(out: Path, spec: dict, k: int, env: dict, running: list[_Worker]) -> None:
     s = spec["seed"] + k
     log = out / f"series-seed{s}.log"
     cmd = [sys.executable, "-m", "chanscope.workflows.series_jobs", json.dumps({**spec, "index": k})]
-    with open(log, "a") as fh:  # its own session: a terminal's Ctrl-C reaches it once, passed on by _stop
+    offset = log.stat().st_size if log.is_file() else 0
+    with open(log, "a") as fh, _signals_held():  # a stop signal now waits until the worker is on the list
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    if on_stage:
-        on_stage(f"seed {s}", f"running ({env['OMP_NUM_THREADS']} thread(s); log {log})", 0.0)
-    return s, proc, log
+        running.append(_Worker(s, proc, log, offset))  # own session: a terminal's Ctrl-C is passed on by _stop
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
     """Ask each worker still running to stop (`_on_stop`: it saves its training state) and wait for them; a
-    further Ctrl-C asks again (a second request stops a worker at once)."""
-    for proc in procs:
-        proc.send_signal(STOP)
+    further Ctrl-C (or SIGTERM) asks again, and a second request stops a worker at once."""
+    asked = False
     while True:
         try:
+            if not asked:
+                asked = True
+                for proc in procs:
+                    proc.send_signal(STOP)
             for proc in procs:
                 proc.wait()
             return
@@ -119,9 +138,23 @@ def _stop(procs: list[subprocess.Popen]) -> None:
                     proc.send_signal(STOP)
 
 
+_PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP until the block ends (the worker unblocks them in itself)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _PASSED_ON)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)
+
+
 @contextmanager
 def _stop_signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP as Ctrl-C while workers run, so that they are stopped, not left behind."""
+    """SIGTERM and SIGHUP as Ctrl-C while workers run, so that they are stopped, not left behind (a signal
+    this process ignores, as under nohup, stays ignored)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -129,7 +162,10 @@ def _stop_signals_interrupt() -> Iterator[None]:
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig, h in old.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(sig, handler)
     try:
         yield
     finally:
@@ -137,15 +173,13 @@ def _stop_signals_interrupt() -> Iterator[None]:
             signal.signal(sig, h)
 
 
-def _last_line(log: Path) -> str:
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    said = [ln for ln in lines if ln.startswith("error:")]
-    return (said or lines or ["(empty log)"])[-1]
-
-
 # ------------------------------------------------------------------------------------------------ worker
 def worker(spec: dict) -> None:
     """One seed's stages, in this process; records in its seed record, events and progress on stdout."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)  # held by the series while it started this process
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even where the series ignores it
+    signal.signal(STOP, _on_stop)
+    _stop_when_orphaned(spec["parent"])
     import torch
 
     out, s = Path(spec["out"]), spec["seed"] + spec["index"]
@@ -159,8 +193,6 @@ def worker(spec: dict) -> None:
     record["stages"].update(read_record(path)["stages"])  # seconds add up over cut runs, as in one process
     limit = None if spec["deadline"] is None else max(0.0, spec["deadline"] - time.time())
     print(f"seed {s}: {len(stages)} stages, {torch.get_num_threads()} thread(s)", flush=True)
-    signal.signal(STOP, _on_stop)
-    _stop_when_orphaned()
     stages = [replace(st, run=_unless_stopped(st.run)) for st in stages]
     run_stages(stages, record, path, lambda n, st, t: print(f"{n}: {st}" + (f" ({t:.0f}s)" if t else ""),
                                                             flush=True), limit)
@@ -195,10 +227,8 @@ def _progress() -> Callable[[str, int, int], None]:
     return say
 
 
-def _stop_when_orphaned() -> None:
+def _stop_when_orphaned(parent: int) -> None:
     """A stop request to this worker once its calling process has gone (killed outright)."""
-    parent = os.getppid()
-
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(2)
@@ -215,5 +245,5 @@ if __name__ == "__main__":
         print(f"error: {e}", flush=True)
         sys.exit(2)
     except (TrainInterrupted, KeyboardInterrupt) as e:
-        print(f"interrupted: {e or 'stopped'}; the finished stages and trained epochs are kept", flush=True)
+        print(f"interrupted: {str(e) or 'stopped'}; the finished stages and trained epochs are kept", flush=True)
         sys.exit(130)
