@@ -29,7 +29,7 @@ from chanscope.workflows.pipeline import SCALES, Scale, Stage, read_record, run_
 from chanscope.workflows.series import parse_budgets, seed_stages
 
 OnStage = Callable[[str, str, float], None] | None
-STOP = signal.SIGUSR1  # the calling process's request to a worker: stop as after Ctrl-C, start no other stage
+STOP = getattr(signal, "SIGUSR1", None)  # the request to a worker: stop as after Ctrl-C, start no other stage
 
 
 def cores() -> int:
@@ -59,6 +59,8 @@ def run_in_processes(stages: list[Stage], record: dict, record_path: Path, spec:
     """Run the series' seeds in workers, merge their records, report every stage finished or not."""
     from chanscope.data import load_data
 
+    if STOP is None:
+        raise ChanscopeError("--jobs needs POSIX signals (Linux, macOS); run the seeds without it")
     load_data(spec["data"], spec["data_root"])  # bad data: one error here; an archive decoded once for all seeds
     failed = _run_workers(record_path.parent, {**spec, "parent": os.getpid()}, jobs, on_stage)
     merge_seed_records(record_path.parent, record)
@@ -138,7 +140,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
                     proc.send_signal(STOP)
 
 
-_PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_PASSED_ON = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
 @contextmanager
@@ -162,7 +164,7 @@ def _stop_signals_interrupt() -> Iterator[None]:
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
-    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    old = {sig: signal.getsignal(sig) for sig in _PASSED_ON if sig != signal.SIGINT}
     for sig, h in old.items():
         if h is not signal.SIG_IGN:
             signal.signal(sig, handler)
