@@ -117,19 +117,10 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     check_positive_int(jobs, "jobs")
     if base not in SCALES:
         raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
-    from chanscope.workflows import series_jobs
-
     out = writable_dir(out)
     record_path = out / "series.json"
-    record = read_record(record_path)
-    if not summary_only:
-        series_jobs.merge_seed_records(out, record)  # those a cut `jobs` run left
-    made = record.get("options")
     opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16}
-    if not summary_only and made and any(made.get(k) != v for k, v in opts.items()):
-        diff = ", ".join(f"{k} {made.get(k)!r} (given {v!r})" for k, v in opts.items() if made.get(k) != v)
-        raise ChanscopeError(f"this series folder was made with {diff}; rerun with its options, or pick another "
-                             "`out`")
+    record = _record(out, opts, summary_only)
     stages = _stages(out, bs, SCALES[base], seeds, seed, data, data_root, device, bf16, progress)
     if summary_only:
         run_stages(stages, record, record_path, on_stage, start=False)
@@ -137,6 +128,8 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         record["options"] = opts
         atomic_write_json(record_path, record)  # before any stage: a cut training is of these options
         if jobs > 1 and seeds > 1:
+            from chanscope.workflows import series_jobs
+
             spec = {"out": str(out), "budgets": ",".join(b.label for b in bs), "scale": asdict(SCALES[base]),
                     "seeds": seeds, "seed": seed, "data": data, "data_root": data_root, "device": device,
                     "bf16": bf16, "deadline": None if time_limit is None else time.time() + time_limit}
@@ -144,6 +137,28 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         else:
             run_stages(stages, record, record_path, on_stage, time_limit)
         atomic_write_json(record_path, record)
+    return _write_summary(out, bs, seeds, seed)
+
+
+def _record(out: Path, opts: dict, summary_only: bool) -> dict:
+    """The series' record (series.json) with the seed records a cut `jobs` run left merged in; refuses other
+    options than the folder was made with (summary_only: read as it is, nothing checked or written)."""
+    from chanscope.workflows import series_jobs
+
+    record = read_record(out / "series.json")
+    if summary_only:
+        return record
+    series_jobs.merge_seed_records(out, record)
+    made = record.get("options")
+    if made and any(made.get(k) != v for k, v in opts.items()):
+        diff = ", ".join(f"{k} {made.get(k)!r} (given {v!r})" for k, v in opts.items() if made.get(k) != v)
+        raise ChanscopeError(f"this series folder was made with {diff}; rerun with its options, or pick another "
+                             "`out`")
+    return record
+
+
+def _write_summary(out: Path, bs: list[Budget], seeds: int, seed: int) -> pd.DataFrame:
+    """series.csv, series.md and the figure from the finished stages; the summary."""
     df = summarise(out, bs, seeds, seed)
     atomic_write_csv(out / "series.csv", df)
     (out / "series.md").unlink(missing_ok=True)  # never a summary of an earlier state beside series.csv
