@@ -66,7 +66,7 @@ def run_in_processes(stages: list[Stage], record: dict, record_path: Path, spec:
     merge_seed_records(record_path.parent, record)
     run_stages(stages, record, record_path, on_stage, start=False)
     if failed:
-        said = "; ".join(f"seed {w.seed}: {w.error()} (log {w.log})" for w in failed)
+        said = "; ".join(f"seed {w.seed}: {w.error()} (log {w.log})" for w in sorted(failed, key=lambda w: w.seed))
         raise ChanscopeError(f"{said}; the other seeds' finished stages are kept: mend it and run the same "
                              "command again")
 
