@@ -2,10 +2,11 @@
 
 Times one PGD-AT training step (the smoke scale's model and batch) in a fresh worker process per setting,
 first on a quiet machine, then beside a competing process that runs the same step in a loop with torch's
-defaults (as a second chanscope command, or the test suite, would). Settings: torch's threads (default: one
-per core), OpenMP's wait policy (active: idle threads spin; passive: they sleep), and one thread. Prints the
-median step time of each setting and its ratio to the quiet default; a fair share of 2 cores between two
-jobs is a ratio of about 2.
+defaults (as a second chanscope command, or the test suite, would), or with one thread (as a second seed of
+`chanscope series --jobs 2`). Settings: torch's threads (default: one per core), OpenMP's wait policy
+(active: idle threads spin; passive: they sleep), and one thread. Prints the median step time of each setting
+and its ratio to the quiet default (a fair share of 2 cores between two jobs is a ratio of about 2), and what
+`--jobs 2` gains: two one-thread seeds side by side against one seed after the other with the defaults.
 
     python bench/shared_cpu.py --repeats 15
 """
@@ -100,16 +101,22 @@ def main() -> None:
                     if f.startswith(("avx512", "amx", "avx2"))})
     print(f"{os.cpu_count()} CPUs ({' '.join(flags)}); step: AT, smoke scale (resnet18 width 1/8, batch 64, "
           f"PGD-2); median of {args.repeats}; ratios to the quiet machine with {BASE}")
-    rivals = [None, "defaults", "OMP_WAIT_POLICY=PASSIVE"]
+    rivals = [None, "defaults", "OMP_WAIT_POLICY=PASSIVE", "1 thread"]
     print(f"  {'measured process':26s}" + "".join(f"{'quiet' if r is None else 'rival: ' + r:>34s}" for r in rivals))
-    base = None
+    base, med = None, {}
     for setting in SETTINGS:
         cells = []
         for rival in rivals:
             r = beside(rival, setting, args.repeats)
             base = base or r["median"]  # the first cell: the quiet machine, BASE
+            med[setting, rival] = r["median"]
             cells.append(f"{r['median'] * 1000:9.1f} ms {r['median'] / base:5.2f}x ({r['threads']} thr)")
         print(f"  {setting:26s}" + "".join(f"{c:>34s}" for c in cells), flush=True)
+    # `chanscope series --jobs 2` on two cores: two one-thread seeds side by side, against one seed after the
+    # other in one process with chanscope's defaults (passive waiting, all cores)
+    gain = 2 * med["OMP_WAIT_POLICY=PASSIVE", None] / med["1 thread", "1 thread"]
+    print(f"two one-thread processes side by side do {gain:.2f}x the steps per second of one process with "
+          "chanscope's defaults (series --jobs 2 against --jobs 1)")
 
 
 if __name__ == "__main__":
