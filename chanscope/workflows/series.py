@@ -92,12 +92,16 @@ def seed_stages(out: str | Path, budgets: list[Budget], base: Scale, seeds: int,
             if (st.model.startswith(prefix) if index else "/" not in st.model)]
 
 
+def _base_scale(base: str) -> Scale:
+    if base not in SCALES:
+        raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
+    return SCALES[base]
+
+
 def stage_names(budgets: str, seeds: int = 2, seed: int = 0, base: str = "cpu") -> list[str]:
     """The names of the stages a series runs, as its record (series.json) keeps them, e.g. "5000x8x3 train at"
     and "5000x8x3 eval seed1/cifs": to pick a series' stages out of records made by other processes."""
-    if base not in SCALES:
-        raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
-    stages = _stages(Path("."), parse_budgets(budgets), SCALES[base], seeds, seed, None, None, None, None, None)
+    stages = _stages(Path("."), parse_budgets(budgets), _base_scale(base), seeds, seed, None, None, None, None, None)
     return [st.name for st in stages]
 
 
@@ -115,13 +119,12 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     small CPU two one-thread processes train more per hour than one two-thread process); same folders."""
     bs = parse_budgets(budgets)
     check_positive_int(jobs, "jobs")
-    if base not in SCALES:
-        raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
+    scale = _base_scale(base)
     out = writable_dir(out)
     record_path = out / "series.json"
     opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16}
     record = _record(out, opts, summary_only)
-    stages = _stages(out, bs, SCALES[base], seeds, seed, data, data_root, device, bf16, progress)
+    stages = _stages(out, bs, scale, seeds, seed, data, data_root, device, bf16, progress)
     if summary_only:
         run_stages(stages, record, record_path, on_stage, start=False)
     else:
@@ -130,7 +133,7 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         if jobs > 1 and seeds > 1:
             from chanscope.workflows import series_jobs
 
-            spec = {"out": str(out), "budgets": ",".join(b.label for b in bs), "scale": asdict(SCALES[base]),
+            spec = {"out": str(out), "budgets": ",".join(b.label for b in bs), "scale": asdict(scale),
                     "seeds": seeds, "seed": seed, "data": data, "data_root": data_root, "device": device,
                     "bf16": bf16, "deadline": None if time_limit is None else time.time() + time_limit}
             series_jobs.run_in_processes(stages, record, record_path, spec, min(jobs, seeds), on_stage)
