@@ -16,7 +16,7 @@ from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, TimeLim
 def series_command(
     budgets: Annotated[str, typer.Option(
         help="Comma list of IMAGESxEPOCHSxSTEPS (training subset, epochs, training PGD steps), on the cpu "
-        "scale's recipe otherwise.")] = DEFAULT_BUDGETS,
+        "scale's recipe otherwise (training PGD step 3/255 up to 3 steps, 2/255 above).")] = DEFAULT_BUDGETS,
     seeds: Annotated[int, typer.Option(help="Seeds per budget (--seed, --seed + 1, ...).")] = 2,
     data: DataOpt = None,
     data_root: DataRootOpt = None,
@@ -37,8 +37,12 @@ def series_command(
     df = StageDisplay().run(out, run_series, budgets=budgets, seeds=seeds, seed=seed or 0, data=data,
                             data_root=data_root, device=device, bf16=bf16, time_limit=time_limit,
                             summary_only=summary_only, jobs=jobs)
-    console.print(df[[c for c in SERIES_COLUMNS if c not in ("train_eval_nat_acc",)]].to_string(index=False))
+    if len(df):
+        console.print(df[[c for c in SERIES_COLUMNS if c not in ("train_eval_nat_acc",)]].to_string(index=False))
+    else:
+        console.print("no model of the series is evaluated yet")
     if df.attrs.get("trend"):  # the change of the gap from the smallest to the largest budget
         console.print(df.attrs["trend"], highlight=False)
-    wrote = "series.csv, series.md" if summary_only else "series.csv, series.json, series.md"
-    console.print(f"wrote {out}/{wrote} and figures/series.png")
+    wrote = ["series.csv"] + ([] if summary_only else ["series.json"])
+    wrote += ["series.md", "figures/series.png"] if len(df) else []  # nothing evaluated yet: no table, no figure
+    console.print(f"wrote {', '.join(f'{out}/{f}' for f in wrote)}", highlight=False)

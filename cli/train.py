@@ -56,7 +56,8 @@ def train_command(
     tau: Annotated[Optional[float], typer.Option(help="FSR: mask temperature (official 0.1).")] = None,
     lam_sep: Annotated[Optional[float], typer.Option(help="FSR: separation loss weight (official 1).")] = None,
     lam_rec: Annotated[Optional[float], typer.Option(help="FSR: recalibration loss weight (official 1).")] = None,
-    eval_n: Annotated[Optional[int], typer.Option(help="Test images for the per-epoch check.")] = None,
+    eval_n: Annotated[Optional[int], typer.Option(
+        help="Validation images for the per-epoch check (as many test images after the last epoch).")] = None,
     init: Annotated[Optional[str], typer.Option(help="Start from this checkpoint's weights.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<method>-<arch>-<time>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out where it stopped.")] = False,

@@ -35,6 +35,18 @@ def test_summary_only_starts_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "60x1x1").exists() and not (tmp_path / "series.json").exists()
 
 
+def test_cli_names_only_the_files_it_wrote(tmp_path):
+    from chanscope.cli.app import app
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, ["series", "--summary-only", "--budgets", "600x2x1", "--seeds", "1", "--out",
+                                   str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "no model of the series is evaluated yet" in res.output
+    assert "series.csv" in res.output and "series.md" not in res.output and "series.png" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["series.csv"]
+
+
 def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch):
     import json
 
