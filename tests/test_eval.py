@@ -192,7 +192,7 @@ def test_eval_cli_writes_tables_and_rejects_bad_input(trained, tmp_path):
             args = [*extra, "--n", "20", "--out", str(tmp_path)]
         r = runner.invoke(app, ["eval", *args])  # in-process: the exit code and the line are the point
         assert r.exit_code == 2 and pattern in " ".join(r.output.split()), (extra, r.output)
-        assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit)
+        assert "Traceback" not in r.output and (r.exception is None or isinstance(r.exception, SystemExit))
     assert (tmp_path / "eval.csv").read_bytes() == before  # nothing half-written or replaced
 
 

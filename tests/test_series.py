@@ -19,6 +19,7 @@ def test_budgets_parse_and_order_by_compute():
     assert [b.label for b in bs] == ["5000x8x3", "10000x10x4", "10000x16x5"]
     assert bs[-1].compute == 6 * bs[0].compute  # the largest default budget is 6x the cpu scale
     assert bs[0].scale(pipeline.SCALES["cpu"]).train["step_size"] == 3 / 255  # the cpu scale's own recipe
+    assert bs[1].scale(pipeline.SCALES["cpu"]).train["step_size"] == 2 / 255  # PGD-4 and longer: step 2/255
     for bad in ("5000x8", "0x8x3", "ax8x3", ""):
         with pytest.raises(ChanscopeError, match="IMAGESxEPOCHSxSTEPS|no budget"):
             series.parse_budgets(bad)
@@ -176,6 +177,9 @@ def _records(folder, at, cifs):
     ([1] * 150 + [0] * 250, "CIFS gains on AT"),  # the gap falls from 10 points to 0
     ([1] * 110 + [0] * 290, "no change"),  # 10 points at both budgets
     ([1] * 60 + [0] * 340, "AT gains on CIFS"),  # the gap grows to 22.5 points
+    # 1.5 points on the same images: 6 of 400 flip; the paired interval (about [-2.4, -0.8]) tells it from
+    # zero, one that drew each budget's images apart (about [-4.2, +1.6]) would not
+    ([1] * 116 + [0] * 284, "CIFS gains on AT"),
 ])
 def test_the_trend_of_the_gap_must_leave_zero_to_say_anything(tmp_path, monkeypatch, cifs_large, reading):
     monkeypatch.setattr(verdicts, "N_BOOT", 300)

@@ -94,10 +94,35 @@ def test_interval_is_paired_and_covers_the_point():
     assert np.allclose(nat[0], seeds[0].act["at"]["mag_nat"][:PER].mean(0))
 
 
+def test_interval_width_is_the_bootstrap_of_images_and_of_seeds():
+    ok = np.r_[np.ones(150), np.zeros(250)]  # 37.5% of 400 images: binomial 95% half-width 1.96 * 2.42 points
+    one = [Seed(ev={"m": pd.DataFrame({"pgd20": ok})})]
+    iv = verdicts.interval(one, lambda s, w: verdicts.accuracy(s.ev["m"].pgd20.to_numpy(), w), "ev")
+    half = 1.96 * 100 * np.sqrt(0.375 * 0.625 / 400)
+    assert iv.value == 37.5 and abs(iv.lo - (37.5 - half)) < 1.0 and abs(iv.hi - (37.5 + half)) < 1.0
+    # two seeds whose statistic does not depend on the images (0 and 1): the spread is the seeds' alone, and
+    # resampling two seeds gives both twice in a quarter of the draws each
+    two = [Seed(ev={"m": pd.DataFrame({"v": np.full(10, v)})}) for v in (0.0, 1.0)]
+    iv = verdicts.interval(two, lambda s, w: float(s.ev["m"].v.iloc[0]), "ev")
+    assert (iv.value, iv.lo, iv.hi) == (0.5, 0.0, 1.0)
+
+
 def test_observation_1_rule():
     holds = verdicts.observation_1(_seeds(standard={"deform": 0.5}, at={"deform": 0.05}))
     fails = verdicts.observation_1(_seeds(standard={"deform": 0.05}, at={"deform": 0.5}))
     assert holds["verdict"] == "holds" and fails["verdict"] == "does not hold"
+    # each half of the rule on its own: AT's magnitudes scaled by 1.5 keep the cosine at exactly 1 (above the
+    # standard model's) but move the relative gap to 0.5, above the deformed standard model's 0.3
+    scaled = _seeds(standard={"deform": 0.3}, at={})
+    for s in scaled:
+        s.act["at"]["mag_adv"] = 1.5 * s.act["at"]["mag_nat"]
+    assert verdicts.cosine(scaled[0].act["at"]) == pytest.approx(1.0)
+    assert verdicts.relgap(scaled[0].act["at"]) == pytest.approx(0.5, rel=1e-5)
+    assert verdicts.observation_1(scaled)["verdict"] == "does not hold"
+    same = _seeds(standard={"deform": 0.3})
+    for s in same:
+        s.act["at"] = s.act["standard"]  # no difference at all: neither side of zero
+    assert verdicts.observation_1(same)["verdict"] == "unclear"
 
 
 def test_observation_2_must_fail_when_the_random_control_shows_the_same():
@@ -106,6 +131,17 @@ def test_observation_2_must_fail_when_the_random_control_shows_the_same():
     assert same["verdict"] != "holds" and "random network" in same["control"]
     more = verdicts.observation_2(_seeds(at={"nr_shift": 0.3}, random={"nr_shift": 0.6}))
     assert more["verdict"] == "does not hold"
+    # above the control but below zero: AT's own over-activation must be above 0 too
+    under = verdicts.observation_2(_seeds(at={"nr_shift": -0.2}, random={"nr_shift": -0.5}))
+    assert under["verdict"] == "does not hold" and "AT - random +0.3" in under["numbers"]
+
+
+def test_observation_2_reports_the_relevance_sign_permutation_null():
+    def p_of(row):
+        return float(row["numbers"].split("p = ")[1])
+
+    assert p_of(verdicts.observation_2(_seeds(at={"nr_shift": 0.3}, random={}))) < 0.01  # 1/1001 at best
+    assert p_of(verdicts.observation_2(_seeds(at={}, random={}))) > 0.05  # no shift: NR channels are like any
 
 
 def test_observation_3_needs_both_halves_and_survives_the_confound():
@@ -124,6 +160,40 @@ def test_observation_3_needs_both_halves_and_survives_the_confound():
     assert confound["verdict"] != "holds" and "partial (natural controlled)" in confound["numbers"]
 
 
+def _aligned_below_zero(seed: int) -> dict[str, np.ndarray]:
+    """Every class aligns magnitude against relevance (Spearman from about -0.9 to -0.2), the robust classes
+    least: alignment and robust accuracy rise together over the classes, natural accuracy does not."""
+    rel = np.linspace(-1, 1, C)
+    u = np.random.default_rng(7).standard_normal(C)
+    u -= (u @ rel) / (rel @ rel) * rel  # orthogonal to relevance
+    z_rel, z_u = rel / np.linalg.norm(rel), u / np.linalg.norm(u)
+    a = np.linspace(-0.9, -0.2, K)
+    y = np.repeat(np.arange(K), PER)
+    adv = 2 + 2 * (a[:, None] * z_rel + np.sqrt(1 - a[:, None] ** 2) * z_u)
+    nat_n = np.round(PER * np.array([0.9, 0.7, 0.85, 0.75, 0.95, 0.8, 0.72, 0.88, 0.78, 0.92])).astype(int)
+    rob_n = np.round(PER * np.linspace(0.1, 0.6, K)).astype(int)
+    i = np.tile(np.arange(PER), K)  # position of each image within its class
+    return {"y": y, "nat_ok": (i < nat_n[y]).astype(int), "adv_ok": (i < rob_n[y]).astype(int),
+            "mag_nat": np.ones((len(y), C), np.float32), "mag_adv": adv[y].astype(np.float32),
+            "relevance": np.tile(rel, (K, 1)).astype(np.float32)}
+
+
+def test_observation_3_needs_the_robust_half_aligned_above_zero():
+    seeds = [Seed(act={"at": _aligned_below_zero(i)}) for i in range(2)]
+    al = verdicts.alignment(seeds[0].act["at"])
+    assert np.all(np.diff(al) > 0) and al.max() < 0  # the premise: rising with robustness, below zero
+    row = verdicts.observation_3(seeds)
+    # the robust half beats the non-robust half and the partial correlation is strong, yet it is not aligned
+    assert "partial (natural controlled) +1.00 (p = 0.001)" in row["numbers"]
+    assert row["verdict"] == "does not hold", row["numbers"]
+
+
+def test_worst_case_is_per_image_over_the_attacks_without_components():
+    ev = pd.DataFrame({"label": 0, "natural": [1, 1, 1, 1], "pgd20": [1, 0, 1, 0], "adaptive20": [1, 1, 0, 0],
+                       "adaptive20:final": [0, 1, 1, 1]})
+    assert verdicts.worst_case(ev, None) == 25.0  # only image 0 survives pgd20 and adaptive20
+
+
 def test_observation_4_rule_both_halves():
     def seeds(cifs_nr, cifs_acc):
         out = _seeds(at={"nr_shift": 0.3}, cifs={"nr_shift": cifs_nr})
@@ -139,6 +209,8 @@ def test_observation_4_rule_both_halves():
     assert verdicts.observation_4(seeds(0.0, 0.60))["verdict"] == "holds"
     assert verdicts.observation_4(seeds(0.0, 0.20))["verdict"] == "does not hold"
     assert verdicts.observation_4(seeds(0.6, 0.60))["verdict"] == "does not hold"  # does not suppress NR
+    level = verdicts.observation_4(seeds(0.0, 0.40))  # suppresses NR, but as robust as AT: not shown to beat
+    assert level["verdict"] == "unclear" and "beats: unclear" in level["numbers"], level["numbers"]
 
 
 def test_observation_2_does_not_hold_for_an_untrained_network(embedded):
