@@ -43,6 +43,4 @@ def series_command(
         console.print("no model of the series is evaluated yet")
     if df.attrs.get("trend"):  # the change of the gap from the smallest to the largest budget
         console.print(df.attrs["trend"], highlight=False)
-    wrote = ["series.csv"] + ([] if summary_only else ["series.json"])
-    wrote += ["series.md", "figures/series.png"] if len(df) else []  # nothing evaluated yet: no table, no figure
-    console.print(f"wrote {', '.join(f'{out}/{f}' for f in wrote)}", highlight=False)
+    console.print(f"wrote {', '.join(f'{out}/{f}' for f in df.attrs['written'])}", highlight=False)

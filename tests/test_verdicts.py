@@ -160,7 +160,7 @@ def test_observation_3_needs_both_halves_and_survives_the_confound():
     assert confound["verdict"] != "holds" and "partial (natural controlled)" in confound["numbers"]
 
 
-def _aligned_below_zero(seed: int) -> dict[str, np.ndarray]:
+def _aligned_below_zero() -> dict[str, np.ndarray]:
     """Every class aligns magnitude against relevance (Spearman from about -0.9 to -0.2), the robust classes
     least: alignment and robust accuracy rise together over the classes, natural accuracy does not."""
     rel = np.linspace(-1, 1, C)
@@ -179,7 +179,7 @@ def _aligned_below_zero(seed: int) -> dict[str, np.ndarray]:
 
 
 def test_observation_3_needs_the_robust_half_aligned_above_zero():
-    seeds = [Seed(act={"at": _aligned_below_zero(i)}) for i in range(2)]
+    seeds = [Seed(act={"at": _aligned_below_zero()}) for _ in range(2)]  # made-up records: no noise to seed
     al = verdicts.alignment(seeds[0].act["at"])
     assert np.all(np.diff(al) > 0) and al.max() < 0  # the premise: rising with robustness, below zero
     row = verdicts.observation_3(seeds)

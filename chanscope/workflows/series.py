@@ -140,7 +140,10 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         else:
             run_stages(stages, record, record_path, on_stage, time_limit)
         atomic_write_json(record_path, record)
-    return _write_summary(out, bs, seeds, seed)
+    df = _write_summary(out, bs, seeds, seed)
+    if not summary_only:
+        df.attrs["written"].insert(1, "series.json")
+    return df
 
 
 def _record(out: Path, opts: dict, summary_only: bool) -> dict:
@@ -161,9 +164,11 @@ def _record(out: Path, opts: dict, summary_only: bool) -> dict:
 
 
 def _write_summary(out: Path, bs: list[Budget], seeds: int, seed: int) -> pd.DataFrame:
-    """series.csv, series.md and the figure from the finished stages; the summary."""
+    """series.csv, series.md and the figure from the finished stages; the summary (attrs["written"]: the files
+    written, relative to `out`)."""
     df = summarise(out, bs, seeds, seed)
     atomic_write_csv(out / "series.csv", df)
+    df.attrs["written"] = ["series.csv"]
     (out / "series.md").unlink(missing_ok=True)  # never a summary of an earlier state beside series.csv
     if len(df):
         from chanscope.workflows.plots import series_plot
@@ -171,6 +176,7 @@ def _write_summary(out: Path, bs: list[Budget], seeds: int, seed: int) -> pd.Dat
         g, tr = gaps(out, bs, seeds, seed), trend(out, bs, seeds, seed)
         series_plot(df, g, out / "figures")
         atomic_write_bytes(out / "series.md", markdown(g, tr, df).encode())
+        df.attrs["written"] += ["series.md", "figures/series.png"]
         if tr:
             df.attrs["trend"] = trend_sentence(tr)
     return df
