@@ -48,7 +48,7 @@ def activations_command(
     threshold: Annotated[float, typer.Option(help="Active: magnitude > threshold x the input's largest.")] = 1e-2,
     beta_atk: Annotated[float, typer.Option(help="Joint-loss beta for adaptive attacks.")] = 2.0,
     follow_mask: Annotated[bool, typer.Option(
-        "--follow-mask", help="An adaptive --attack differentiates through CIFS's relevance and mask.")] = False,
+        "--follow-mask", help="The --attack differentiates through CIFS's relevance and mask.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 250,
     data: DataOpt = None,
     data_root: DataRootOpt = None,

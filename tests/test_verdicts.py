@@ -75,7 +75,18 @@ def _ex(seed, *, nr_shift=0.0, deform=0.0, align=None, adv_acc=None, nat_acc=Non
     return {"y": y, "nat_ok": nat_ok.astype(int), "adv_ok": (nat_ok & (rng.random(len(y)) < adv_acc[y] /
                                                                         nat_acc[y])).astype(int),
             "mag_nat": nat.astype(np.float32), "mag_adv": np.clip(adv, 0, None).astype(np.float32),
-            "relevance": rel.astype(np.float32)}
+            "relevance": rel.astype(np.float32), **_predictions(rng, y)}
+
+
+def _predictions(rng, y, *, one_class=False, flip=0.6):
+    """Per-image predictions and losses of a control: spread over the classes and moved by the attack, or (one_class)
+    class 0 for every image and no prediction changed."""
+    pred = np.zeros(len(y), int) if one_class else rng.integers(0, K, len(y))
+    moved = (rng.random(len(y)) < (0.0 if one_class else flip))
+    pred_adv = np.where(moved, (pred + 1) % K, pred)
+    loss = rng.random(len(y)).astype(np.float32) + 1.0
+    return {"pred_nat": pred, "pred_adv": pred_adv, "loss_nat": loss,
+            "loss_adv": loss + (0.0 if one_class else 0.5)}
 
 
 def _seeds(n=2, **models):
@@ -138,7 +149,7 @@ def test_observation_2_must_fail_when_the_random_control_shows_the_same():
 
 def test_observation_2_reports_the_relevance_sign_permutation_null():
     def p_of(row):
-        return float(row["numbers"].split("p = ")[1])
+        return float(row["numbers"].split("p = ")[1].split()[0])
 
     assert p_of(verdicts.observation_2(_seeds(at={"nr_shift": 0.3}, random={}))) < 0.01  # 1/1001 at best
     assert p_of(verdicts.observation_2(_seeds(at={}, random={}))) > 0.05  # no shift: NR channels are like any
@@ -146,18 +157,43 @@ def test_observation_2_reports_the_relevance_sign_permutation_null():
 
 def test_observation_3_needs_both_halves_and_survives_the_confound():
     rob = np.linspace(0.1, 0.7, K)  # robust accuracy rises with the class label
-    aligned = verdicts.observation_3(_seeds(at={"align": np.linspace(0.0, 1.0, K), "adv_acc": rob}))
-    assert aligned["verdict"] == "holds", aligned["numbers"]
+    paper, beyond = verdicts.observation_3(_seeds(at={"align": np.linspace(0.0, 1.0, K), "adv_acc": rob}))
+    assert paper["verdict"] == beyond["verdict"] == "holds", paper["numbers"]
     flat = verdicts.observation_3(_seeds(at={"align": np.zeros(K), "adv_acc": rob}))
-    assert flat["verdict"] != "holds"  # no alignment anywhere: no evidence for the claim
+    assert all(r["verdict"] != "holds" for r in flat)  # no alignment anywhere: no evidence for the claim
     # alignment follows how well a class was learned, and robust accuracy does too: the partial correlation
-    # with natural accuracy controlled must keep the verdict from "holds"
+    # with natural accuracy controlled must keep the stricter row from "holds"
     learned = np.linspace(0.35, 0.95, K)
-    confound = verdicts.observation_3(_seeds(at={"align": np.linspace(0, 1, K), "adv_acc": rob,
-                                                 "nat_acc": learned}))
+    paper, beyond = verdicts.observation_3(_seeds(at={"align": np.linspace(0, 1, K), "adv_acc": rob,
+                                                      "nat_acc": learned}))
+    assert beyond["verdict"] != "holds" and "partial (natural controlled)" in beyond["numbers"]
+    assert paper["observation"].startswith("3.") and beyond["observation"].startswith("3'.")
     shuffled = verdicts.observation_3(_seeds(at={"align": np.linspace(0, 1, K)[::-1], "adv_acc": rob}))
-    assert shuffled["verdict"] == "does not hold"
-    assert confound["verdict"] != "holds" and "partial (natural controlled)" in confound["numbers"]
+    assert [r["verdict"] for r in shuffled] == ["does not hold"] * 2
+
+
+def test_combine_p_is_fisher_not_the_mean():
+    from scipy.stats import combine_pvalues
+
+    for ps in ([0.697, 0.0005], [0.2, 0.3, 0.04], [1.0, 1.0]):
+        assert verdicts.combine_p(ps) == pytest.approx(combine_pvalues(ps, method="fisher").pvalue, rel=1e-9)
+    assert verdicts.combine_p([0.697, 0.0005]) < 0.01 < np.mean([0.697, 0.0005])
+    assert np.isnan(verdicts.combine_p([0.5, float("nan")]))
+
+
+def test_observation_3_combines_seeds_p_values_where_the_mean_would_mislead(monkeypatch):
+    """Two seeds: one with p = 0.0005, one with p = 0.2. Their mean (0.10) is above 0.05, Fisher's combination
+    (0.0010) below: the verdict must follow the valid combination."""
+    rob = np.linspace(0.1, 0.7, K)
+    seeds = _seeds(at={"align": np.linspace(0.0, 1.0, K), "adv_acc": rob})
+    per_seed = iter([0.0005, 0.2] * 2)
+    monkeypatch.setattr(verdicts, "permutation_p", lambda *a, **k: next(per_seed))
+    paper, beyond = verdicts.observation_3(seeds)
+    assert paper["verdict"] == beyond["verdict"] == "holds", paper["numbers"]
+    assert "Fisher p = 0.0010" in paper["numbers"] and "(p = 0.0005), " in paper["numbers"]
+    per_seed = iter([0.06, 0.2] * 2)  # neither seed alone nor together: unclear
+    paper, _ = verdicts.observation_3(seeds)
+    assert paper["verdict"] == "unclear"
 
 
 def _aligned_below_zero() -> dict[str, np.ndarray]:
@@ -182,10 +218,10 @@ def test_observation_3_needs_the_robust_half_aligned_above_zero():
     seeds = [Seed(act={"at": _aligned_below_zero()}) for _ in range(2)]  # made-up records: no noise to seed
     al = verdicts.alignment(seeds[0].act["at"])
     assert np.all(np.diff(al) > 0) and al.max() < 0  # the premise: rising with robustness, below zero
-    row = verdicts.observation_3(seeds)
+    paper, beyond = verdicts.observation_3(seeds)
     # the robust half beats the non-robust half and the partial correlation is strong, yet it is not aligned
-    assert "partial (natural controlled) +1.00 (p = 0.001)" in row["numbers"]
-    assert row["verdict"] == "does not hold", row["numbers"]
+    assert "partial (natural controlled) +1.00, Fisher p = 0.0000" in beyond["numbers"]
+    assert paper["verdict"] == beyond["verdict"] == "does not hold", beyond["numbers"]
 
 
 def test_worst_case_is_per_image_over_the_attacks_without_components():
@@ -204,6 +240,7 @@ def test_observation_4_rule_both_halves():
             s.ev = {"at": pd.DataFrame({"label": 0, "natural": 1, "pgd20": at}),
                     "cifs": pd.DataFrame({"label": 0, "natural": 1, "adaptive20:joint": 1,
                                           "adaptive20": (rng.random(n) < cifs_acc).astype(int)})}
+            s.act_attack = {"at": "pgd20", "cifs": "pgd20"}
         return out
 
     assert verdicts.observation_4(seeds(0.0, 0.60))["verdict"] == "holds"
@@ -211,6 +248,11 @@ def test_observation_4_rule_both_halves():
     assert verdicts.observation_4(seeds(0.6, 0.60))["verdict"] == "does not hold"  # does not suppress NR
     level = verdicts.observation_4(seeds(0.0, 0.40))  # suppresses NR, but as robust as AT: not shown to beat
     assert level["verdict"] == "unclear" and "beats: unclear" in level["numbers"], level["numbers"]
+    unmatched = seeds(0.0, 0.60)
+    for s in unmatched:  # CIFS studied under another objective than AT: its NR half cannot decide
+        s.act_attack = {"at": "pgd20", "cifs": "adaptive20"}
+    row = verdicts.observation_4(unmatched)
+    assert row["verdict"] == "unclear" and "suppresses: unclear (attacks not matched)" in row["numbers"]
 
 
 def test_observation_2_does_not_hold_for_an_untrained_network(embedded):
@@ -273,8 +315,7 @@ def test_adaptive_attack_follows_the_cifs_mask_as_a_hand_computed_gradient():
         return f * torch.softmax(g, dim=1)[:, :, None, None]
 
     target = torch.randn(3, 6, 2, 2)
-    holder = torch.nn.Module()
-    holder.selectors = [sel]
+    holder = torch.nn.Sequential(sel)  # any module holding a CIFS selector
     with follow_mask(holder):
         assert sel.end_to_end
     assert not sel.end_to_end  # restored
@@ -340,3 +381,48 @@ def test_classes_csv_carries_intervals_around_its_values(tmp_path):
         inside = ((lo - 1e-6 <= v) & (v <= hi + 1e-6)) | v.isna()
         assert inside.mean() >= 0.8, (name, cl[[name, f"{name}_lo", f"{name}_hi"]])
     assert (cl.spearman_adv_hi > cl.spearman_adv_lo).all()  # 6 images per class leave real uncertainty
+
+
+def test_a_degenerate_control_cannot_decide_observation_2():
+    """A control that predicts one class and that no attack moves: "control invalid", never holds or fails
+    through it; the same records with a working control decide."""
+    good = _seeds(at={"nr_shift": 0.3}, random={"nr_shift": 0.0})
+    assert verdicts.observation_2(good)["verdict"] == "holds"
+    bad = _seeds(at={"nr_shift": 0.3}, random={"nr_shift": 0.0})
+    for i, s in enumerate(bad):
+        s.act["random"].update(_predictions(np.random.default_rng(i), s.act["random"]["y"], one_class=True))
+    row = verdicts.observation_2(bad)
+    assert row["verdict"] == "control invalid" and "INVALID" in row["control"], row["control"]
+    v = verdicts.control_validity(bad[0].act["random"])
+    assert not v.valid and v.entropy == 0.0 and v.flipped == 0.0 and "entropy" in v.why
+    old = {k: x for k, x in good[0].act["random"].items() if not k.startswith(("pred", "loss"))}
+    assert not verdicts.control_validity(old).valid  # records of an older version: validity unknown
+    # AT's own interval below zero still says "does not hold" without any control
+    under = _seeds(at={"nr_shift": -0.3}, random={})
+    for i, s in enumerate(under):
+        s.act["random"].update(_predictions(np.random.default_rng(i), s.act["random"]["y"], one_class=True))
+    assert verdicts.observation_2(under)["verdict"] == "does not hold"
+
+
+def test_random_control_is_a_working_classifier_of_random_features(tmp_path):
+    """The control as a study builds it (registry architecture, BatchNorm statistics of training images, fitted
+    readout) is valid on real test images; the network as initialised, as the control was before, is not."""
+    from chanscope.attacks.suite import parse_attacks
+    from chanscope.checkpoint import load_model
+    from chanscope.data import load_data
+    from chanscope.train import build_config
+    from chanscope.workflows.activations import study_activations
+    from chanscope.workflows.training import random_control
+
+    cfg = build_config("smoke", method="at", seed=0)
+    data = load_data("embedded")
+    x, y = data.x_test[::10].float() / 255, data.y_test[::10]
+    spec = parse_attacks("pgd5", 8 / 255)[0]
+    found = {}
+    for name, kw in (("new", {}), ("old", {"bn_images": 0, "readout": False})):
+        path = random_control(cfg, tmp_path / name, **kw)
+        net = load_model(path, device="cpu")
+        (res,), _ = study_activations(net.eval(), x, y, data.classes, ["layer4"], spec)
+        found[name] = verdicts.control_validity(res.examples)
+    assert found["new"].valid, found["new"]
+    assert not found["old"].valid and found["old"].entropy < 0.2, found["old"]

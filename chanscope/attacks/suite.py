@@ -20,10 +20,13 @@ from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
 from chanscope.errors import ChanscopeError, check_eps, check_positive_int
 from chanscope.losses import cw_margin
 
-__all__ = ["AttackSpec", "parse_attacks", "run_attack", "ATTACK_NAMES", "has_probes", "correct", "follow_mask"]
+__all__ = ["AttackSpec", "parse_attacks", "run_attack", "ATTACK_NAMES", "has_probes", "correct", "follow_mask",
+           "end_to_end_selectors"]
 
-ATTACK_NAMES = ("fgsm", "pgd<K> (pgd20, pgd100, ...)", "cw<K> (cw20, ...)", "aa", "aa-ref", "square",
-                "adaptive<K> (adaptive20, ...; r<N> after any of these: N restarts, e.g. adaptive20r2)")
+ATTACK_NAMES = ("fgsm", "pgd<K> (pgd20, pgd100, ...)", "cw<K> (cw20, ...)",
+                "joint<K> (PGD on the CIFS/CAS/FSR joint loss, the official evaluations' attack)", "aa", "aa-ref",
+                "square", "adaptive<K> (adaptive20, ...; r<N> after any of these: N restarts, e.g. adaptive20r2; "
+                "-rs: a random start, e.g. joint20-rs)")
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,17 @@ def has_probes(model: nn.Module) -> bool:
     return bool(getattr(model, "selectors", []))
 
 
+def end_to_end_selectors(model: nn.Module) -> list[nn.Module]:
+    """The selectors of `model` (any wrapper around it included) whose mask can be differentiated end to end."""
+    return [m for m in model.modules() if hasattr(m, "end_to_end")]
+
+
 @contextmanager
 def follow_mask(model: nn.Module, on: bool = True) -> Iterator[nn.Module]:
     """Let gradients with respect to the input flow through every CIFS mask (its relevance is computed on
-    the features themselves, with create_graph) for the duration; restored afterwards."""
-    sels = [s for s in getattr(model, "selectors", []) if hasattr(s, "end_to_end")]
+    the features themselves, with create_graph) for the duration; restored afterwards. CAS's and FSR's masks are
+    differentiable functions of the features already, so for them this changes nothing."""
+    sels = end_to_end_selectors(model)
     before = [s.end_to_end for s in sels]
     for s in sels:
         s.end_to_end = on
@@ -64,11 +73,12 @@ def follow_mask(model: nn.Module, on: bool = True) -> Iterator[nn.Module]:
 
 def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None = None, restarts: int = 1,
                   random_start: bool = False, square_queries: int = 1000,
-                  follow: bool = False) -> list[AttackSpec]:
+                  follow: bool | str = False) -> list[AttackSpec]:
     """Defaults follow the paper's test: step eps/10 (0.8/255 at 8/255), zero start, one restart.
 
-    A name may carry its own restarts: pgd20r3, adaptive20r2. follow: adaptive attacks differentiate through
-    CIFS's relevance and mask."""
+    A name may carry its own restarts (pgd20r3, adaptive20r2) and a random start (joint20-rs). follow: True,
+    adaptive attacks differentiate through CIFS's relevance and mask (the named PGD/CW attacks stay the official
+    evaluation, which stops the gradient at the mask); "all": every gradient attack does."""
     check_eps(eps)
     check_positive_int(restarts, "restarts")
     items = [n.strip().lower() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
@@ -79,7 +89,7 @@ def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None
         check_eps(step_size, "step size")
     specs = []
     for n in items:
-        m = re.fullmatch(r"(pgd|cw|adaptive)(\d*)(?:r(\d+))?", n)
+        m = re.fullmatch(r"(pgd|cw|joint|adaptive)(\d*)(?:r(\d+))?(-rs)?", n)
         if n == "fgsm":
             specs.append(AttackSpec(n, "fgsm", eps, 1, eps, 1, "ce"))
         elif m and (m[2] or m[1] == "adaptive"):
@@ -87,11 +97,11 @@ def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None
             if steps < 1:
                 raise ChanscopeError(f"attack {n!r}: steps={steps} must be at least 1")
             kind = "adaptive" if m[1] == "adaptive" else "pgd"
-            loss = {"pgd": "ce", "cw": "cw", "adaptive": "all"}[m[1]]
+            loss = {"pgd": "ce", "cw": "cw", "joint": "joint", "adaptive": "all"}[m[1]]
             own = int(m[3]) if m[3] else restarts
             check_positive_int(own, f"restarts of {n}")
-            specs.append(AttackSpec(n, kind, eps, steps, alpha, own, loss, random_start,
-                                    follow_mask=follow and kind == "adaptive"))
+            specs.append(AttackSpec(n, kind, eps, steps, alpha, own, loss, random_start or bool(m[4]),
+                                    follow_mask=follow == "all" or (bool(follow) and kind == "adaptive")))
         elif n in ("aa", "autoattack"):
             specs.append(AttackSpec(n, "aa", eps))
         elif n == "aa-ref":  # the AutoAttack authors' implementation, to check the port against
@@ -158,8 +168,10 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
         loss = "cw" if spec.loss == "cw" else ("joint" if spec.loss == "joint" else "ce")
         for r in range(spec.restarts):
             rs = spec.random_start or r > 0
-            robust &= account(pgd(model, x, y, eps=spec.eps, alpha=spec.step_size, steps=spec.steps,
-                                  loss=loss, beta=beta_atk, random_start=rs))
+            with follow_mask(model) if spec.follow_mask else nullcontext():
+                x_adv = pgd(model, x, y, eps=spec.eps, alpha=spec.step_size, steps=spec.steps, loss=loss,
+                            beta=beta_atk, random_start=rs)
+            robust &= account(x_adv)
     elif spec.kind == "adaptive":
         for cname, lfn in adaptive_losses(model, beta_atk).items():
             comp = correct(model, x, y)

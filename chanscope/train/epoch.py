@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from chanscope.attacks.pgd import frozen_eval, pgd
-from chanscope.attacks.suite import correct
+from chanscope.attacks.suite import correct, follow_mask
 from chanscope.train.methods import Autocast, Method
 
 __all__ = ["EpochStats", "NonFiniteLoss", "Stopped", "train_one_epoch", "subset_correct"]
@@ -73,10 +73,11 @@ def train_one_epoch(model: nn.Module, method: Method, loader, opt: torch.optim.O
 
 def subset_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, batch_size: int = 250) -> tuple[int, int]:
     """How many of (x, y) the model classifies correctly, natural and under cfg's per-epoch PGD (on the joint
-    loss for CIFS/CAS models, no random start)."""
+    loss for CIFS/CAS/FSR models, no random start; through CIFS's relevance and mask end to end, the attack
+    an evaluator would run, so a checkpoint is never selected for hiding its gradient)."""
     loss = "joint" if cfg.feature_select != "none" else "ce"
     nat = adv = 0
-    with frozen_eval(model):
+    with frozen_eval(model), follow_mask(model):
         for i in range(0, len(y), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
             nat += correct(model, xb, yb).sum().item()

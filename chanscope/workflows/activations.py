@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from chanscope.attacks.suite import AttackSpec, run_attack
 from chanscope.observe.analysis import channels_table, classes_table, percent
@@ -54,8 +55,9 @@ class LayerResult:
     layer: str
     channels: pd.DataFrame
     classes: pd.DataFrame
-    # per image, for intervals over images (chanscope.observe.verdicts): y, nat_ok, adv_ok (N,), mag_nat and mag_adv
-    # (N, C), relevance (classes, C); the tables above are exact streaming sums of the same numbers
+    # per image, for intervals over images (chanscope.observe.verdicts): y, nat_ok, adv_ok, pred_nat, pred_adv,
+    # loss_nat, loss_adv (N,), mag_nat and mag_adv (N, C), relevance (classes, C); the tables above are exact
+    # streaming sums of the same numbers
     examples: dict[str, np.ndarray] | None = None
 
 
@@ -95,7 +97,7 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
     k = len(classes)
     rel = {name: RelevanceAccumulator(k) for name in layers}
     kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    kept_ok: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    kept_ok: list[tuple[torch.Tensor, ...]] = []
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -105,12 +107,15 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
                 xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
                 robust, _, xa = run_attack(attack, model, xb, yb, beta_atk=beta_atk, seed=seed)
                 with torch.no_grad():
-                    nat_pred = model(xb).argmax(1)
+                    out_nat, out_adv = model(xb), model(xa)
+                nat_pred = out_nat.argmax(1)
                 m_nat = rec.observe(xb, yb, "natural")
                 m_adv = rec.observe(xa, yb, "adversarial")
                 for name in layers:
                     kept.setdefault(name, []).append((m_nat[name].float().cpu(), m_adv[name].float().cpu()))
-                kept_ok.append(((nat_pred == yb).cpu(), robust.cpu(), yb.cpu()))
+                kept_ok.append(((nat_pred == yb).cpu(), robust.cpu(), yb.cpu(), nat_pred.cpu(),
+                                out_adv.argmax(1).cpu(), F.cross_entropy(out_nat, yb, reduction="none").cpu(),
+                                F.cross_entropy(out_adv, yb, reduction="none").cpu()))
                 for name in layers:
                     rel[name].update(relevance_scores(model, name, xb if relevance_on == "natural" else xa, yb,
                                                       relevance), yb)
@@ -123,7 +128,7 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
 
 def _layer_results(rec: ActivationRecorder, rel: dict[str, RelevanceAccumulator],
                    kept: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
-                   kept_ok: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], classes: list[str],
+                   kept_ok: list[tuple[torch.Tensor, ...]], classes: list[str],
                    layers: list[str]) -> list[LayerResult]:
     """The walk's sums added over ranks, then per layer the channel and class tables and the per-image
     magnitudes (`kept`) with each image's natural and adversarial correctness (`kept_ok`)."""
@@ -137,7 +142,8 @@ def _layer_results(rec: ActivationRecorder, rel: dict[str, RelevanceAccumulator]
                 raise RuntimeError("a rank received no images; use fewer ranks than test images")
             dist_util.all_reduce_sum(st.tensors())
         dist_util.all_reduce_sum(rel[name].tensors())
-    ok = [dist_util.gather_cat(torch.cat(t)).numpy() for t in zip(*kept_ok)]  # nat_ok, adv_ok, y of every image
+    # nat_ok, adv_ok, y, predictions and cross-entropy natural and adversarial, of every image
+    ok = [dist_util.gather_cat(torch.cat(t)).numpy() for t in zip(*kept_ok)]
     count = np.bincount(ok[2], minlength=k)
 
     def per_class(hit: np.ndarray) -> dict[int, float]:
@@ -155,7 +161,9 @@ def _layer_results(rec: ActivationRecorder, rel: dict[str, RelevanceAccumulator]
         ch = ch[ch.n > 0].reset_index(drop=True)
         mags = [dist_util.gather_cat(torch.cat(t)) for t in zip(*kept[name])]
         examples = {"y": ok[2], "nat_ok": ok[0], "adv_ok": ok[1], "mag_nat": mags[0].numpy(),
-                    "mag_adv": mags[1].numpy(), "relevance": relevance.astype(np.float32)}
+                    "mag_adv": mags[1].numpy(), "relevance": relevance.astype(np.float32),
+                    "pred_nat": ok[3], "pred_adv": ok[4], "loss_nat": ok[5].astype(np.float32),
+                    "loss_adv": ok[6].astype(np.float32)}
         results.append(LayerResult(name, ch, classes_table(ch, nat_acc, adv_acc), examples))
     return results
 

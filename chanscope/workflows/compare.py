@@ -6,7 +6,8 @@ same evaluation (natural, FGSM, PGD, CW, the adaptive attack through the mask wh
 auxiliary heads, AutoAttack and the reference AutoAttack on a subset, the gradient-masking checks) and
 the activation study (FSR also on its robust and non-robust parts). `compare.csv` has one row per method
 and seed; `compare_intervals.csv` per method (column `under`) natural accuracy, robust accuracy under the
-standard attack (PGD on the final logits, what each paper reports), under CW and under the adaptive worst
+standard attack (the attack each method's own paper reports: PGD on the final logits;
+CIFS: on the joint loss; CAS: on the joint loss from a random start), under CW and under the adaptive worst
 case (per image, over every attack), in %, and the NR over-activation of the activation study (a fraction
 of the natural magnitude), each with a 95% interval over test images and seeds, and each minus AT's
 (paired); `compare.md` shows them as tables with the advantage rule's findings; `figures/compare.png` draws
@@ -26,7 +27,7 @@ from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
 from chanscope.observe.verdicts import Seed, accuracy, interval, nr_over, worst_case
 from chanscope.workflows.activations import read_examples
-from chanscope.workflows.pipeline import SCALES, models_for, plan, read_record, run_stages
+from chanscope.workflows.pipeline import OWN_ATTACK, SCALES, models_for, plan, read_record, run_stages
 from chanscope.workflows.report import attack_named, overall_accuracy
 from chanscope.workflows.runs import writable_dir
 
@@ -38,9 +39,20 @@ COMPARE_COLUMNS = ["method", "seed", "natural", "standard_attack", "standard", "
                    "autoattack", "autoattack_ref", "masking_checks", "train_seconds"]
 
 
-def _standard_attack(scale: str) -> str:
-    """The scale's PGD on the final logits (cross-entropy): the attack each defence's paper reports."""
-    return next(a for a in SCALES[scale].eval_attacks.split(",") if re.fullmatch(r"pgd\d+(r\d+)?", a))
+def _standard_attack(scale: str, method: str = "at") -> str:
+    """The attack `method`'s own paper evaluates it with, at the scale's PGD steps: PGD on the final logits'
+    cross-entropy (AT, TRADES, FSR), on the joint loss from the clean image (CIFS's official scripts), on the
+    joint loss from a random start (CAS's own code)."""
+    pgd = next(a for a in SCALES[scale].eval_attacks.split(",") if re.fullmatch(r"pgd\d+(r\d+)?", a))
+    own = OWN_ATTACK.get(method)
+    if not own:
+        return pgd
+    name, _, rs = own.partition("-")
+    return pgd.replace("pgd", name) + (f"-{rs}" if rs else "")
+
+
+def _own_attacks(scale: str, methods: list[str]) -> str:
+    return ", ".join(f"{m.upper()} {_standard_attack(scale, m)}" for m in methods)
 
 
 def _folders(out: Path, seeds: int, seed: int):
@@ -50,10 +62,10 @@ def _folders(out: Path, seeds: int, seed: int):
 
 def summarise(out: str | Path, methods: list[str], scale: str, seeds: int, seed: int = 0) -> pd.DataFrame:
     """One row per method and seed that has been evaluated (COMPARE_COLUMNS)."""
-    std = _standard_attack(scale)
     rows = []
     for s, folder in _folders(Path(out), seeds, seed):
         for m in methods:
+            std = _standard_attack(scale, m)
             run = folder / m
             if not (run / "eval.csv").is_file():
                 continue
@@ -85,7 +97,6 @@ def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
     and the adaptive worst case, the NR over-activation (where every run has its activation study), and each
     minus AT's (paired: the models of a seed see the same test images), with 95% intervals over images and
     seeds."""
-    std = _standard_attack(scale)
     ss = []
     for _, folder in _folders(Path(out), seeds, seed):
         ev = {m: folder / m / "eval_examples.csv" for m in methods}
@@ -99,7 +110,10 @@ def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
             return accuracy(s.ev[m][attack_named(s.ev[m].columns, prefix)].to_numpy(), w)
         return stat
 
-    stats = {"natural": share("natural"), "standard attack": share(std),
+    def own(s: Seed, w, m: str) -> float:  # each method under its own paper's attack
+        return share(_standard_attack(scale, m))(s, w, m)
+
+    stats = {"natural": share("natural"), "standard attack": own,
              "adaptive worst case": lambda s, w, m: worst_case(s.ev[m], w)}
     if all(attack_named(e.columns, "cw") for s in ss for e in s.ev.values()):
         stats["cw"] = share("cw")
@@ -183,7 +197,8 @@ def markdown(df: pd.DataFrame, iv: pd.DataFrame, standard_attack: str) -> str:
     gradient-masking checks per seed, and the differences to AT with what they say."""
     seeds = int(iv.seeds.max()) if len(iv) else 0
     lines = [f"Accuracy in %, mean over {seeds} seed(s) with 95% intervals (test images and seeds); "
-             f"standard attack: {standard_attack} on the final logits; worst case: per image over every attack, "
+             f"standard attack: the attack each method's own paper reports ({standard_attack}); "
+             "worst case: per image over every attack, "
              "the adaptive ones included; AutoAttack on a subset, per seed; masking checks: the gradient-masking "
              "checks per seed; NR over-activation: the activation study's (adversarial - natural) / natural "
              "magnitude of the NR channels, each model under its own study attack.", "",
@@ -235,7 +250,7 @@ def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str =
     atomic_write_csv(out / "compare_intervals.csv", iv)
     (out / "compare.md").unlink(missing_ok=True)  # never a table of an earlier state beside these CSVs
     if len(iv):
-        atomic_write_bytes(out / "compare.md", markdown(df, iv, _standard_attack(scale)).encode())
+        atomic_write_bytes(out / "compare.md", markdown(df, iv, _own_attacks(scale, ms)).encode())
     atomic_write_json(record_path, record)
     if len(iv):
         from chanscope.workflows.plots import compare_plot

@@ -94,7 +94,7 @@ class ActivationOptions(RunOptions):
             raise ChanscopeError(f"`relevance_on` must be natural or adversarial, not {self.relevance_on!r}")
         check_range(self.threshold, "threshold", 0.0, 1.0,
                     example="0.01 (a channel is active above 1% of the image's largest)")
-        specs = parse_attacks(self.attack, self.eps, follow=self.follow_mask)
+        specs = parse_attacks(self.attack, self.eps, follow="all" if self.follow_mask else False)
         if len(specs) != 1:
             raise ChanscopeError("`attack` takes one attack, e.g. pgd20")
         return specs[0]

@@ -9,6 +9,7 @@ trained naturally for the same number of epochs), as the official CIFS run did.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -167,8 +168,17 @@ def _control_stage(c: _Ctx, like: Stage) -> Stage:
 
     code = ("from chanscope.workflows.training import load_run_config, random_control; "
             f"random_control(load_run_config({str(like.extra['run'])!r}), {str(run)!r})")
-    return Stage(f"control {c.label('random')}", c.label("random"), "train", lambda: (run / "best.pt").is_file(),
+    return Stage(f"control {c.label('random')}", c.label("random"), "train", lambda: _control_done(run),
                  make, shlex.join(["python", "-c", code]))
+
+
+def _control_done(run: Path) -> bool:
+    """A control made by this version: its BatchNorm statistics estimated on training images (a control of
+    an older version, with the initial statistics, predicts one class and is made again)."""
+    try:
+        return (run / "best.pt").is_file() and "bn_images" in json.loads((run / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def _eval_stage(c: _Ctx, name: str, kind: str, title: str, sub: str | None, **opts: Any) -> Stage:
@@ -184,9 +194,51 @@ def _eval_stage(c: _Ctx, name: str, kind: str, title: str, sub: str | None, **op
                  command_line("eval", model=str(run / "best.pt"), **kw))
 
 
-def _eval_stages(c: _Ctx, name: str) -> list[Stage]:
+# the attack each defence's own evaluation reports (CIFS's official scripts: PGD on the joint loss from the
+# clean image; CAS's: the joint loss, beta 2, from a random start); the others: PGD on the final logits' CE
+OWN_ATTACK = {"cifs": "joint", "cas": "joint-rs"}
+
+
+def _feature_select(method: str) -> str:
+    return method if method in SELECTING else "none"
+
+
+def adaptive_components(method: str, arch: str = "resnet18") -> int:
+    """How many objectives the adaptive attack has on a model of `method` (final CE and CW; with heads also
+    the joint loss and each head's CE and CW)."""
+    from chanscope.attacks.suite import adaptive_losses
+    from chanscope.models import create_model
+
+    return len(adaptive_losses(create_model(arch, width=0.0625, feature_select=_feature_select(method))))
+
+
+def study_attacks(attacks: str, method: str, methods: list[str], arch: str = "resnet18") -> str:
+    """`attacks` for a model of `method` in a study of `methods`: the adaptive attack's restarts raised so that
+    every model gets as many attack runs per image as the one with the most objectives (a plain model has 2, a
+    CIFS model 7: with restarts unmatched the worst case of a defence would rest on more tries than AT's), and
+    the attack its own paper's evaluation reports added (`OWN_ATTACK`)."""
+    most = max(adaptive_components(m, arch) for m in methods)
+    own_c = adaptive_components(method, arch)
+    out = []
+    for a in attacks.split(","):
+        m = re.fullmatch(r"adaptive(\d*)(?:r(\d+))?", a)
+        if m:
+            r = int(m[2] or 1)
+            matched = -(-most * r // own_c)
+            a = a if matched == r else f"adaptive{m[1]}r{matched}"
+        out.append(a)
+    own = OWN_ATTACK.get(method)
+    pgd_steps = next((re.fullmatch(r"pgd(\d+)", a)[1] for a in out if re.fullmatch(r"pgd\d+", a)), None)
+    if own and pgd_steps:
+        name, _, rs = own.partition("-")
+        out.insert(out.index(f"pgd{pgd_steps}") + 1, f"{name}{pgd_steps}" + (f"-{rs}" if rs else ""))
+    return ",".join(out)
+
+
+def _eval_stages(c: _Ctx, name: str, method: str, methods: list[str]) -> list[Stage]:
     sc = c.sc
-    stages = [_eval_stage(c, name, "eval", "eval", None, attacks=sc.eval_attacks, n=sc.eval_n,
+    attacks = study_attacks(sc.eval_attacks, method, methods, sc.train.get("arch", "resnet18"))
+    stages = [_eval_stage(c, name, "eval", "eval", None, attacks=attacks, n=sc.eval_n,
                           square_queries=sc.square_queries, follow_mask=True),
               _eval_stage(c, name, "sanity", "sanity", "sanity", attacks="pgd20", n=sc.sanity_n, sanity=True,
                           square_queries=sc.square_queries)]
@@ -211,14 +263,15 @@ def _activations_stage(c: _Ctx, name: str, parts: bool = False) -> Stage:
     run, label, sc = c.run(name), c.label(name), c.sc
     title = "activations-parts" if parts else "activations"
     prog = (lambda d, t: c.progress(f"{title} {label}", d, t)) if c.progress else None
-    # a model with probes is studied under the attack its attacker would use: adaptive, through the mask
     selects = name.startswith(SELECTING)
     folder = run / "parts" if parts else run
     layers = None
     if parts:
         sel = _fsr_module(c.sc.train.get("arch", "resnet18"))
         layers = (f"{sel}.robust", f"{sel}.nonrobust", f"{sel}.recalibrated")
-    kw = {"attack": sc.act_attack.replace("pgd", "adaptive") if selects else sc.act_attack, "n": sc.act_n,
+    # every model under one objective (the scale's PGD on the final logits' cross-entropy), a model with a CIFS
+    # mask differentiated through it: NR over-activation compared between models under matched attacks
+    kw = {"attack": sc.act_attack, "n": sc.act_n,
           "layer": layers, "follow_mask": selects or None, "data": c.data, "data_root": c.data_root,
           "seed": c.seed, "device": c.device, "out": str(folder) if parts else None}
     call = {k: v for k, v in kw.items() if k != "layer"} | {"follow_mask": selects}
@@ -253,8 +306,10 @@ def plan(out: Path, scale: str | Scale, *, data: str | None = None, data_root: s
         stages += trains
         if controls and at is not None:
             stages += [_control_stage(c, at), _activations_stage(c, "random")]
+        method_of = {m: opts["method"] for m, opts, _ in models}
         for name in compared:
-            stages += _eval_stages(c, name) + [_activations_stage(c, name)]
+            stages += (_eval_stages(c, name, method_of.get(name, name), [method_of.get(n, n) for n in compared])
+                       + [_activations_stage(c, name)])
             if name == "fsr":
                 stages.append(_activations_stage(c, name, parts=True))
     return _order(stages)

@@ -169,11 +169,36 @@ def _alignment_lines(runs: dict[str, Path]) -> list[str]:
                                               "n_nr"]])
     if not al:
         return []
-    return ["## Per-class alignment (penultimate layer, gradient relevance)", "",
+    meta = [read_json(r / "activations.json") for r in runs.values() if (r / "classes.csv").is_file()]
+    what = sorted({f"layer {m.get('layer', '?')}, {m.get('relevance', '?')} relevance, attack "
+                   f"{(m.get('attack') or {}).get('name', '?')}" for m in meta})
+    return [f"## Per-class alignment ({'; '.join(what)})", "",
             "nat_acc and adv_acc here come from the activations stage (" + "; ".join(
                 f"{name}: {images_used(r)}" for name, r in runs.items() if (r / "classes.csv").is_file())
             + "), the robust accuracy tables above from the eval stage.", "",
             markdown_table(pd.concat(al, ignore_index=True), 3), ""]
+
+
+def _control_lines(runs: dict[str, Path]) -> list[str]:
+    """Each random control's validity (chanscope.observe.verdicts.control_validity): a verdict reads a control
+    only where it is valid in every seed."""
+    rows = []
+    for name, r in runs.items():
+        if name.rsplit("/", 1)[-1] != "random" or not (r / "examples.npz").is_file():
+            continue
+        v = verdicts.control_validity(read_examples(r / "examples.npz"))
+        how = read_json(r / "config.json").get("control", "")
+        rows.append({"control": name, "valid": "yes" if v.valid else "NO", "prediction entropy": v.entropy,
+                     "predictions the attack changed %": 100 * v.flipped, "loss increase": v.loss_increase,
+                     "natural acc %": v.accuracy, "why": v.why, "what it is": how})
+    if not rows:
+        return []
+    return ["## Controls", "",
+            f"A control is valid when its predictions spread over the classes (normalised entropy >= "
+            f"{verdicts.CONTROL_MIN_ENTROPY}) and the attack changes at least "
+            f"{100 * verdicts.CONTROL_MIN_FLIPPED:.0f}% of them and raises the loss; a verdict that needs an "
+            "invalid control says \"control invalid\".", "",
+            markdown_table(pd.DataFrame(rows), 2), ""]
 
 
 def write_report(runs: list[Path], out: Path, figures: Path | None = None, record: dict | None = None,
@@ -182,6 +207,7 @@ def write_report(runs: list[Path], out: Path, figures: Path | None = None, recor
     folder names; a study passes 'at', 'seed1/at', ...)."""
     byname = dict(zip(names or [Path(r).name for r in runs], (Path(r) for r in runs)))
     lines = ["# chanscope report", "", *_models_lines(byname), *_eval_lines(byname), *_alignment_lines(byname)]
+    lines += _control_lines(byname)
     obs = observations(byname)
     if obs:
         lines += _observation_lines(obs, len(load_seeds(byname)))

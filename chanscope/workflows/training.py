@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from chanscope.accel import distributed as dist_util
 from chanscope.accel.cpu_alloc import current_cpu_alloc
@@ -35,7 +36,8 @@ from chanscope.train.methods import method_for
 from chanscope.train.setup import build_model, load_init, prepare_data
 from chanscope.workflows.train_state import Progress, open_run, restore, sigint_flag, snapshot
 
-__all__ = ["fit", "TrainResult", "TrainInterrupted", "METRIC_COLUMNS", "random_control", "load_run_config",
+__all__ = ["fit", "TrainResult", "TrainInterrupted", "METRIC_COLUMNS", "random_control", "calibrate_batchnorm",
+           "load_run_config",
            "resume_config"]
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_nat_acc", "val_pgd_acc", "test_nat_acc",
@@ -273,15 +275,79 @@ def fit(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after: 
     return TrainResult(out, pd.DataFrame(p.rows, columns=METRIC_COLUMNS), p.best_epoch, p.best_metric, cfg, total)
 
 
-def random_control(cfg: TrainConfig, out: str | Path) -> Path:
+CONTROL_BN_IMAGES = 2000  # natural training images the random control's BatchNorm statistics are estimated on
+
+
+def calibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 250) -> int:
+    """Replace every BatchNorm's running statistics by their exact average over the images x (uint8 or [0, 1]),
+    weights untouched: a random network then normalises real images as it would after training, instead of
+    with the initial mean 0 / variance 1 (under which it predicts one class). Returns the images used."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    was_training = model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                xb = x[i:i + batch_size]
+                model(xb.float().div(255) if xb.dtype == torch.uint8 else xb)
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.train(was_training)
+    return len(x)
+
+
+def fit_readout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight_decay: float = 1e-4,
+                batch_size: int = 500) -> float:
+    """Fit the classifier (`model.linear`) of a network on its pooled features of images x (uint8) by full-batch
+    L-BFGS on cross-entropy, the features themselves untouched; returns the training accuracy (%)."""
+    with torch.no_grad():
+        feats = torch.cat([model.forward_features(x[i:i + batch_size].float().div(255)).mean(dim=(2, 3))
+                           for i in range(0, len(x), batch_size)])
+    lin = model.linear
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(feats), y) + weight_decay * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return percent(int((lin(feats).argmax(1) == y).sum()), len(y))
+
+
+def random_control(cfg: TrainConfig, out: str | Path, bn_images: int = CONTROL_BN_IMAGES,
+                   readout: bool = True) -> Path:
     """Write the control a verdict can fail against: cfg's architecture and normalisation as its seed
-    initialises them, never trained, as a run folder (config.json with method 'random', best.pt)."""
+    initialises them, the convolutions never trained, with BatchNorm statistics estimated on `bn_images`
+    natural training images and (readout) the linear classifier fitted on the training images' random features,
+    as a run folder (config.json with method 'random', best.pt). Without both it is no classifier: a network
+    with the initial statistics predicts one class and no attack moves it. Whether it is a valid control (its
+    predictions spread over the classes, an attack moves them) is measured on test images by the activation
+    study (`chanscope.observe.verdicts.control_validity`)."""
     out = Path(out)
     data, val = prepare_data(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data).eval()
+    model = build_model(cfg, data)
+    used = 0
+    if bn_images:
+        idx = balanced_subset(data.y_train, min(bn_images, len(data.y_train)), data.num_classes, cfg.seed)
+        used = calibrate_batchnorm(model, data.x_train[idx])
+    model.eval()
+    fitted = readout and hasattr(model, "forward_features") and isinstance(getattr(model, "linear", None), nn.Linear)
+    train_acc = fit_readout(model, data.x_train, data.y_train) if fitted else None
+    how = f"BatchNorm statistics of {used} natural training images" if used else "initial BatchNorm statistics"
+    how += f"; linear classifier fitted on {len(data.y_train)} training images" if fitted else "; random classifier"
     record = {"config": {**cfg.to_dict(), "method": "random", "epochs": 0, "init": None},
-              "control": f"random initialisation (seed {cfg.seed}), never trained",
+              "control": f"random initialisation (seed {cfg.seed}), convolutions never trained; {how}",
+              "bn_images": used, "readout": {"fitted": bool(fitted), "train_acc": train_acc},
               "model": {"arch": cfg.arch, "model_kwargs": model.model_kwargs}, "data": data.describe(),
               "validation": val.record, "versions": versions()}
     atomic_write_json(out / "config.json", record)

@@ -1,0 +1,46 @@
+"""Run one seed's stages of a `chanscope reproduce` study (all but the trainings, which
+scripts/train_study_seed.sh runs) as a process of its own, so two seeds share two cores; its record goes to
+OUT/pipeline-seed<K>.json. `--merge` adds those records to OUT/pipeline.json, after which `chanscope reproduce`
+on OUT finds every stage done and writes the report with each stage's command and seconds.
+
+    OMP_NUM_THREADS=1 python scripts/study_seed.py runs/cpu --index 0 --scale cpu --seeds 2 --data D
+    python scripts/study_seed.py runs/cpu --merge
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from chanscope.io import atomic_write_json
+from chanscope.workflows.pipeline import plan, read_record, run_stages
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--index", type=int, default=0, help="which seed of the study: 0 is the first")
+    ap.add_argument("--scale", default="cpu")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--merge", action="store_true")
+    a = ap.parse_args()
+    if a.merge:
+        main_path = a.out / "pipeline.json"
+        record = read_record(main_path)
+        for p in sorted(a.out.glob("pipeline-seed*.json")):
+            record["stages"].update(json.loads(p.read_text())["stages"])
+        atomic_write_json(main_path, record)
+        print(f"{main_path}: {len(record['stages'])} stages")
+        return
+    prefix = "" if a.index == 0 else f"seed{a.index}/"
+    stages = [st for st in plan(a.out, a.scale, data=a.data, cifs_scratch=False, seeds=a.seeds)
+              if (st.model.startswith(prefix) if prefix else "/" not in st.model)
+              and not st.name.startswith("train ")]
+    path = a.out / f"pipeline-seed{a.index}.json"
+    run_stages(stages, read_record(path), path, lambda n, s, t: print(f"{n}: {s} {t:.0f}s", flush=True))
+
+
+if __name__ == "__main__":
+    main()
