@@ -1,6 +1,7 @@
 """chanscope: channel-wise activation studies of adversarially trained CNNs (CIFS, Yan et al. 2021)."""
 
 import os
+from typing import TYPE_CHECKING
 
 # Idle OpenMP threads sleep instead of spinning. OpenMP reads this once, when torch first loads, so it is set
 # before any torch import here (a process that imported torch earlier keeps its setting). On a CPU that other
@@ -11,13 +12,33 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # which one thread does fastest, and many times faster than several threads on a busy CPU
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from chanscope.checkpoint import load_model, save_checkpoint  # noqa: E402
-from chanscope.errors import ChanscopeError  # noqa: E402
-from chanscope.models import create_model, list_models  # noqa: E402
-
 __version__ = "0.1.0"
 __all__ = ["load_model", "study", "evaluate", "save_checkpoint", "create_model", "list_models", "ChanscopeError",
            "__version__"]
+
+# imported on first use (PEP 562), so that `import chanscope` (and the `chanscope` command's help, version and
+# usage errors) loads no torch: name -> the module that defines it
+_LAZY = {"load_model": "chanscope.checkpoint", "save_checkpoint": "chanscope.checkpoint",
+         "create_model": "chanscope.models", "list_models": "chanscope.models", "ChanscopeError": "chanscope.errors"}
+
+if TYPE_CHECKING:
+    from chanscope.checkpoint import load_model, save_checkpoint
+    from chanscope.errors import ChanscopeError
+    from chanscope.models import create_model, list_models
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def study(model, data="embedded", layers=None, attack="pgd20", relevance="gradient", n=1000, **kwargs):

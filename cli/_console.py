@@ -81,13 +81,22 @@ class LineProgress:
             t["printed"], t["done"] = now, finished
             self.console.print(self._line(t, now), highlight=False, markup=False)
 
+    def reset(self, task_id: int, *, total: float | None = None, description: str | None = None, **_) -> None:
+        """A new round of the task (a new epoch): its count and clock start again."""
+        t = self.tasks[task_id]
+        t.update(completed=0, t0=time.time(), printed=0.0, done=False)
+        if total is not None:
+            t["total"] = total
+        if description is not None:
+            t["description"] = description
+
     @staticmethod
     def _line(t: dict, now: float) -> str:
         done, total, secs = t["completed"], t["total"], now - t["t0"]
         count = f"{int(done)}/{int(total)}" if total else f"{int(done)}"
         pct = f" ({100 * done / total:.0f}%)" if total else ""
         eta = ""
-        if total and 0 < done < total:
+        if total and 0 < done < total and secs >= 1.0:  # no estimate from the first instant of a task
             eta = f", eta {_clock(secs * (total - done) / done)}"
         info = f"  {t['info']}" if t["info"] else ""
         return f"{t['description']}: {count}{pct}{info}  elapsed {_clock(secs)}{eta}"

@@ -67,8 +67,16 @@ _SOURCE_FLAGS = (("weights", WeightsOpt, None), ("num_classes", NumClassesOpt, N
 def with_model_source(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command that takes `model_options` the model-source flags (--weights ... --std) after its own,
     and pass them to it as one ModelOptions."""
-    own = inspect.signature(command, eval_str=True)
-    params = [p for p in own.parameters.values() if p.name != "model_options"]
+    # the annotations of the command's own flags, evaluated here; `model_options`'s is left a string, so a command
+    # module can import ModelOptions (and torch) for type checkers only, not when the CLI starts
+    own = inspect.signature(command)
+    names = command.__globals__
+
+    def evaluated(annotation: Any) -> Any:
+        return eval(annotation, names) if isinstance(annotation, str) else annotation
+
+    params = [p.replace(annotation=evaluated(p.annotation)) for p in own.parameters.values()
+              if p.name != "model_options"]
     params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
                for name, kind, default in _SOURCE_FLAGS]
 
@@ -77,5 +85,7 @@ def with_model_source(command: Callable[..., Any]) -> Callable[..., Any]:
         source = {name: kwargs.pop(name) for name, _, _ in _SOURCE_FLAGS}
         return command(**kwargs, model_options=model_options(**source))
 
-    run.__signature__ = own.replace(parameters=params)  # what Typer reads
+    # what Typer reads (the signature, and typing.get_type_hints of the annotations)
+    run.__signature__ = own.replace(parameters=params, return_annotation=evaluated(own.return_annotation))
+    run.__annotations__ = {p.name: p.annotation for p in params} | {"return": run.__signature__.return_annotation}
     return run

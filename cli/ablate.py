@@ -8,8 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chanscope.workflows.ablate import parse_vary, run_ablation
-
 from ._console import console
 from ._options import DataOpt, DeviceOpt
 
@@ -31,6 +29,8 @@ def ablate_command(
     device: DeviceOpt = None,
 ) -> None:
     """Train and evaluate a grid of CIFS switches (same budget, several seeds) beside PGD-AT."""
+    from chanscope.workflows.ablate import parse_vary, run_ablation
+
     grid = parse_vary(vary)
     df = run_ablation(base, grid, out, seeds=seeds, scale=scale, data=data, attack=attack, n=n, aa_n=aa_n,
                       baseline=baseline, baseline_init=baseline_init, device=device,

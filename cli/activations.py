@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from chanscope.errors import parse_fraction
-from chanscope.models.sources import ModelOptions
-from chanscope.observe.relevance import RELEVANCE_METHODS
-from chanscope.workflows.activations import ActivationOptions, layer_suffix, run_activations
+from chanscope.names import RELEVANCE_METHODS
 
 from ._console import console, progress
 from ._options import (
@@ -26,6 +24,9 @@ from ._options import (
     with_model_source,
 )
 
+if TYPE_CHECKING:  # torch: the workflow is imported when the command runs, not when the CLI starts
+    from chanscope.models.sources import ModelOptions
+
 SHOWN = {"class_name": "class", "n": "n", "nat_acc": "nat%", "adv_acc": "adv%", "cosine_adv_nat": "cos",
          "mean_abs_gap": "|gap|", "nr_over_abs": "NR over", "nr_over_rel": "NR rel", "pr_under_abs": "PR under",
          "spearman_nat": "rho nat", "spearman_adv": "rho adv", "n_pr": "#PR", "n_nr": "#NR"}
@@ -36,7 +37,8 @@ def activations_command(
     model: ModelOpt,
     layer: Annotated[Optional[list[str]], typer.Option(help="Module name(s) (repeatable); default: penultimate.")]
     = None,
-    attack: Annotated[str, typer.Option(help="Any attack of `chanscope eval` (pgd20, cw20, fgsm, aa, ...).")]
+    attack: Annotated[str, typer.Option(
+        "--attack", "--attacks", help="Any attack of `chanscope eval` (pgd20, cw20, fgsm, aa, ...).")]
     = "pgd20",
     relevance: Annotated[str, typer.Option(help=f"One of: {', '.join(RELEVANCE_METHODS)}.")] = "gradient",
     relevance_on: Annotated[str, typer.Option(help="Score relevance on natural or adversarial inputs.")]
@@ -60,6 +62,8 @@ def activations_command(
     model_options: ModelOptions | None = None,
 ) -> None:
     """Record per-class channel magnitudes on natural vs adversarial inputs, with channel relevance."""
+    from chanscope.workflows.activations import ActivationOptions, run_activations
+
     bar = progress()
     task = {}
 
@@ -83,13 +87,13 @@ def activations_command(
             progress=lambda done, total: bar.update(task["id"], completed=done))
     finally:
         bar.stop()
-    for res in results:
-        suffix = "" if len(results) == 1 else layer_suffix(res.layer)
-        table = Table(title=f"classes{suffix}.csv: {res.layer} ({relevance} relevance, {attack})")
+    for res, fname in zip(results, meta["files"]):
+        table = Table(title=f"{fname}: {res.layer} ({relevance} relevance, {attack})")
         for head in SHOWN.values():
             table.add_column(head, justify="right")
         for _, r in res.classes.iterrows():
             table.add_row(*[(f"{r[c]:.1f}" if c.endswith("acc") else f"{r[c]:.3f}") if isinstance(r[c], float)
                             else str(r[c]) for c in SHOWN])
         console.print(table)
-    console.print(f"wrote channels, classes and activations files in {meta['out']} ({meta['wall_seconds']:.0f}s)")
+    console.print(f"wrote {', '.join(meta['files'])} with their channels, examples and activations files in "
+                  f"{meta['out']} ({meta['wall_seconds']:.0f}s)")

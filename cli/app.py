@@ -56,9 +56,27 @@ app.callback()(handle_errors(_root))  # a bad --cpu-alloc is one line, as in eve
 
 
 def main() -> None:
-    """Console entry point: library errors are turned into one line by each command's handle_errors."""
-    app()
+    """Console entry point: library errors are turned into one line by each command's handle_errors, usage
+    errors (an unknown flag, a value a flag does not take) into one line here."""
+    import sys
+
+    try:
+        rc = app(standalone_mode=False)
+    except Exception as e:  # Typer's own click (vendored or not): matched by class name, not import path
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if "UsageError" in kinds:
+            ctx = getattr(e, "ctx", None)
+            where = f" (try '{ctx.command_path} --help')" if ctx is not None else ""
+            print(f"error: {e.format_message()}{where}", file=sys.stderr)
+            sys.exit(2)
+        if "Abort" in kinds:
+            print("stopped (Ctrl-C)", file=sys.stderr)
+            sys.exit(130)
+        if "Exit" in kinds:
+            sys.exit(getattr(e, "exit_code", 0))
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m chanscope.cli.app (torchrun, the tests)
     main()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chanscope.workflows.compare import DEFAULT_METHODS, NR_OVER, advantage, run_compare
+from chanscope.names import DEFAULT_METHODS
 
 from ._console import StageDisplay, console
 from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, TimeLimitOpt
@@ -28,6 +28,8 @@ def compare_command(
     device: DeviceOpt = None,
 ) -> None:
     """Train and evaluate the defences under one protocol: compare.csv, intervals, a figure; resumable."""
+    from chanscope.workflows.compare import NR_OVER, advantage, run_compare
+
     df, iv = StageDisplay().run(out, run_compare, methods=methods, scale=scale, seeds=seeds, seed=seed or 0,
                                 data=data, data_root=data_root, device=device, bf16=bf16, time_limit=time_limit)
     console.print(df.to_string(index=False))

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from chanscope.errors import parse_fraction
-from chanscope.models.sources import ModelOptions
-from chanscope.workflows.evaluate import EvalOptions, run_eval, verdict
 
-from ._console import console, progress
+from ._console import console, fail, progress
 from ._options import (
     ClassesByOpt,
     DataOpt,
@@ -24,6 +22,9 @@ from ._options import (
     SeedOpt,
     with_model_source,
 )
+
+if TYPE_CHECKING:  # torch: the workflow is imported when the command runs, not when the CLI starts
+    from chanscope.models.sources import ModelOptions
 
 
 @with_model_source
@@ -59,12 +60,16 @@ def eval_command(
     model_options: ModelOptions | None = None,
 ) -> None:
     """Evaluate robustness per attack and per class; write eval.csv and eval.json."""
+    from chanscope.workflows.evaluate import EvalOptions, run_eval
+
     e = parse_fraction(eps)
     bar = progress()
     tasks: dict[str, int] = {}
 
     def on_ready(info: dict) -> None:
-        console.print(f"[bold]chanscope eval[/] {model}: {info['n']} test images of {info['data']}, eps {e:.5f}, "
+        whole = " (the whole test set; --n to evaluate fewer)" if n is None else ""
+        console.print(f"[bold]chanscope eval[/] {model}: {info['n']} test images{whole} of {info['data']}, "
+                      f"eps {e:.5f}, "
                       f"attacks {', '.join(s.name for s in info['specs'])} on {info['device']}")
         for note in info["notes"]:
             console.print(f"[yellow]note:[/] {note}")
@@ -86,6 +91,10 @@ def eval_command(
         result, summary = run_eval(
             str(model), options, on_ready=on_ready, progress=on_progress,
             model_options=model_options)
+    except KeyboardInterrupt:
+        bar.stop()
+        raise fail("interrupted (Ctrl-C): nothing was written, eval writes its files when it finishes; run the same "
+                   "command again", code=130) from None
     finally:
         bar.stop()
     print_eval(result, summary, str(model), e)
@@ -93,6 +102,8 @@ def eval_command(
 
 
 def print_eval(result, summary: dict, model: str, eps: float) -> None:
+    from chanscope.workflows.evaluate import verdict
+
     overall = result.overall()
     n = int(overall.n.iloc[0]) if len(overall) else 0
     table = Table(title=f"robust accuracy, {model} ({n} images, eps {eps * 255:.1f}/255)")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from rich.table import Table
+from typing import TYPE_CHECKING
 
-from chanscope.models.sources import ModelOptions
-from chanscope.workflows.layers import model_layers
+from rich.table import Table
 
 from ._console import console
 from ._options import (
@@ -16,6 +15,9 @@ from ._options import (
     ModelOpt,
     with_model_source,
 )
+
+if TYPE_CHECKING:  # torch: the workflow is imported when the command runs, not when the CLI starts
+    from chanscope.models.sources import ModelOptions
 
 
 @with_model_source
@@ -28,6 +30,8 @@ def layers_command(
     model_options: ModelOptions | None = None,
 ) -> None:
     """List a model's layers with output shapes and channel counts on one batch (to pick --layer)."""
+    from chanscope.workflows.layers import model_layers
+
     rows, info = model_layers(model, data=data, data_root=data_root, download=bool(download), device=device,
                               model_options=model_options)
     src = info["source"] or {}

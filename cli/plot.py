@@ -7,9 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from chanscope.workflows import plots
-from chanscope.workflows.report import write_report
-
 from ._console import console, handle_errors
 
 app = typer.Typer(no_args_is_help=True, help="The paper's figures from run folders (PNG, PDF and CSV).")
@@ -31,6 +28,8 @@ def nr_channels_cmd(run: LayerRunsOpt, out: OutOpt = Path("figures"),
                     raw: Annotated[bool, typer.Option("--raw", help="Raw magnitudes (no per-model scaling).")]
                     = False) -> None:
     """Channels sorted by relevance vs natural and adversarial magnitude, NR region shaded."""
+    from chanscope.workflows import plots
+
     plots.nr_channels(run, out, class_name, normalize=not raw)
     _done("nr_channels", out)
 
@@ -41,6 +40,8 @@ def class_alignment_cmd(run: Annotated[Path, typer.Option(help="Run folder.")], 
                         classes: Annotated[Optional[str], typer.Option(help="Comma list (default: most and least "
                                                                             "robust).")] = None) -> None:
     """Magnitude against relevance for the most and least robust class, Spearman in the titles."""
+    from chanscope.workflows import plots
+
     plots.class_alignment(run, out, classes.split(",") if classes else None)
     _done("class_alignment", out)
 
@@ -51,6 +52,8 @@ def class_robustness_cmd(run: RunsOpt, out: OutOpt = Path("figures"),
                          attack: Annotated[Optional[str], typer.Option(help="Attack of eval.csv (default: first "
                                                                             "PGD).")] = None) -> None:
     """Per-class natural and robust accuracy, models side by side."""
+    from chanscope.workflows import plots
+
     plots.class_robustness(run, out, attack)
     _done("class_robustness", out)
 
@@ -60,6 +63,8 @@ def class_robustness_cmd(run: RunsOpt, out: OutOpt = Path("figures"),
 def training_cmd(run: RunsOpt, out: OutOpt = Path("figures"),
                  name: Annotated[str, typer.Option(help="File name (without extension).")] = "training") -> None:
     """Loss, training and test accuracy per epoch."""
+    from chanscope.workflows import plots
+
     plots.training_curves(run, out, name=name)
     _done(name, out)
 
@@ -73,5 +78,7 @@ def report_command(run: RunsOpt, out: Annotated[Path, typer.Option(help="Markdow
             from chanscope.errors import ChanscopeError
 
             raise ChanscopeError(f"run folder {str(r)!r} does not exist")
+    from chanscope.workflows.report import write_report
+
     write_report(run, out, figures)
     console.print(f"wrote {out}")

@@ -8,10 +8,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from chanscope.workflows.pipeline import SCALES, reproduce
+from chanscope.scales import SCALES
 
 from ._console import StageDisplay, console
 from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, TimeLimitOpt
+
+
+def reproduce(out, **options):
+    """The study (`chanscope.workflows.pipeline.reproduce`), imported when it runs, not when the CLI starts."""
+    from chanscope.workflows.pipeline import reproduce as run
+
+    return run(out, **options)
 
 
 def reproduce_command(

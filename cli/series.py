@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chanscope.workflows.series import DEFAULT_BUDGETS, SERIES_COLUMNS, run_series
+from chanscope.names import DEFAULT_BUDGETS
 
 from ._console import StageDisplay, console
 from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, TimeLimitOpt
@@ -34,6 +34,8 @@ def series_command(
         "(logs: <out>/series-seed<s>.log); same folders as one process.")] = 1,
 ) -> None:
     """AT against warm-started CIFS at several training budgets and seeds: series.csv and a figure; resumable."""
+    from chanscope.workflows.series import SERIES_COLUMNS, run_series
+
     df = StageDisplay().run(out, run_series, budgets=budgets, seeds=seeds, seed=seed or 0, data=data,
                             data_root=data_root, device=device, bf16=bf16, time_limit=time_limit,
                             summary_only=summary_only, jobs=jobs)

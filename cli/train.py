@@ -11,19 +11,18 @@ import typer
 from rich.table import Table
 
 from chanscope.errors import parse_int_list
+from chanscope.names import METHODS
 from chanscope.scales import SCALES
-from chanscope.train import METHODS, build_config
-from chanscope.train.config import default_preset
-from chanscope.workflows.training import TrainInterrupted, resume_config
-from chanscope.workflows.training import fit as train
 
 from ._console import as_flags, console, fail, progress
 from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
 
 
 def train_command(
-    method: Annotated[Optional[str], typer.Option(help=f"One of: {', '.join(METHODS)} (default cifs).")] = None,
+    method: Annotated[Optional[str], typer.Option(help=f"One of: {', '.join(METHODS)} (needed for a new run).")]
+    = None,
     preset: Annotated[Optional[str], typer.Option(
+        "--preset", "--scale",
         help=f"A scale, one of: {', '.join(SCALES)} (default: paper on a GPU, cpu on a CPU).")] = None,
     arch: Annotated[Optional[str], typer.Option(help="Registry name, e.g. resnet18, wrn28_10.")] = None,
     width: Annotated[Optional[float], typer.Option(help="Channel multiplier, e.g. 0.25 on CPU.")] = None,
@@ -76,6 +75,11 @@ def train_command(
     device: DeviceOpt = None,
 ) -> None:
     """Train a standard, PGD-AT, TRADES, CAS, CIFS or FSR model into a run folder."""
+    from chanscope.train import build_config
+    from chanscope.train.config import default_preset
+    from chanscope.workflows.training import TrainInterrupted, resume_config
+    from chanscope.workflows.training import fit as train
+
     given = {
         "method": method, "arch": arch, "width": width, "natural": natural, "data": data, "data_root": data_root,
         "download": download, "subset": subset, "val_n": val_n, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -92,6 +96,8 @@ def train_command(
     if resume:
         cfg = resume_config(out, given, preset)
     else:
+        if method is None:
+            raise fail(f"--method is needed for a new run: one of {', '.join(METHODS)}")
         if preset is None:
             preset = default_preset(device)
             console.print(f"[yellow]note:[/] no --preset given: {preset!r} on this device"
@@ -112,7 +118,7 @@ def train_command(
 
 def _callbacks(cfg, out: Path, bar) -> dict:
     """Progress: a header and notes on start, a bar per epoch, one line per finished epoch."""
-    task = {"id": None, "t": time.time()}
+    task = {"id": None, "t": time.time(), "epoch": None}
 
     def on_start(info: dict) -> None:
         console.print(f"[bold]chanscope train[/] {cfg.method} {cfg.arch} width {cfg.width} on {info['device']}: "
@@ -123,6 +129,9 @@ def _callbacks(cfg, out: Path, bar) -> dict:
         task["id"] = bar.add_task("epoch", total=info["batches"], info="")
 
     def on_batch(epoch: int, i: int, n: int, loss: float) -> None:
+        if epoch != task["epoch"]:  # a new epoch: the bar's count, elapsed time and ETA start again
+            task["epoch"] = epoch
+            bar.reset(task["id"], total=n, description=f"epoch {epoch + 1}/{cfg.epochs}")
         rate = i * cfg.batch_size / max(1e-9, time.time() - task["t"])
         bar.update(task["id"], completed=i, total=n, description=f"epoch {epoch + 1}/{cfg.epochs}",
                    info=f"loss {loss:.3f}  {rate:.0f} img/s")

@@ -38,6 +38,28 @@ class Pair(nn.Module):
 
 def pair():
     return Pair()
+
+def needs_arg(num_classes):
+    return small()
+
+class Scaled(nn.Module):  # a Linear classifier followed by a temperature
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, 10)
+    def forward(self, x):
+        return self.fc(self.features(x)) / 2.5
+
+def scaled():
+    return Scaled()
+
+def conv_head():  # timm's resnetv2 shape: global pooling, then a 1x1 convolution as the classifier, flattened
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 10, 1),
+                         nn.Flatten())
+
+def squeeze_head():  # squeezenet's shape: a 1x1 convolution, ReLU, then pooling: no module's output is the logits
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 10, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
 '''
 
 
@@ -60,6 +82,9 @@ def zoo(tmp_path_factory):
     rb = model_dicts[BenchmarkDataset("cifar10")][ThreatModel("Linf")]["Sehwag2021Proxy_R18"]["model"]()
     (d / "rb" / "cifar10" / "Linf").mkdir(parents=True)
     torch.save({"state_dict": rb.state_dict()}, d / "rb" / "cifar10" / "Linf" / "Sehwag2021Proxy_R18.pt")
+    (d / "rbbad" / "cifar10" / "Linf").mkdir(parents=True)  # a file of another architecture under an entry's name
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=10).state_dict()},
+               d / "rbbad" / "cifar10" / "Linf" / "Sehwag2021Proxy_R18.pt")
     (d / "myzoo.py").write_text(FACTORY)
     cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(8, 10)).eval()
@@ -189,7 +214,12 @@ def test_torchscript_is_evaluated_but_its_layers_are_refused_in_one_line(zoo, tm
     (["--model", "torchvision:resnet18", "--weights", "{d}/timm.pt"], "first mismatch"),
     (["--model", "myzoo:three_d", "--layer", "1"], "outputs a 3-D tensor"),
     (["--model", "myzoo:pair"], "returns a tuple, not logits"),
-    (["--model", "torchvision:resnet18", "--mean", "0.5,0.5,0.5"], "both `mean` and `std`"),
+    (["--model", "torchvision:resnet18", "--weights", "none", "--mean", "0.5,0.5,0.5"], "both `mean` and `std`"),
+    (["--model", "torchvision:resnet18"], "it would study a randomly initialised network"),
+    (["--model", "torchvision:resnet18", "--weights", "none", "--mean", "0.5,0.5", "--std", "0.2,0.2"],
+     "`mean` has 2 values"),
+    (["--model", "myzoo:needs_arg"], "cannot be called without arguments"),
+    (["--model", "robustbench:Sehwag2021Proxy_R18", "--model-dir", "{d}/rbbad"], "(missing key "),
 ])
 def test_bad_model_input_is_one_line(zoo, tmp_path, monkeypatch, args, pattern):
     import robustbench.utils  # importable once the fixture ran
@@ -207,3 +237,39 @@ def test_bad_model_input_is_one_line(zoo, tmp_path, monkeypatch, args, pattern):
     assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) <= 3
     with pytest.raises(ChanscopeError):  # the library says the same in its own words
         chanscope.load_model("hub:resnet18")
+
+
+@pytest.mark.parametrize("factory, layer", [("scaled", "fc:in"), ("conv_head", "3:in"), ("small", "6:in")])
+def test_default_layer_is_the_classifiers_input_for_other_heads(zoo, monkeypatch, factory, layer):
+    from chanscope.observe.hooks import default_layer
+
+    d, _ = zoo
+    monkeypatch.syspath_prepend(str(d))
+    net = chanscope.load_model(f"myzoo:{factory}")
+    assert default_layer(net, torch.rand(2, 3, 32, 32)) == layer
+
+
+def test_a_model_without_a_classifier_output_is_refused_naming_layer(zoo, monkeypatch, tmp_path):
+    d, _ = zoo
+    monkeypatch.syspath_prepend(str(d))
+    res = runner.invoke(app, ["activations", "--model", "myzoo:squeeze_head", "--n", "10", "--attack", "fgsm",
+                              "--out", str(tmp_path)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "name the layer with --layer" in text and "Traceback" not in res.output, text
+    assert not list(tmp_path.glob("classes*.csv"))
+
+
+def test_weights_saved_from_data_parallel_load(zoo, tmp_path):
+    """A state_dict with DataParallel's `module.` prefix loads (the prefix is stripped and recorded)."""
+    import torchvision
+
+    d, _ = zoo
+    sd = torch.load(d / "tv.pt")
+    torch.save({f"module.{k}": v for k, v in sd.items()}, tmp_path / "dp.pt")
+    net = chanscope.load_model("torchvision:resnet18", weights=str(tmp_path / "dp.pt"))
+    ref = torchvision.models.resnet18(num_classes=10)
+    ref.load_state_dict(sd)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x), ref.eval()(x), atol=1e-5)
+    assert net.source["stripped_prefix"] == "module."

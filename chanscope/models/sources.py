@@ -72,6 +72,10 @@ def _load_weights(model: nn.Module, path: str, what: str) -> dict[str, Any]:
     obj = read_checkpoint(p)
     sd = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
     own = model.state_dict()
+    stripped = None
+    for prefix in ("module.", "_orig_mod."):  # saved from DataParallel / DDP, or from a torch.compile'd model
+        if sd and all(k.startswith(prefix) for k in sd) and not any(k.startswith(prefix) for k in own):
+            sd, stripped = {k[len(prefix):]: v for k, v in sd.items()}, prefix
     missing = [k for k in own if k not in sd]
     extra = [k for k in sd if k not in own]
     shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -81,7 +85,21 @@ def _load_weights(model: nn.Module, path: str, what: str) -> dict[str, Any]:
         raise ChanscopeError(f"weights {str(p)!r} do not fit {what} (first mismatch: {first}); give the weights "
                              "of this architecture (and `num_classes` if its head differs)")
     model.load_state_dict(sd)
-    return {"weights": str(p), "weights_sha256": _sha256(p)}
+    rec = {"weights": str(p), "weights_sha256": _sha256(p)}
+    if stripped:
+        rec["stripped_prefix"] = stripped
+    return rec
+
+
+def _weights(model: nn.Module, o: ModelOptions, what: str) -> dict[str, Any]:
+    """The weights of an architecture-only source (torchvision, timm): a file, or 'none' for the network as
+    initialised on purpose; never a random network silently."""
+    if o.weights is None:
+        raise ChanscopeError(f"{what} has no `weights`: it would study a randomly initialised network; give "
+                             "`weights` FILE (a state_dict), or `weights`='none' to study a random network on purpose")
+    if str(o.weights).lower() == "none":
+        return {"weights": None, "random_init": True}
+    return _load_weights(model, o.weights, what)
 
 
 def _torchvision(name: str, o: ModelOptions) -> tuple[nn.Module, dict]:
@@ -90,7 +108,7 @@ def _torchvision(name: str, o: ModelOptions) -> tuple[nn.Module, dict]:
     if name not in torchvision.models.list_models():
         raise ChanscopeError(f"torchvision has no model {name!r}; e.g. resnet18, wide_resnet50_2, vgg11_bn")
     model = torchvision.models.get_model(name, weights=None, num_classes=o.num_classes or 10)
-    rec = _load_weights(model, o.weights, f"torchvision:{name}") if o.weights else {"weights": None}
+    rec = _weights(model, o, f"torchvision:{name}")
     return model, rec
 
 
@@ -102,7 +120,7 @@ def _timm(name: str, o: ModelOptions) -> tuple[nn.Module, dict]:
     if not timm.is_model(name):
         raise ChanscopeError(f"timm has no model {name!r}; timm.list_models('*resnet*') lists some")
     model = timm.create_model(name, pretrained=False, num_classes=o.num_classes or 10)
-    rec = _load_weights(model, o.weights, f"timm:{name}") if o.weights else {"weights": None}
+    rec = _weights(model, o, f"timm:{name}")
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if o.mean is None and cfg.get("mean") and cfg.get("std"):
         rec["default_normalisation"] = {"mean": list(cfg["mean"]), "std": list(cfg["std"])}
@@ -148,11 +166,25 @@ def _robustbench(name: str, o: ModelOptions) -> tuple[nn.Module, dict]:
             raise ChanscopeError(f"RobustBench model {name!r} is not in {str(path)!r} and could not be downloaded "
                                  f"({type(e).__name__}); put its weights file there, or run where there is "
                                  "internet") from None
-        raise ChanscopeError(f"RobustBench could not load {str(path)!r} ({str(e).splitlines()[0][:150]}); "
+        raise ChanscopeError(f"RobustBench could not load {str(path)!r} ({_first_key_error(e)}); "
                              "the file does not fit its architecture") from None
     rec = {"weights": str(path), "weights_sha256": _sha256(path) if path.is_file() else None,
            "dataset": ds.value, "threat_model": tm.value, "normalisation": "inside the model (RobustBench)"}
     return model, rec
+
+
+def _first_key_error(e: Exception) -> str:
+    """The line of a load_state_dict error that names a key (missing, unexpected, or of another shape)."""
+    import re
+
+    text = str(e)
+    for what, pat in (("missing key", r"Missing key\(s\) in state_dict: \"([^\"]+)\""),
+                      ("unexpected key", r"Unexpected key\(s\) in state_dict: \"([^\"]+)\""),
+                      ("shape of", r"size mismatch for ([^:]+): ([^\n]{0,100})")):
+        m = re.search(pat, text)
+        if m:
+            return f"{what} {m.group(1)}" + (f": {m.group(2)}" if m.lastindex and m.lastindex > 1 else "")
+    return text.splitlines()[0][:150] if text else type(e).__name__
 
 
 def _importable(module: str) -> bool:
@@ -171,10 +203,15 @@ def _factory(spec: str, o: ModelOptions) -> tuple[nn.Module, dict]:
     except (ImportError, AttributeError) as e:
         raise ChanscopeError(f"cannot import {spec!r} ({e}); give package.module:callable on the Python path"
                              ) from None
-    model = fn()
+    try:
+        model = fn()
+    except TypeError as e:  # a factory that needs arguments
+        raise ChanscopeError(f"{spec}() cannot be called without arguments ({e}); give a factory that needs none, "
+                             "e.g. functools.partial in a module of yours") from None
     if not isinstance(model, nn.Module):
         raise ChanscopeError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
-    rec = _load_weights(model, o.weights, spec) if o.weights else {"weights": None}
+    rec = _load_weights(model, o.weights, spec) if o.weights and str(o.weights).lower() != "none" else \
+        {"weights": None}
     return model, rec
 
 

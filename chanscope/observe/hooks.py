@@ -123,12 +123,33 @@ def _is_linear(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear) or (isinstance(w, torch.Tensor) and w.ndim == 2 and not list(m.children()))
 
 
+def _is_head(m: nn.Module) -> bool:
+    """A module that can be a classifier: a linear layer, or a 1x1 convolution (timm's heads after pooling)."""
+    return _is_linear(m) or (isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and m.groups == 1)
+
+
+def _is_output(o: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether a module's output is the model's output: equal, or equal after flattening a 1x1 spatial map, or
+    a positive multiple of it (a temperature: the logits divided by T keep every relevance's sign)."""
+    if not (torch.is_tensor(o) and torch.is_tensor(out)):
+        return False
+    if o.ndim == 4 and o.shape[2:] == (1, 1):
+        o = o.flatten(1)
+    if o.shape != out.shape:
+        return False
+    if torch.equal(o, out):
+        return True
+    o64, out64 = o.double(), out.double()
+    c = float((o64 * out64).sum() / (o64 * o64).sum().clamp_min(1e-30))
+    return c > 0 and torch.allclose(out64, c * o64, rtol=1e-5, atol=1e-6 * float(out64.abs().max()))
+
+
 def _classifier_input(model: nn.Module, example: torch.Tensor) -> str | None:
-    """`name:in` of the last linear module whose output is the model's output (the classifier), if any. Linear:
-    an nn.Linear, or any module with a 2-D weight (an exported program's unflattened linear)."""
+    """`name:in` of the last classifier-like module (`_is_head`) whose output is the model's output
+    (`_is_output`), if any."""
     calls: list[tuple[str, torch.Tensor]] = []
     handles = [m.register_forward_hook(lambda m, i, o, n=n: calls.append((n, o)))
-               for n, m in inner(model).named_modules() if _is_linear(m)]
+               for n, m in inner(model).named_modules() if _is_head(m)]
     try:
         with torch.no_grad():
             out = model(example)
@@ -136,14 +157,16 @@ def _classifier_input(model: nn.Module, example: torch.Tensor) -> str | None:
         for h in handles:
             h.remove()
     for name, o in reversed(calls):
-        if torch.is_tensor(o) and torch.is_tensor(out) and o.shape == out.shape and torch.equal(o, out):
+        if _is_output(o, out):
             return name + INPUT
     return None
 
 
 def default_layer(model: nn.Module, example: torch.Tensor) -> str:
     """The penultimate representation: the model's `feature_layer` (chanscope's ResNets: the last stage), else
-    the input of its final linear classifier, else the last module to finish with a spatial 4-D output."""
+    the input of its classifier (a linear layer or 1x1 convolution whose output is the model's output, up to a
+    positive scale). A model without one is refused in one line naming the candidates: a default layer is never
+    guessed silently."""
     if hasattr(inner(model), "feature_layer"):
         return inner(model).feature_layer
     _no_hooks(inner(model))
@@ -155,7 +178,7 @@ def default_layer(model: nn.Module, example: torch.Tensor) -> str:
     for name, mod in inner(model).named_modules():
         if name:
             def hook(m, i, o, name=name):
-                if torch.is_tensor(o) and o.ndim == 4 and o.shape[2] * o.shape[3] > 1:
+                if torch.is_tensor(o) and o.ndim == 4 and name not in finished:
                     finished.append(name)
             handles.append(mod.register_forward_hook(hook))
     try:
@@ -164,9 +187,10 @@ def default_layer(model: nn.Module, example: torch.Tensor) -> str:
     finally:
         for h in handles:
             h.remove()
-    if not finished:
-        raise ChanscopeError("found no linear classifier and no module with a 4-D output; name one with `layer`")
-    return finished[-1]
+    last = ", ".join(finished[-4:]) or "none"
+    raise ChanscopeError("found no classifier whose output is the model's output (a linear layer or 1x1 "
+                         f"convolution) to take the input of; name the layer with `layer` (the last 4-D outputs: "
+                         f"{last}; `chanscope layers` lists all)")
 
 
 def list_layers(model: nn.Module, example: torch.Tensor) -> list[dict]:

@@ -13,11 +13,10 @@ import torch
 import torch.nn as nn
 
 from chanscope.attacks.pgd import frozen_eval
+from chanscope.names import RELEVANCE_METHODS
 from chanscope.observe.hooks import resolve_layers, tap
 
 __all__ = ["RELEVANCE_METHODS", "RelevanceAccumulator", "relevance_scores"]
-
-RELEVANCE_METHODS = ("gradient", "grad-x-act", "ablation")
 
 
 def relevance_scores(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor,

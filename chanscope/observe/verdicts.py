@@ -39,11 +39,15 @@ class Seed:
     act_attack: dict[str, str] = field(default_factory=dict)  # model -> the attack of its activations stage
 
     def n(self, source: str) -> int:
-        sizes = {len(v["y"]) for v in self.act.values()} if source == "act" else {len(v) for v in self.ev.values()}
-        if len(sizes) != 1:
-            raise ChanscopeError(f"the models of one seed saw different numbers of test images ({sorted(sizes)}) "
-                                 f"in their {source} stage; rerun them with the same `n` and `seed`")
-        return sizes.pop()
+        per = {m: len(v["y"]) for m, v in self.act.items()} if source == "act" else \
+            {m: len(v) for m, v in self.ev.items()}
+        if len(set(per.values())) != 1:
+            what = "activations (examples.npz)" if source == "act" else "eval (eval_examples.csv)"
+            raise ChanscopeError(f"the models of one seed saw different numbers of test images in their {what}: "
+                                 + ", ".join(f"{m} {k}" for m, k in per.items())
+                                 + "; run the study command again: it remeasures a model whose files another "
+                                 "command replaced (or rerun that model's stage as pipeline.json records it)")
+        return next(iter(per.values()))
 
 
 @dataclass(frozen=True)

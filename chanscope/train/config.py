@@ -20,22 +20,13 @@ from chanscope.errors import (
     parse_fraction,
 )
 from chanscope.models import list_models
+from chanscope.names import METHODS
 from chanscope.scales import SCALES
 
 __all__ = ["TrainConfig", "METHODS", "build_config", "config_diff", "default_preset"]
 
 # activations' memory formats per stage (speed only; `chanscope.accel.layout` applies them)
 LAYOUTS = ("auto", "hybrid", "nchw", "channels_last")
-
-# method -> (feature selection of the model, loss the training attack and the update use)
-METHODS: dict[str, tuple[str, str]] = {
-    "standard": ("none", "ce"),
-    "at": ("none", "ce"),
-    "trades": ("none", "trades"),
-    "cas": ("cas", "joint"),
-    "cifs": ("cifs", "joint"),
-    "fsr": ("fsr", "fsr"),
-}
 
 
 @dataclass

@@ -31,7 +31,7 @@ def carve_validation(data: ImageData, n: int, seed: int) -> Split:
     if n == 0:
         return Split(data.x_train[:0], data.y_train[:0], {"n": 0})
     if n > len(data.y_train) // 2:
-        raise ChanscopeError(f"val_n={n} would take over half of the {len(data.y_train)} training images; "
+        raise ChanscopeError(f"`val_n`={n} would take over half of the {len(data.y_train)} training images; "
                              "use a smaller validation split")
     idx = balanced_subset(data.y_train, n, data.num_classes, seed)
     keep = torch.ones(len(data.y_train), dtype=torch.bool)
@@ -44,13 +44,27 @@ def carve_validation(data: ImageData, n: int, seed: int) -> Split:
     return split
 
 
+def check_classes(data: ImageData) -> None:
+    """Refuse data with fewer than two classes (in its training or test images): a classifier of one class is
+    always right, so every accuracy, robust or not, would be 100%."""
+    for part, y in (("training", data.y_train), ("test", data.y_test)):
+        found = len(torch.unique(y)) if len(y) else 0
+        if len(y) and found < 2:
+            raise ChanscopeError(f"data {data.name!r} has {found} class in its {part} images; a robustness study "
+                                 "needs at least two classes (give `data` with one folder per class)")
+
+
 def prepare_data(cfg) -> tuple[ImageData, Split]:
     """cfg's data, its validation split carved out first, then the class-balanced training subset."""
     data = load_data(cfg.data, cfg.data_root, cfg.download, subset=None, seed=cfg.seed)
+    check_classes(data)
     val = carve_validation(data, cfg.val_n, cfg.seed)
     if cfg.subset is not None:
         n = cfg.subset
-        if cfg.preset and n >= len(data.y_train):  # a preset's subset never exceeds the data
+        if cfg.preset and n >= len(data.y_train):  # a preset's subset never exceeds the data: said, not silent
+            data.notes.append(f"the preset's subset of {n} is more than the {len(data.y_train)} training images "
+                              f"left after the validation split: all {len(data.y_train)} are used")
+            data.shrunk = True
             n = None
         if n is not None:
             idx = balanced_subset(data.y_train, n, data.num_classes, cfg.seed)

@@ -67,20 +67,47 @@ def layer_suffix(layer: str) -> str:
     return "-" + layer.replace(":", "-")
 
 
-def write_results(out_dir, results: list[LayerResult], meta: dict, t0: float | None = None) -> None:
-    """channels.csv, classes.csv (with intervals), examples.npz and activations.json per layer, atomically
-    (suffixed `-<layer>`, `:` as `-`, when there are several layers)."""
+def output_suffix(out_dir, layer: str, meta: dict, *, several: bool, default: str | None) -> str:
+    """The part of the file names that says what a measurement measured, so one never replaces another:
+    `-<layer>` unless it is the model's default layer (and the only one), `-<relevance>` unless gradient, and
+    `-<attack>` where files of the same name already hold a measurement under another attack."""
+    import json
+    from pathlib import Path
+
+    parts = [layer] if several or (default is not None and layer != default) else []
+    if meta.get("relevance", "gradient") != "gradient":
+        parts.append(meta["relevance"])
+    suffix = "".join(layer_suffix(p) for p in parts)
+    prev = Path(out_dir) / f"activations{suffix}.json"
+    attack = (meta.get("attack") or {}).get("name")
+    if prev.is_file() and attack:
+        try:
+            before = (json.loads(prev.read_text()).get("attack") or {}).get("name")
+        except (OSError, json.JSONDecodeError):
+            before = None
+        if before is not None and before != attack:
+            suffix += layer_suffix(attack)
+    return suffix
+
+
+def write_results(out_dir, results: list[LayerResult], meta: dict, t0: float | None = None,
+                  default_layer: str | None = None) -> list[str]:
+    """channels.csv, classes.csv (with intervals), examples.npz and activations.json per layer, atomically,
+    named by what they measured (`output_suffix`); returns each layer's suffix."""
     from chanscope.io import atomic_write_csv, atomic_write_json
     from chanscope.observe.analysis import CHANNEL_COLUMNS, CLASS_COLUMNS
 
+    suffixes = []
     for res in results:
-        suffix = "" if len(results) == 1 else layer_suffix(res.layer)
+        suffix = output_suffix(out_dir, res.layer, meta, several=len(results) > 1, default=default_layer)
+        suffixes.append(suffix)
         atomic_write_csv(out_dir / f"channels{suffix}.csv", res.channels[CHANNEL_COLUMNS])
         atomic_write_csv(out_dir / f"classes{suffix}.csv", with_intervals(res.classes[CLASS_COLUMNS], res.examples))
         if res.examples is not None:
             write_examples(out_dir / f"examples{suffix}.npz", res.examples)
         wall = {"wall_seconds": round(time.time() - t0, 1)} if t0 is not None else {}
         atomic_write_json(out_dir / f"activations{suffix}.json", {"layer": res.layer, **meta, **wall})
+    return suffixes
 
 
 def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str], layers: list[str],
@@ -176,18 +203,26 @@ def run_activations(model_path: str, options: ActivationOptions | None = None, *
     the run folder.
 
     options.n: class-balanced test images; None: DEFAULT_N, or the whole test set where it is smaller."""
-    from chanscope.accel import distributed as dist_util
-    from chanscope.io import versions
     from chanscope.observe.hooks import default_layer, resolve_layers
-    from chanscope.workflows.runs import open_measurement, run_dir_of, writable_dir
+    from chanscope.workflows.runs import folder_lock, open_measurement, run_dir_of, writable_dir
 
     t0 = time.time()
     o = ActivationOptions.given(options, "run_activations")
     spec = o.spec()  # every option checked before the model is read
     _, ds, net, x, y, class_note = open_measurement(model_path, o, model_options, default_n=DEFAULT_N)
-    layers = list(o.layers) if o.layers else [default_layer(net, x[:1].to(next(net.parameters()).device))]
+    default = default_layer(net, x[:1].to(next(net.parameters()).device))
+    layers = list(o.layers) if o.layers else [default]
     resolve_layers(net, layers)
     out_dir = writable_dir(o.out or run_dir_of(model_path))
+    with folder_lock(out_dir):
+        return _study_into(out_dir, model_path, o, spec, ds, net, x, y, layers, default, class_note, t0, progress,
+                           on_ready)
+
+
+def _study_into(out_dir, model_path, o, spec, ds, net, x, y, layers, default, class_note, t0, progress, on_ready):
+    from chanscope.accel import distributed as dist_util
+    from chanscope.io import versions
+
     if on_ready:
         on_ready({"layers": layers, "n": len(y), "data": ds.name, "attack": spec.name, "out": out_dir,
                   "notes": [class_note] if class_note else []})
@@ -202,6 +237,6 @@ def run_activations(model_path: str, options: ActivationOptions | None = None, *
             "model": str(model_path), "model_source": getattr(net, "source", None),
             "arch": getattr(net, "arch", None), "model_kwargs": getattr(net, "model_kwargs", None), "seed": o.seed,
             "seconds": round(seconds, 1), "versions": versions(), "out": str(out_dir)}
-    write_results(out_dir, results, meta, t0)
+    meta["files"] = [f"classes{sfx}.csv" for sfx in write_results(out_dir, results, meta, t0, default)]
     meta["wall_seconds"] = round(time.time() - t0, 1)
     return results, meta

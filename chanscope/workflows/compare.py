@@ -25,16 +25,16 @@ import pandas as pd
 
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
+from chanscope.names import DEFAULT_METHODS
 from chanscope.observe.verdicts import Seed, accuracy, interval, nr_over, worst_case
 from chanscope.workflows.activations import read_examples
 from chanscope.workflows.pipeline import OWN_ATTACK, SCALES, models_for, plan, read_record, run_stages
 from chanscope.workflows.report import attack_named, overall_accuracy
-from chanscope.workflows.runs import writable_dir
+from chanscope.workflows.runs import locks_out, writable_dir
 
 __all__ = ["run_compare", "summarise", "intervals", "advantage", "markdown", "DEFAULT_METHODS", "COMPARE_COLUMNS",
            "NR_OVER"]
 
-DEFAULT_METHODS = "at,trades,cas,cifs,fsr"
 COMPARE_COLUMNS = ["method", "seed", "natural", "standard_attack", "standard", "cw", "adaptive", "worst_case",
                    "autoattack", "autoattack_ref", "masking_checks", "train_seconds"]
 
@@ -222,6 +222,7 @@ def markdown(df: pd.DataFrame, iv: pd.DataFrame, standard_attack: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@locks_out
 def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str = "cpu", seeds: int = 2,
                 seed: int = 0, data: str | None = None, data_root: str | None = None, device: str | None = None,
                 bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None,

@@ -219,14 +219,10 @@ def run_eval(model_path: str, options: EvalOptions | None = None, *, model_optio
     """Evaluate a model and write eval.csv and eval.json (atomically) into `options.out` or the run folder.
 
     model_path: any model spec of `chanscope.load_model`; model_options: its ModelOptions (weights, ...)."""
-    import json
 
-    from chanscope.accel import distributed as dist_util
     from chanscope.accel.layout import set_layout
-    from chanscope.attacks.suite import has_probes
     from chanscope.checkpoint import load_model
-    from chanscope.io import atomic_write_csv, atomic_write_json, versions
-    from chanscope.workflows.runs import check_fits, open_measurement, run_dir_of, writable_dir
+    from chanscope.workflows.runs import check_fits, folder_lock, open_measurement, run_dir_of, writable_dir
 
     t0 = time.time()
     o = EvalOptions.given(options, "run_eval")
@@ -238,6 +234,17 @@ def run_eval(model_path: str, options: EvalOptions | None = None, *, model_optio
     if sur is not None:  # the model fits the data (checked above), so the surrogate must fit it too
         check_fits(sur, tuple(x.shape[1:]), ds.num_classes, "surrogate", "the model")
     out_dir = writable_dir(o.out or run_dir_of(model_path))
+    with folder_lock(out_dir):
+        return _eval_into(out_dir, model_path, o, net, ds, x, y, specs, sur, class_note, t0, progress, on_ready)
+
+
+def _eval_into(out_dir, model_path, o, net, ds, x, y, specs, sur, class_note, t0, progress, on_ready):
+    import json
+
+    from chanscope.accel import distributed as dist_util
+    from chanscope.attacks.suite import has_probes
+    from chanscope.io import atomic_write_csv, atomic_write_json, versions
+
     if on_ready:
         on_ready({"n": len(y), "data": ds.name, "device": str(next(net.parameters()).device),
                   "specs": specs, "out": out_dir, "notes": [class_note] if class_note else []})

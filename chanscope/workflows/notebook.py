@@ -72,7 +72,11 @@ def as_images(data: Any, model: nn.Module, n: int | None = None,
                              "(`mean`/`std` of load_model)")
     if names is None:
         with torch.no_grad():
-            k = model(x[:1].to(next(model.parameters()).device)).shape[-1]
+            out = model(x[:1].to(next(model.parameters()).device))
+        if not torch.is_tensor(out):
+            raise ChanscopeError(f"the model returns a {type(out).__name__}, not logits (images, classes); give a "
+                                 "model whose forward returns the logits (wrap it if it returns more)")
+        k = out.shape[-1]
         names = [str(i) for i in range(max(k, int(y.max()) + 1))]
     if n is not None and n < len(y):
         idx = balanced_subset(y, n, len(names), seed)
@@ -114,29 +118,48 @@ class Study:
         self._folder = out
         return out
 
-    def _saved(self) -> Path:
-        return self._folder or self.save(tempfile.mkdtemp(prefix="chanscope-study-"))
+    def _plot(self, draw):
+        """Draw from the saved files: the folder `save` wrote, else a temporary one named after the model (so
+        the figure is titled by it), removed afterwards."""
+        if self._folder is not None:
+            return draw(self._folder)
+        with tempfile.TemporaryDirectory(prefix="chanscope-study-") as tmp:
+            folder = Path(tmp) / _safe_name(self.record.get("name") or "model")
+            folder.mkdir()
+            write_results(folder, self.layers, self.record)
+            return draw(folder)
 
     def plot_nr_channels(self, out: str | Path = "figures", class_name: str | None = None) -> pd.DataFrame:
         """The NR-channels figure (PNG, PDF and its data as CSV in `out`); returns the data drawn."""
         from chanscope.workflows.plots import nr_channels
 
-        return nr_channels([self._saved()], out, class_name=class_name)
+        return self._plot(lambda folder: nr_channels([folder], out, class_name=class_name))
 
     def plot_class_alignment(self, out: str | Path = "figures", classes: list[str] | None = None) -> pd.DataFrame:
         """The per-class alignment figure (files in `out`); returns the data drawn."""
         from chanscope.workflows.plots import class_alignment
 
-        return class_alignment(self._saved(), out, classes=classes)
+        return self._plot(lambda folder: class_alignment(folder, out, classes=classes))
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))[:60] or "model"
+
+
+def _model_name(model: nn.Module | str) -> str:
+    if isinstance(model, str):
+        return Path(model).parent.name if model.endswith(".pt") else model.split(":")[-1]
+    return type(model).__name__
 
 
 def study(model: nn.Module | str, data: Any = "embedded", layers: list[str] | None = None, attack: str = "pgd20",
           relevance: str = "gradient", n: int | None = DEFAULT_N, *, eps: float = 8 / 255,
           relevance_on: str = "natural", threshold: float = 1e-2, batch_size: int = 250, seed: int = 0,
-          follow_mask: bool = False, beta_atk: float = 2.0, device: str | None = None,
+          follow_mask: bool = False, beta_atk: float = 2.0, device: str | None = None, progress: Any = None,
           **model_options: Any) -> Study:
     """Record per-class channel magnitudes of `layers` (default: the penultimate representation) on natural
-    and `attack`ed images of `data`, with channel relevance; see `chanscope activations`."""
+    and `attack`ed images of `data`, with channel relevance; see `chanscope activations`. progress: True for a
+    line on stderr, or a callable(done, total). A model passed in is left in the mode it came in."""
     from chanscope.observe.hooks import default_layer, resolve_layers
     from chanscope.workflows.runs import check_fits
 
@@ -144,23 +167,41 @@ def study(model: nn.Module | str, data: Any = "embedded", layers: list[str] | No
                           seed=seed, device=device, layers=list(layers) if layers else None, attack=attack,
                           relevance=relevance, relevance_on=relevance_on, threshold=threshold)
     spec = o.spec()  # every option checked before the model is read
+    was_training = model.training if isinstance(model, nn.Module) else None
     net = _model(model, device, model_options)
-    x, y, classes, name = as_images(data, net, n, seed)
-    check_fits(net, tuple(x.shape[1:]), len(classes), "the model", f"data {name!r}")
-    layers = o.layers or [default_layer(net, x[:2].to(next(net.parameters()).device))]
-    resolve_layers(net, layers)
-    results, seconds = study_activations(net, x, y, classes, layers, spec, relevance=relevance,
-                                         relevance_on=relevance_on, threshold=threshold, batch_size=batch_size,
-                                         beta_atk=beta_atk, seed=seed)
-    record = {"attack": spec.to_dict(), "relevance": relevance, "relevance_on": relevance_on,
-              "threshold": threshold, "data": {"name": name, "n_used": len(y)},
+    try:
+        x, y, classes, name = as_images(data, net, n, seed)
+        check_fits(net, tuple(x.shape[1:]), len(classes), "the model", f"data {name!r}")
+        layers = o.layers or [default_layer(net, x[:2].to(next(net.parameters()).device))]
+        resolve_layers(net, layers)
+        results, seconds = study_activations(net, x, y, classes, layers, spec, relevance=relevance,
+                                             relevance_on=relevance_on, threshold=threshold, batch_size=batch_size,
+                                             beta_atk=beta_atk, seed=seed, progress=_progress(progress, "study"))
+    finally:
+        if was_training is not None:
+            net.train(was_training)  # a model passed in keeps its mode
+    record = {"name": _model_name(model), "attack": spec.to_dict(), "relevance": relevance,
+              "relevance_on": relevance_on, "threshold": threshold, "data": {"name": name, "n_used": len(y)},
               "model_source": getattr(net, "source", None), "seed": seed, "seconds": round(seconds, 1)}
     return Study(results, record)
 
 
+def _progress(progress: Any, what: str):
+    """progress=True: a line on stderr as batches finish; a callable (done, total): called; else nothing."""
+    if callable(progress):
+        return progress
+    if not progress:
+        return None
+    import sys
+
+    def show(done: int, total: int) -> None:
+        print(f"\r{what}: {done}/{total} images", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+    return show
+
+
 def evaluate(model: nn.Module | str, data: Any = "embedded", attacks: list[str] | str = ("pgd20",), *,
              eps: float = 8 / 255, n: int | None = 1000, batch_size: int = 250, seed: int = 0,
-             follow_mask: bool = False, beta_atk: float = 2.0, device: str | None = None,
+             follow_mask: bool = False, beta_atk: float = 2.0, device: str | None = None, progress: Any = None,
              **model_options: Any) -> pd.DataFrame:
     """Robust accuracy of `model` on `data` under each attack, per class and `all` (the eval.csv table)."""
     from chanscope.workflows.evaluate import evaluate as run
@@ -170,7 +211,14 @@ def evaluate(model: nn.Module | str, data: Any = "embedded", attacks: list[str] 
                     device=device, attacks=attacks if isinstance(attacks, str) else ",".join(attacks))
     o.check()
     specs = o.specs()  # before the model is read
+    was_training = model.training if isinstance(model, nn.Module) else None
     net = _model(model, device, model_options)
-    x, y, classes, name = as_images(data, net, n, seed)
-    check_fits(net, tuple(x.shape[1:]), len(classes), "the model", f"data {name!r}")
-    return run(net, x, y, classes, specs, batch_size=batch_size, beta_atk=beta_atk, seed=seed).table
+    try:
+        x, y, classes, name = as_images(data, net, n, seed)
+        check_fits(net, tuple(x.shape[1:]), len(classes), "the model", f"data {name!r}")
+        shown = _progress(progress, "evaluate")
+        return run(net, x, y, classes, specs, batch_size=batch_size, beta_atk=beta_atk, seed=seed,
+                   progress=(lambda what, done, total: shown(done, total)) if shown else None).table
+    finally:
+        if was_training is not None:
+            net.train(was_training)

@@ -23,7 +23,7 @@ from chanscope.errors import ChanscopeError, check_positive_int
 from chanscope.io import atomic_write_json
 from chanscope.scales import SCALES, Scale
 from chanscope.train.config import TrainConfig, build_config
-from chanscope.workflows.runs import writable_dir
+from chanscope.workflows.runs import locks_out, writable_dir
 from chanscope.workflows.training import fit
 
 __all__ = ["SCALES", "Scale", "plan", "reproduce", "Stage"]
@@ -189,7 +189,7 @@ def _eval_stage(c: _Ctx, name: str, kind: str, title: str, sub: str | None, **op
     folder = run / sub if sub else run
     kw = {"eps": 8 / 255, **opts, "data": c.data, "data_root": c.data_root, "seed": c.seed, "device": c.device,
           "out": str(folder) if sub else None}
-    return Stage(f"{title} {label}", label, kind, lambda: (folder / "eval.json").is_file(),
+    return Stage(f"{title} {label}", label, kind, lambda: _measured_as(folder / "eval.json", run, kw),
                  lambda: run_eval(str(run / "best.pt"), EvalOptions(**kw), progress=c.cb(f"{title} {label}")),
                  command_line("eval", model=str(run / "best.pt"), **kw))
 
@@ -235,6 +235,27 @@ def study_attacks(attacks: str, method: str, methods: list[str], arch: str = "re
     return ",".join(out)
 
 
+def _measured_as(record: Path, run: Path, kw: dict[str, Any]) -> bool:
+    """Whether a measurement's record (eval.json, activations.json) is this stage's: it exists, is newer than
+    the model it measured, and ran the stage's attacks on its number of images with its seed (another command
+    may have written into the run folder since: then the stage runs again)."""
+    try:
+        rec = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    best = run / "best.pt"
+    if best.is_file() and best.stat().st_mtime > record.stat().st_mtime:
+        return False
+    specs = rec.get("attacks") if "attacks" in rec else [rec.get("attack") or {}]
+    names = [a.get("name") for a in specs]
+    asked = kw.get("attacks") or kw.get("attack")
+    n = (rec.get("data") or {}).get("n_eval", (rec.get("data") or {}).get("n_used"))
+    follow = all(a.get("follow_mask") == bool(kw.get("follow_mask")) for a in specs
+                 if a.get("kind") == "adaptive" or "attack" in rec)
+    return (names == asked.split(",") and rec.get("seed") == kw.get("seed") and follow
+            and (kw.get("n") is None or n == kw["n"]))
+
+
 def _eval_stages(c: _Ctx, name: str, method: str, methods: list[str]) -> list[Stage]:
     sc = c.sc
     attacks = study_attacks(sc.eval_attacks, method, methods, sc.train.get("arch", "resnet18"))
@@ -277,7 +298,8 @@ def _activations_stage(c: _Ctx, name: str, parts: bool = False) -> Stage:
     call = {k: v for k, v in kw.items() if k != "layer"} | {"follow_mask": selects}
     options = ActivationOptions(**call, layers=list(layers) if layers else None)
     return Stage(f"{title} {label}", label, "activations",
-                 lambda: (folder / f"activations{layer_suffix(layers[0]) if parts else ''}.json").is_file(),
+                 lambda: _measured_as(folder / f"activations{layer_suffix(layers[0]) if parts else ''}.json", run,
+                                      {**kw, "follow_mask": selects}),
                  lambda: run_activations(str(run / "best.pt"), options, progress=prog),
                  command_line("activations", model=str(run / "best.pt"), **kw))
 
@@ -444,6 +466,7 @@ def run_stages(stages: list[Stage], record: dict, record_path: Path,
         say(st.name, "done", secs)
 
 
+@locks_out
 def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = None, data_root: str | None = None,
               with_cas: bool | None = None, cifs_scratch: bool | None = None, seed: int | None = None,
               seeds: int | None = None, only: str | None = None, device: str | None = None,

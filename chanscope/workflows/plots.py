@@ -228,6 +228,7 @@ def training_curves(runs: list[str | Path], out: str | Path, name: str = "traini
     for run, label in zip(runs, _labels(runs)):
         m = read_run_csv(run, "metrics.csv", cols)
         m = m[cols + [c for c in extra if c in m.columns]].copy()
+        m.insert(0, "adversarial", bool(read_json(Path(run) / "config.json").get("resolved", {}).get("adversarial")))
         m.insert(0, "loss_kind", _loss_kind(Path(run)))
         m.insert(0, "model", label)
         frames.append(m)
@@ -240,7 +241,8 @@ def training_curves(runs: list[str | Path], out: str | Path, name: str = "traini
     for i, (_, g) in enumerate(data.groupby("model", sort=False)):
         c = PALETTE[i % 10]
         loss_ax[g.loss_kind.iloc[0]].plot(g.epoch, g.train_loss, color=c, marker=".")
-        acc_axes[0].plot(g.epoch, g.train_acc, color=c, ls="--")
+        # accuracy on the training batches: adversarial ones for AT, TRADES and the defences, so in the PGD panel
+        acc_axes[1 if g.adversarial.iloc[0] else 0].plot(g.epoch, g.train_acc, color=c, ls="--")
         held = "val" if "val_pgd_acc" in g and g.val_pgd_acc.notna().any() else "test"
         val_runs = val_runs or held == "val"
         acc_axes[0].plot(g.epoch, g[f"{held}_nat_acc"], color=c, marker=".")
@@ -263,7 +265,8 @@ def training_curves(runs: list[str | Path], out: str | Path, name: str = "traini
     handles += [Line2D([], [], color="0.3", marker=".", label="validation images" if val_runs else "test images")]
     if val_runs:
         handles.append(Line2D([], [], color="0.3", marker="*", ls="none", ms=9, label="test images (last epoch)"))
-    handles.append(Line2D([], [], color="0.3", ls="--", label="training batches (train mode)"))
+    handles.append(Line2D([], [], color="0.3", ls="--", label="training batches (train mode; adversarial ones in "
+                                                              "the PGD panel)"))
     if eval_mode:
         handles.append(Line2D([], [], color="0.3", ls=":", label="training images (eval mode)"))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 6),

@@ -101,13 +101,45 @@ def observations(runs: dict[str, Path]) -> list[dict]:
     return obs
 
 
-def _observation_lines(obs: list[dict], n_seeds: int) -> list[str]:
-    lines = ["## The paper's observations", "",
-             f"Each rule is stated so that it can fail; [a, b] are 95% intervals (bootstrap over test images, paired "
-             f"between models of a seed, and over {n_seeds} seed{'s' if n_seeds != 1 else ''}).", ""]
+READS = {"1": ("standard", "at"), "2": ("at", "random"), "3": ("at",), "4": ("at", "cifs")}  # models a verdict reads
+
+
+def model_flags(runs: dict[str, Path]) -> dict[str, list[str]]:
+    """Per model name (seeds merged), what makes a verdict that reads it weak: natural accuracy within 5 points
+    of chance, predictions on one or two classes, gradient-masking checks that fail. Controls are judged by
+    their validity instead (the Controls section)."""
+    flags: dict[str, list[str]] = {}
+    for name, r in runs.items():
+        model = name.rsplit("/", 1)[-1]
+        if model == "random" or not (r / "examples.npz").is_file():
+            continue
+        ex = read_examples(r / "examples.npz")
+        k = ex["relevance"].shape[0]
+        acc = 100.0 * float(np.mean(ex["nat_ok"]))
+        if acc <= 100.0 / k + 5:
+            flags.setdefault(model, []).append(f"{name} is at chance (natural accuracy {acc:.1f}%)")
+        if "pred_nat" in ex and len(np.unique(ex["pred_nat"])) <= 2:
+            flags.setdefault(model, []).append(f"{name} predicts {len(np.unique(ex['pred_nat']))} class(es) only")
+        if read_json(r / "sanity" / "eval.json").get("verdict") not in (None, "pass") and any(
+                not c["passed"] for c in read_json(r / "sanity" / "eval.json").get("sanity") or []):
+            flags.setdefault(model, []).append(f"{name} fails a gradient-masking check")
+    return flags
+
+
+def _observation_lines(obs: list[dict], n_seeds: int, flags: dict[str, list[str]] | None = None,
+                       scale_note: str | None = None) -> list[str]:
+    lines = ["## The paper's observations", ""]
+    if scale_note:
+        lines += [scale_note, ""]
+    lines += [f"Each rule is stated so that it can fail; [a, b] are 95% intervals (bootstrap over test images, "
+              f"paired between models of a seed, and over {n_seeds} seed{'s' if n_seeds != 1 else ''}).", ""]
     for o in obs:
-        lines += [f"### {o['observation']}: **{o['verdict']}**", "", f"- Rule: {o['rule']}.",
-                  f"- Numbers: {o['numbers']}.", f"- Control: {o['control']}.",
+        weak = [f for m in READS.get(o["observation"][0], ()) for f in (flags or {}).get(m, [])]
+        care = " (read with care: see the warning)" if weak else ""
+        lines += [f"### {o['observation']}: **{o['verdict']}**{care}", ""]
+        if weak:
+            lines += [f"- **Warning**: {'; '.join(weak)}."]
+        lines += [f"- Rule: {o['rule']}.", f"- Numbers: {o['numbers']}.", f"- Control: {o['control']}.",
                   f"- What it shows: {o['what it shows']}.", ""]
     return lines
 
@@ -201,6 +233,21 @@ def _control_lines(runs: dict[str, Path]) -> list[str]:
             markdown_table(pd.DataFrame(rows), 2), ""]
 
 
+def _scale_note(record: dict | None) -> str | None:
+    """What the study's scale can show, from its record (reproduce: the scale's own description)."""
+    from chanscope.scales import SCALES
+
+    name = (record or {}).get("scale")
+    if name not in SCALES:
+        return None
+    sc = SCALES[name]
+    note = f"Scale `{name}`: {sc.about}."
+    if name == "smoke":
+        note += (" **These verdicts check that the pipeline runs end to end; at this scale the models are barely "
+                 "trained, so the verdicts say nothing about the paper.**")
+    return note
+
+
 def write_report(runs: list[Path], out: Path, figures: Path | None = None, record: dict | None = None,
                  names: list[str] | None = None) -> str:
     """Write the markdown report to `out` and return it. names: how the runs are called (default their
@@ -210,7 +257,7 @@ def write_report(runs: list[Path], out: Path, figures: Path | None = None, recor
     lines += _control_lines(byname)
     obs = observations(byname)
     if obs:
-        lines += _observation_lines(obs, len(load_seeds(byname)))
+        lines += _observation_lines(obs, len(load_seeds(byname)), model_flags(byname), _scale_note(record))
     if figures is not None and figures.is_dir():
         lines += ["## Figures", ""]
         for png in sorted(figures.glob("*.png")):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,7 +17,60 @@ from chanscope.data import ImageData, balanced_subset, load_data
 from chanscope.errors import ChanscopeError
 
 __all__ = ["run_dir_of", "data_of_run", "open_model_for", "test_subset", "writable_dir", "check_fits", "match_classes",
-           "CLASSES_BY", "Measurement", "open_measurement"]
+           "CLASSES_BY", "Measurement", "open_measurement", "folder_lock", "LOCK_NAME",
+           "locks_out"]
+
+LOCK_NAME = ".chanscope.lock"
+_HELD: dict[str, int] = {}  # folders this process holds: path -> depth (a workflow may lock inside another)
+
+
+@contextmanager
+def folder_lock(path: str | Path) -> Iterator[Path]:
+    """One writer per folder: an exclusive lock on `path/.chanscope.lock` for the duration, so a second command
+    writing into the same folder is refused in one line (nothing of the first one's is touched). The lock is the
+    operating system's (flock): a crashed or killed command never leaves it held. Re-entrant in one process."""
+    p = writable_dir(path)
+    key = str(p.resolve())
+    if key in _HELD or sys.platform == "win32":
+        _HELD[key] = _HELD.get(key, 0) + 1
+        try:
+            yield p
+        finally:
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
+        return
+    import fcntl
+
+    fd = os.open(p / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ChanscopeError(f"{p} is being written by {holder}; wait for it to finish, or pick another `out`") \
+            from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} ({' '.join(os.path.basename(a) for a in sys.argv[:3])})".encode(), 0)
+    _HELD[key] = 1
+    try:
+        yield p
+    finally:
+        del _HELD[key]
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def locks_out(fn):
+    """Run a workflow `fn(out, ...)` holding `folder_lock(out)`: one study command per folder at a time."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(out, *args, **kwargs):
+        with folder_lock(out):
+            return fn(out, *args, **kwargs)
+    return wrapper
 
 
 def run_dir_of(model_path: str | Path) -> Path:
@@ -83,6 +139,14 @@ def open_measurement(model_path: str | Path, options, model_options, default_n: 
 
     device = str(dist_util.setup_device(options.device)[0])
     ds = data_of_run(model_path, options.data, options.data_root, options.download)
+    from chanscope.train.setup import check_classes
+
+    check_classes(ds)
+    for key in ("mean", "std"):
+        vals = getattr(model_options, key, None) if model_options is not None else None
+        if vals is not None and len(vals) not in (1, ds.channels):
+            raise ChanscopeError(f"`{key}` has {len(vals)} values, data {ds.name!r} has {ds.channels} channels; give "
+                                 f"one value per channel (e.g. `{key}`=" + ",".join(["0.5"] * ds.channels) + ")")
     net = set_layout(open_model_for(model_path, ds, device, model_options), "auto")
     what = f"model {str(model_path)!r}"
     note = match_classes(net, ds, options.classes_by, what)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from chanscope.errors import ChanscopeError, check_positive_int
 from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from chanscope.names import DEFAULT_BUDGETS
 from chanscope.observe.verdicts import Interval, Seed, accuracy, interval
 from chanscope.workflows.pipeline import SCALES, Scale, Stage, plan, read_record, run_stages
 from chanscope.workflows.report import attack_named, overall_accuracy
@@ -29,7 +30,6 @@ from chanscope.workflows.runs import writable_dir
 __all__ = ["Budget", "parse_budgets", "run_series", "summarise", "gaps", "trend", "trend_sentence", "markdown",
            "SERIES_COLUMNS", "DEFAULT_BUDGETS"]
 
-DEFAULT_BUDGETS = "5000x8x3,10000x10x4,10000x16x5"  # 1x, 3.1x and 6x the cpu scale's training compute
 SERIES_COLUMNS = ["budget", "compute", "method", "seed", "natural", "pgd20", "cw20", "adaptive", "autoattack",
                   "autoattack_ref", "worst_case", "train_batch_acc", "train_eval_nat_acc", "train_eval_pgd_acc",
                   "label_leak", "seconds"]
@@ -124,6 +124,8 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     record_path = out / "series.json"
     opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16}
     record = _record(out, opts, summary_only)
+    if not summary_only:
+        _check_budgets_fit(bs, scale, data, data_root)
     stages = _stages(out, bs, scale, seeds, seed, data, data_root, device, bf16, progress)
     if summary_only:
         run_stages(stages, record, record_path, on_stage, start=False)
@@ -144,6 +146,19 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     if not summary_only:
         df.attrs["written"].insert(1, "series.json")
     return df
+
+
+def _check_budgets_fit(bs: list[Budget], scale, data: str | None, data_root: str | None) -> None:
+    """Refuse a budget that asks for more training images than the data has after its validation split: its
+    label would name images it never trained on (and two such budgets would train on the same images)."""
+    from chanscope.data import load_data
+
+    have = len(load_data(data, data_root).y_train) - int(scale.train.get("val_n", 0))
+    big = [b.label for b in bs if b.images > have]
+    if big:
+        raise ChanscopeError(f"budget(s) {', '.join(big)} ask for more training images than data "
+                             f"{data or 'embedded'!r} has after its validation split ({have}); give smaller "
+                             "`budgets` or larger `data` (e.g. the CIFAR-10 archive)")
 
 
 def _record(out: Path, opts: dict, summary_only: bool) -> dict:

@@ -34,6 +34,7 @@ from chanscope.train.config import TrainConfig, build_config, config_diff
 from chanscope.train.epoch import EpochStats, NonFiniteLoss, Stopped, subset_correct, train_one_epoch
 from chanscope.train.methods import method_for
 from chanscope.train.setup import build_model, load_init, prepare_data
+from chanscope.workflows.runs import LOCK_NAME, folder_lock
 from chanscope.workflows.train_state import Progress, open_run, restore, sigint_flag, snapshot
 
 __all__ = ["fit", "TrainResult", "TrainInterrupted", "METRIC_COLUMNS", "random_control", "calibrate_batchnorm",
@@ -114,12 +115,14 @@ def _session(cfg: TrainConfig, out: Path, state: dict | None) -> _Session:
     data, val = prepare_data(cfg)
     augment = data.augment if cfg.augment is None else cfg.augment
     if cfg.eval_n > len(data.y_test) or (cfg.val_n and cfg.eval_n > cfg.val_n):
-        raise ChanscopeError(f"eval_n={cfg.eval_n} is larger than the test set ({len(data.y_test)}) or the "
-                             f"validation split ({cfg.val_n})")
+        raise ChanscopeError(f"`eval_n`={cfg.eval_n} is larger than the test set ({len(data.y_test)}) or the "
+                             f"validation split (`val_n`={cfg.val_n})")
     model = build_model(cfg, data)
     if cfg.init and state is None:
         load_init(model, cfg.init)
     model, fwd, update, notes, run_cfg = _place(cfg, model, device, distributed)
+    if getattr(data, "shrunk", False):
+        notes.append(data.notes[-1])
     bf16 = cfg.uses_bf16(device.type)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.resolved_milestones(), gamma=0.1)
@@ -244,7 +247,21 @@ def fit(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after: 
         on_batch(epoch, batch, n_batches, loss), on_epoch(row), on_start(info): progress callbacks; info["notes"]
             says which asked-for options do not apply on this device or model, and what runs instead.
     """
-    t_start, out = time.time(), Path(out)
+    out = Path(out)
+    existed = out.exists()
+    try:
+        with folder_lock(out):
+            return _fit(cfg, out, resume, stop_after, on_batch, on_epoch, on_start)
+    except (ChanscopeError, KeyboardInterrupt):  # refused or stopped before anything was written: no empty folder
+        if not existed and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+        raise
+
+
+def _fit(cfg: TrainConfig, out: Path, resume: bool, stop_after: int | None, on_batch, on_epoch,
+         on_start) -> TrainResult:
+    t_start = time.time()
     state = open_run(out, resume)
     s = _session(cfg, out, state)
     if state is not None:
