@@ -334,3 +334,11 @@ def test_ctrl_c_during_eval_says_what_happened(small_run):
     err = " ".join((p.stdout.read() + p.stderr.read()).split())
     assert rc == 130 and "interrupted (Ctrl-C): nothing was written" in err and "Traceback" not in err, err
     assert not (small_run / "eval.csv").exists()
+
+
+def test_a_garbage_archive_is_one_line(tmp_path):
+    bad = tmp_path / "garbage.tar.gz"
+    bad.write_bytes(os.urandom(1000))
+    r = _cli("train", "--method", "standard", "--preset", "smoke", "--data", str(bad), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and len((r.stdout + r.stderr).strip().splitlines()) == 1, r.stdout + r.stderr
+    assert "not a tar, gzip, bzip2, xz or zip archive" in r.stdout + r.stderr

@@ -345,5 +345,7 @@ def _read_archive(path: Path) -> ImageData:
             entries = _match(list(members), origin)
             return _assemble(entries, lambda m: tf.extractfile(members[m]).read(), origin)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise ChanscopeError(f"cannot read archive {origin!r} ({e}); give a .tar.gz, .tar or .zip of an "
+        why = " ".join(str(e).split())  # tarfile lists every method it tried on lines of their own
+        why = "not a tar, gzip, bzip2, xz or zip archive" if "could not be opened successfully" in why else why
+        raise ChanscopeError(f"cannot read archive {origin!r} ({why[:160]}); give a .tar.gz, .tar or .zip of an "
                              "ImageFolder tree") from None

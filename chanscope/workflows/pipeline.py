@@ -190,7 +190,7 @@ def _eval_stage(c: _Ctx, name: str, kind: str, title: str, sub: str | None, **op
     kw = {"eps": 8 / 255, **opts, "data": c.data, "data_root": c.data_root, "seed": c.seed, "device": c.device,
           "out": str(folder) if sub else None}
     return Stage(f"{title} {label}", label, kind, lambda: _measured_as(folder / "eval.json", run, kw),
-                 lambda: run_eval(str(run / "best.pt"), EvalOptions(**kw), progress=c.cb(f"{title} {label}")),
+                 lambda: run_eval(str(run / "best.pt"), EvalOptions(**kw), progress=_per_attack(c, f"{title} {label}")),
                  command_line("eval", model=str(run / "best.pt"), **kw))
 
 
@@ -233,6 +233,11 @@ def study_attacks(attacks: str, method: str, methods: list[str], arch: str = "re
         name, _, rs = own.partition("-")
         out.insert(out.index(f"pgd{pgd_steps}") + 1, f"{name}{pgd_steps}" + (f"-{rs}" if rs else ""))
     return ",".join(out)
+
+
+def _per_attack(c: _Ctx, stage: str):
+    """An eval stage's progress: one bar per attack (a stage runs several, each from 0 to its images)."""
+    return (lambda attack, done, total: c.progress(f"{stage}: {attack}", done, total)) if c.progress else None
 
 
 def _measured_as(record: Path, run: Path, kw: dict[str, Any]) -> bool:
