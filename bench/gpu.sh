@@ -4,7 +4,8 @@
 # First checks the CUDA-graph training attack against the eager one (bench/graph_check.py), then prints
 # images/s of standard, AT and CIFS training steps (ResNet-18 full width, batch 128 and 512; float32,
 # bf16 + channels_last (our defaults), plus --cuda-graphs, and torch.compile), PGD-20 eval throughput, and, when a
-# checkout of github.com/HanshuYAN/CIFS is given, the side-by-side comparison with the official training step.
+# checkout of github.com/HanshuYAN/CIFS is given, the side-by-side comparison with the official training step;
+# last, one paper-scale epoch of every method and the smoke study on CUDA (the whole GPU path).
 set -uo pipefail
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
@@ -14,3 +15,12 @@ timeout ${GPU_STEPS_TIMEOUT:-240} $PY bench/gpu_steps.py --batches 512,128 --ste
 if [ $# -ge 1 ]; then
   timeout ${VS_OFFICIAL_TIMEOUT:-150} $PY bench/vs_official.py --official "$1" --batch 128 --repeats 5 --device cuda
 fi
+# The whole GPU path in one run: one paper-scale epoch of each method (full-width ResNet-18, the paper's recipe;
+# DATA=path for the CIFAR-10 archive, default the embedded set), then the smoke study on CUDA.
+OUT=${OUT:-/tmp/chanscope-gpu}
+for m in standard at trades cas cifs fsr; do
+  timeout ${EPOCH_TIMEOUT:-240} $PY -m chanscope.cli.app train --method $m --preset paper --epochs 1 --device cuda \
+    --data ${DATA:-embedded} --out $OUT/epoch-$m || echo "train $m (one paper-scale epoch): FAILED"
+done
+timeout ${SMOKE_TIMEOUT:-420} $PY -m chanscope.cli.app reproduce --scale smoke --device cuda --out $OUT/smoke \
+  || echo "smoke study on CUDA: FAILED"

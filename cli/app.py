@@ -15,6 +15,7 @@ from .layers import layers_command
 from .plot import app as plot_app
 from .plot import report_command
 from .reproduce import reproduce_command
+from .sensitivity import sensitivity_command
 from .series import series_command
 from .train import train_command
 
@@ -29,6 +30,7 @@ app.command("series")(handle_errors(series_command))
 app.command("compare")(handle_errors(compare_command))
 app.command("report")(report_command)
 app.command("ablate")(handle_errors(ablate_command))
+app.command("sensitivity")(handle_errors(sensitivity_command))
 app.add_typer(plot_app, name="plot")
 
 

@@ -54,7 +54,8 @@ def test_pipeline_writes_everything(study):
     assert json.loads((out / "random" / "config.json").read_text())["config"]["method"] == "random"
     for o in ("### 1. AT aligns", "### 2. Under AT", "### 3. Robust classes", "### 4. CIFS suppresses"):
         assert o in report, o
-    assert report.count("- Rule: ") == 4 and "random network" in report and (out / "at" / "eval_examples.csv").is_file()
+    assert report.count("- Rule: ") == 5 and "## Controls" in report
+    assert "random network" in report and (out / "at" / "eval_examples.csv").is_file()
     assert set(record["stages"]) >= {"train standard", "train at", "eval cifs", "activations at"}
     # the warm start: AT starts from the natural model, CIFS from the natural CIFS model
     assert json.loads((out / "at" / "config.json").read_text())["config"]["init"].endswith("standard/last.pt")
@@ -196,7 +197,8 @@ def test_plan_runs_every_seed_in_its_own_folder_with_its_own_control(tmp_path):
     assert {"control random", "control seed4/random", "activations seed4/random", "eval seed4/cifs"} <= names
     assert "eval random" not in names  # the control is studied, not evaluated
     cifs_act = next(s for s in stages if s.name == "activations cifs")
-    assert "--attack adaptive10" in cifs_act.command and "--follow-mask" in cifs_act.command
+    # every model under the scale's PGD on the final CE (matched objectives), CIFS through its mask
+    assert "--attack pgd10" in cifs_act.command and "--follow-mask" in cifs_act.command
 
 
 def test_recorded_commands_rerun_their_stages(study, tmp_path, monkeypatch):

@@ -72,8 +72,8 @@ def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch
     blocks[0].parent.mkdir(parents=True)
     for f in blocks:  # a file where each seed's first run folder goes: both processes fail at once
         f.write_text("in the way")
-    with pytest.raises(ChanscopeError, match=r"seed 0: error: cannot create run folder .*standard.*series-seed0\.log"
-                                             r".*; seed 1: error: .*seed1.*series-seed1\.log"):
+    with pytest.raises(ChanscopeError, match=r"seed 0: error: cannot create (run|output) folder .*standard.*"
+                                             r"series-seed0\.log.*; seed 1: error: .*seed1.*series-seed1\.log"):
         series.run_series(tmp_path / "par", "60x1x1", seeds=2, base="micro", jobs=2)
     assert json.loads((tmp_path / "par" / "series.json").read_text())["stages"] == {}
     for f in blocks:

@@ -117,7 +117,8 @@ def _run(args):
     (["--lr", "nan"], "lr=nan must be a positive number"),  # NaN passes `lr <= 0`: the run then died in epoch 1
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, pattern):
-    res = runner.invoke(app, ["train", "--preset", "smoke", "--out", str(tmp_path / "r"), *args])
+    method = [] if "--method" in args else ["--method", "standard"]
+    res = runner.invoke(app, ["train", "--preset", "smoke", "--out", str(tmp_path / "r"), *method, *args])
     assert res.exit_code == 2
     assert pattern in " ".join(res.stderr.split())
     assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) <= 2

@@ -24,7 +24,8 @@ __all__ = ["AttackSpec", "parse_attacks", "run_attack", "ATTACK_NAMES", "has_pro
            "end_to_end_selectors"]
 
 ATTACK_NAMES = ("fgsm", "pgd<K> (pgd20, pgd100, ...)", "cw<K> (cw20, ...)",
-                "joint<K> (PGD on the CIFS/CAS/FSR joint loss, the official evaluations' attack)", "aa", "aa-ref",
+                "joint<K> (PGD on the CIFS/CAS/FSR joint loss, the official evaluations' attack)",
+                "tpgd<K> (targeted PGD toward the most likely wrong class)", "aa", "aa-ref",
                 "square", "adaptive<K> (adaptive20, ...; r<N> after any of these: N restarts, e.g. adaptive20r2; "
                 "-rs: a random start, e.g. joint20-rs)")
 
@@ -89,7 +90,7 @@ def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None
         check_eps(step_size, "step size")
     specs = []
     for n in items:
-        m = re.fullmatch(r"(pgd|cw|joint|adaptive)(\d*)(?:r(\d+))?(-rs)?", n)
+        m = re.fullmatch(r"(pgd|cw|tpgd|joint|adaptive)(\d*)(?:r(\d+))?(-rs)?", n)
         if n == "fgsm":
             specs.append(AttackSpec(n, "fgsm", eps, 1, eps, 1, "ce"))
         elif m and (m[2] or m[1] == "adaptive"):
@@ -97,7 +98,7 @@ def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None
             if steps < 1:
                 raise ChanscopeError(f"attack {n!r}: steps={steps} must be at least 1")
             kind = "adaptive" if m[1] == "adaptive" else "pgd"
-            loss = {"pgd": "ce", "cw": "cw", "joint": "joint", "adaptive": "all"}[m[1]]
+            loss = {"pgd": "ce", "cw": "cw", "tpgd": "targeted", "joint": "joint", "adaptive": "all"}[m[1]]
             own = int(m[3]) if m[3] else restarts
             check_positive_int(own, f"restarts of {n}")
             specs.append(AttackSpec(n, kind, eps, steps, alpha, own, loss, random_start or bool(m[4]),
@@ -118,6 +119,15 @@ def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example correctness of the model's prediction, in eval mode with frozen parameters."""
     with torch.no_grad(), frozen_eval(model):
         return model(x).argmax(1) == y
+
+
+def _toward(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """The targeted loss: minus the cross-entropy toward each image's most likely wrong class on the clean image
+    (maximised, it pulls the image toward that class)."""
+    with torch.no_grad(), frozen_eval(model):
+        logits = model(x)
+    target = logits.scatter(1, y[:, None], float("-inf")).argmax(1)
+    return lambda m, xa, _y: -F.cross_entropy(m(xa), target, reduction="none")
 
 
 def _probe_loss(i: int, kind: str = "ce"):
@@ -165,7 +175,7 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
         return ok
 
     if spec.kind in ("fgsm", "pgd"):
-        loss = "cw" if spec.loss == "cw" else ("joint" if spec.loss == "joint" else "ce")
+        loss = {"cw": "cw", "joint": "joint", "targeted": _toward(model, x, y)}.get(spec.loss, "ce")
         for r in range(spec.restarts):
             rs = spec.random_start or r > 0
             with follow_mask(model) if spec.follow_mask else nullcontext():

@@ -14,7 +14,9 @@ adversarial training adds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +30,18 @@ __all__ = ["Seed", "Interval", "interval", "observation_1", "observation_2", "ob
 
 N_BOOT = 1000
 N_PERM = 2000
+_DRAWS: ContextVar[tuple[int | None, int | None]] = ContextVar("draws", default=(None, None))
+
+
+@contextmanager
+def draws(n_boot: int | None = None, n_perm: int | None = None) -> Iterator[None]:
+    """Bootstrap draws and permutations of every interval and p-value computed inside (None: N_BOOT, N_PERM);
+    a grid of many cells takes fewer, and says so."""
+    token = _DRAWS.set((n_boot, n_perm))
+    try:
+        yield
+    finally:
+        _DRAWS.reset(token)
 
 
 @dataclass(eq=False)
@@ -73,7 +87,7 @@ def interval(seeds: list[Seed], stat: Stat, source: str = "act", n_boot: int | N
     None: every image once); one w serves every model of the seed, so differences between models are paired.
     """
     gen = np.random.default_rng(rng)
-    n_boot = n_boot or N_BOOT
+    n_boot = n_boot or _DRAWS.get()[0] or N_BOOT
     point = float(np.mean([stat(s, None) for s in seeds]))
     draws = np.empty(n_boot)
     for b in range(n_boot):
@@ -91,6 +105,19 @@ def interval(seeds: list[Seed], stat: Stat, source: str = "act", n_boot: int | N
 def class_means(ex: dict[str, np.ndarray], w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Per-class mean natural and adversarial magnitudes (classes, channels) under image weights w; NaN rows
     for classes a resample left without images (statistics average over the classes present)."""
+    key = (ex["y"], ex["mag_nat"], ex["mag_adv"], ex["relevance"], w)
+    hit = _LAST.get("means")
+    if hit is not None and all(a is b for a, b in zip(hit[0], key)):  # the same draw asked again
+        return hit[1]
+    out = _class_means(ex, w)
+    _LAST["means"] = (key, out)
+    return out
+
+
+_LAST: dict[str, tuple] = {}  # class_means' last (its arrays and weights, result): by identity, never contents
+
+
+def _class_means(ex: dict[str, np.ndarray], w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     k = ex["relevance"].shape[0]
     w = np.ones(len(ex["y"])) if w is None else w
     counts = np.bincount(ex["y"], weights=w, minlength=k)[:, None]
@@ -183,7 +210,7 @@ def permutation_p(stat: Callable[[np.ndarray], float], r: np.ndarray, n_perm: in
                   rng: int = 0) -> float:
     """One-sided p-value of stat(r) against stat over random permutations of r (add-one)."""
     gen = np.random.default_rng(rng)
-    n_perm = n_perm or N_PERM
+    n_perm = n_perm or _DRAWS.get()[1] or N_PERM
     obs = stat(r)
     if not np.isfinite(obs):  # e.g. a partial correlation of collinear ranks: no evidence either way
         return float("nan")
@@ -290,12 +317,15 @@ def observation_1(seeds: list[Seed]) -> dict | None:
                 "model's on the same images; not why, nor whether it holds at other layers")
 
 
-def _nr_null_p(ex: dict[str, np.ndarray], n_perm: int = 1000, rng: int = 0) -> float:
+def _nr_null_p(ex: dict[str, np.ndarray], n_perm: int | None = None, rng: int = 0) -> float:
     """Relevance-sign permutation null: NR labels shuffled across channels within each class (same count)."""
     gen = np.random.default_rng(rng)
-    obs = nr_over(ex)
+    n_perm = n_perm or min(1000, _DRAWS.get()[1] or 1000)
+    nat, adv = class_means(ex, None)  # the class means do not depend on which channels are called NR
     nr = ex["relevance"] < 0
-    null = [nr_over(ex, None, np.array([gen.permutation(row) for row in nr])) for _ in range(n_perm)]
+    obs = float(np.nanmean(_nr_over_rows(nat, adv, nr)))
+    null = [float(np.nanmean(_nr_over_rows(nat, adv, np.array([gen.permutation(row) for row in nr]))))
+            for _ in range(n_perm)]
     return float((1 + np.sum(np.array(null) >= obs)) / (n_perm + 1))
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from chanscope.data import balanced_subset, load_data
+from chanscope.data import ImageData, balanced_subset, load_data
 from chanscope.errors import ChanscopeError
 from chanscope.workflows.activations import DEFAULT_N, LayerResult, study_activations, write_results
 from chanscope.workflows.options import ActivationOptions, EvalOptions
@@ -39,8 +39,8 @@ def _names(obj: Any) -> list[str] | None:
 
 def _all_images(data: Any, n: int | None) -> tuple[torch.Tensor, torch.Tensor, list[str] | None, str]:
     """Every image of `data` (a DataLoader: enough for n), its labels, class names where it has them, a name."""
-    if isinstance(data, (str, Path)) or data is None:
-        ds = load_data(str(data) if data is not None else None)
+    if isinstance(data, (str, Path)) or data is None or isinstance(data, ImageData):
+        ds = data if isinstance(data, ImageData) else load_data(str(data) if data is not None else None)
         return ds.x_test.float().div(255), ds.y_test, list(ds.classes), ds.name
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
         return data[0].float(), data[1].long(), None, "tensors"

@@ -349,3 +349,40 @@ def compare_plot(iv: pd.DataFrame, out: str | Path, name: str = "compare") -> pd
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, Path(out), name, own)  # the drawn rows; compare_intervals.csv has them all
+
+
+def sensitivity_plot(df: pd.DataFrame, out: str | Path, name: str = "sensitivity") -> pd.DataFrame:
+    """One heat map per observation (rows) and relevance (columns): layer x attack cells coloured by AT's
+    statistic minus the random control's; a cell where the control's value lies inside AT's interval is marked
+    with a cross (AT not told apart from it), an invalid control with 'inv.'; the verdict's initial is written in
+    each cell (h: holds, n: does not hold, u: unclear, c: control invalid)."""
+    if not len(df):
+        raise ChanscopeError("the grid has no cells to draw")
+    d = df.assign(effect=df.value - df.control_value)
+    obs, rels = sorted(d.observation.unique()), list(dict.fromkeys(d.relevance))
+    layers, attacks = list(dict.fromkeys(d.layer)), list(dict.fromkeys(d.attack))
+    fig, axes = plt.subplots(len(obs), len(rels), figsize=(3.2 * len(rels) + 1, 0.45 * len(layers) * len(obs) + 1.8),
+                             squeeze=False)
+    initial = {"holds": "h", "does not hold": "n", "unclear": "u", "control invalid": "c"}
+    for i, o in enumerate(obs):
+        g = d[d.observation == o]
+        lim = float(np.nanmax(np.abs(g.effect))) or 1.0
+        for j, r in enumerate(rels):
+            ax = axes[i][j]
+            cell = g[g.relevance == r].set_index(["layer", "attack"])
+            grid = np.array([[cell.effect.get((la, a), np.nan) for a in attacks] for la in layers])
+            ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+            for y, la in enumerate(layers):
+                for x, a in enumerate(attacks):
+                    if (la, a) not in cell.index:
+                        continue
+                    row = cell.loc[(la, a)]
+                    mark = initial.get(row.verdict, "?") + (" x" if row.control_inside else "")
+                    mark += "" if row.control_valid else " inv."
+                    ax.text(x, y, mark, ha="center", va="center", fontsize=7)
+            ax.set_xticks(range(len(attacks)), attacks, fontsize=7)
+            ax.set_yticks(range(len(layers)), layers, fontsize=7)
+            ax.set_title(f"obs. {o}, {r}", fontsize=8)
+    fig.suptitle("AT minus random control per cell (x: control inside AT's interval)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, Path(out), name, d)

@@ -28,38 +28,60 @@ _HELD: dict[str, int] = {}  # folders this process holds: path -> depth (a workf
 def folder_lock(path: str | Path) -> Iterator[Path]:
     """One writer per folder: an exclusive lock on `path/.chanscope.lock` for the duration, so a second command
     writing into the same folder is refused in one line (nothing of the first one's is touched). The lock is the
-    operating system's (flock): a crashed or killed command never leaves it held. Re-entrant in one process."""
-    p = writable_dir(path)
+    operating system's (flock): a crashed or killed command never leaves it held; the file is removed when the
+    lock is released. Re-entrant in one process. A folder this call made is removed again if the command inside
+    fails before writing anything into it."""
+    p = Path(path)
+    made = not p.exists()
+    p = writable_dir(p)
     key = str(p.resolve())
-    if key in _HELD or sys.platform == "win32":
-        _HELD[key] = _HELD.get(key, 0) + 1
+    try:
+        if key in _HELD or sys.platform == "win32":
+            _HELD[key] = _HELD.get(key, 0) + 1
+            try:
+                yield p
+            finally:
+                _HELD[key] -= 1
+                if not _HELD[key]:
+                    del _HELD[key]
+            return
+        fd = _acquire(p / LOCK_NAME)
+        _HELD[key] = 1
         try:
             yield p
         finally:
-            _HELD[key] -= 1
-            if not _HELD[key]:
-                del _HELD[key]
-        return
+            del _HELD[key]
+            (p / LOCK_NAME).unlink(missing_ok=True)  # before unlocking: a newcomer then makes a file of its own
+            os.close(fd)  # closing releases the flock
+    except BaseException:
+        if made and p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+        raise
+
+
+def _acquire(lock: Path) -> int:
+    """An open file descriptor holding an exclusive flock on `lock`, or a one-line refusal naming the holder."""
     import fcntl
 
-    fd = os.open(p / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    for _ in range(3):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ChanscopeError(f"{lock.parent} is being written by {holder}; wait for it to finish, or pick "
+                                 "another `out`") from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino  # not removed by a holder releasing just now
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} ({' '.join(os.path.basename(a) for a in sys.argv[:3])})".encode(), 0)
+            return fd
         os.close(fd)
-        raise ChanscopeError(f"{p} is being written by {holder}; wait for it to finish, or pick another `out`") \
-            from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} ({' '.join(os.path.basename(a) for a in sys.argv[:3])})".encode(), 0)
-    _HELD[key] = 1
-    try:
-        yield p
-    finally:
-        del _HELD[key]
-        os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    raise ChanscopeError(f"could not lock {lock.parent} (it changed hands three times); run the command again")
 
 
 def locks_out(fn):

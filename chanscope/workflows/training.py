@@ -34,7 +34,7 @@ from chanscope.train.config import TrainConfig, build_config, config_diff
 from chanscope.train.epoch import EpochStats, NonFiniteLoss, Stopped, subset_correct, train_one_epoch
 from chanscope.train.methods import method_for
 from chanscope.train.setup import build_model, load_init, prepare_data
-from chanscope.workflows.runs import LOCK_NAME, folder_lock
+from chanscope.workflows.runs import folder_lock
 from chanscope.workflows.train_state import Progress, open_run, restore, sigint_flag, snapshot
 
 __all__ = ["fit", "TrainResult", "TrainInterrupted", "METRIC_COLUMNS", "random_control", "calibrate_batchnorm",
@@ -247,16 +247,8 @@ def fit(cfg: TrainConfig, out: str | Path, *, resume: bool = False, stop_after: 
         on_batch(epoch, batch, n_batches, loss), on_epoch(row), on_start(info): progress callbacks; info["notes"]
             says which asked-for options do not apply on this device or model, and what runs instead.
     """
-    out = Path(out)
-    existed = out.exists()
-    try:
-        with folder_lock(out):
-            return _fit(cfg, out, resume, stop_after, on_batch, on_epoch, on_start)
-    except (ChanscopeError, KeyboardInterrupt):  # refused or stopped before anything was written: no empty folder
-        if not existed and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
-            (out / LOCK_NAME).unlink(missing_ok=True)
-            out.rmdir()
-        raise
+    with folder_lock(out) as out:  # a run refused before it wrote anything leaves no empty folder
+        return _fit(cfg, out, resume, stop_after, on_batch, on_epoch, on_start)
 
 
 def _fit(cfg: TrainConfig, out: Path, resume: bool, stop_after: int | None, on_batch, on_epoch,
