@@ -98,6 +98,8 @@ def test_sensitivity_command_writes_the_grid(tmp_path):
     row = df[(df.layer == "layer4") & (df.relevance == "ablation") & (df.attack == "tpgd2") & (df.observation == 2)]
     assert len(row) == 1  # "does observation 2 survive at layer4 under a targeted attack with ablation?" one row
     assert (out / "sensitivity.md").is_file() and (out / "figures" / "sensitivity.png").is_file()
+    ex = pd.read_csv(out / "sensitivity_explained.csv")  # observation 2 at linear:in, from W and the logit change
+    assert set(ex.model) == {"standard", "at", "random"} and set(ex.attack) == {"pgd2", "tpgd2"}
     # the penultimate layer's pooled input and its feature map give the same magnitudes, so the same numbers
     a = df[(df.layer == "layer4")].reset_index(drop=True)
     b = df[(df.layer == "linear:in")].reset_index(drop=True)
@@ -115,3 +117,32 @@ def test_sensitivity_refuses_a_folder_without_a_study(tmp_path):
     r = subprocess.run([sys.executable, "-m", "chanscope.cli.app", "sensitivity", "--study", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "holds no study" in r.stderr + r.stdout
+
+
+def test_the_logit_explanation_keeps_the_attacks_logit_change_and_nothing_else(cifar_batch):
+    """At the classifier's input of a real model: the explained features give the same logits as the attacked
+    ones (W W^+ W = W), and a feature change orthogonal to W's rows is explained as no change at all."""
+    from chanscope.attacks.suite import parse_attacks
+    from chanscope.observe.grid import explained_by_logits
+    from chanscope.workflows.activations import study_activations
+
+    torch.manual_seed(0)
+    net = create_model("resnet10", width=0.125).eval()
+    x, y = cifar_batch
+    (res,), _ = study_activations(net, x, y, [str(i) for i in range(10)], ["linear:in"],
+                                  parse_attacks("pgd3", 8 / 255)[0])
+    ex = res.examples
+    w = net.linear.weight.detach().numpy()
+    proj = explained_by_logits(ex, w)
+    lin = net.linear
+    with torch.no_grad():
+        z_adv = lin(torch.as_tensor(ex["mag_adv"]))
+        z_expl = lin(torch.as_tensor(proj["mag_adv"]))
+    assert torch.allclose(z_adv, z_expl, atol=1e-4)
+    assert np.linalg.norm(proj["mag_adv"] - ex["mag_nat"]) <= np.linalg.norm(ex["mag_adv"] - ex["mag_nat"]) + 1e-5
+    # a change orthogonal to every row of W moves no logit: none of it is explained
+    u = np.random.default_rng(0).standard_normal(w.shape[1])
+    u -= np.linalg.pinv(w) @ (w @ u)
+    fake = {**ex, "mag_adv": (ex["mag_nat"] + 0.5 * u[None, :]).astype(np.float32)}
+    assert np.allclose(explained_by_logits(fake, w)["mag_adv"], ex["mag_nat"], atol=1e-4)
+    assert abs(verdicts.nr_over(explained_by_logits(fake, w))) < 1e-4

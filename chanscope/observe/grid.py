@@ -15,7 +15,7 @@ import pandas as pd
 from chanscope.observe import verdicts
 from chanscope.observe.verdicts import Seed, interval
 
-__all__ = ["Cell", "GRID_COLUMNS", "cell_rows", "grid_table"]
+__all__ = ["Cell", "GRID_COLUMNS", "cell_rows", "grid_table", "explained_by_logits", "logit_explanation"]
 
 GRID_COLUMNS = ["layer", "relevance", "attack", "observation", "statistic", "model", "value", "lo", "hi",
                 "control", "control_value", "control_lo", "control_hi", "control_valid", "control_inside",
@@ -82,3 +82,30 @@ def grid_table(cells: dict[Cell, list[Seed]], n_boot: int = GRID_BOOT, n_perm: i
     with verdicts.draws(n_boot, n_perm):
         rows = [r for cell, seeds in cells.items() for r in cell_rows(cell, seeds)]
     return pd.DataFrame(rows, columns=GRID_COLUMNS)
+
+
+def explained_by_logits(ex: dict[str, np.ndarray], weight: np.ndarray) -> dict[str, np.ndarray]:
+    """The records as if the attack had changed the features only as much as its logit change demands: at the
+    classifier's input (logits z = W m + b) each image's feature change dm is replaced by the minimum-norm change
+    with the same logit change, W^+ W dm (its projection onto the row space of W). What survives is the part of
+    the NR over-activation that W and the logit change alone explain (docs/analysis.md)."""
+    w = np.asarray(weight, dtype=np.float64)
+    proj = np.linalg.pinv(w) @ w  # (C, C): onto the span of the classifier's rows
+    dm = ex["mag_adv"].astype(np.float64) - ex["mag_nat"].astype(np.float64)
+    return {**ex, "mag_adv": (ex["mag_nat"] + dm @ proj).astype(np.float32)}
+
+
+def logit_explanation(seeds: list[Seed], weights: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Per model: NR over-activation measured and as explained by W and the attack's logit change alone, and
+    the share explained (explained / measured), with 95% intervals; `weights[i][model]` is seed i's W."""
+    rows = []
+    for m in seeds[0].act:
+        if not all(m in s.act and m in w for s, w in zip(seeds, weights)):
+            continue
+        proj = [Seed(act={m: explained_by_logits(s.act[m], w[m])}) for s, w in zip(seeds, weights)]
+        meas = interval(seeds, lambda s, w_, m=m: verdicts.nr_over(s.act[m], w_))
+        expl = interval(proj, lambda s, w_, m=m: verdicts.nr_over(s.act[m], w_))
+        rows.append({"model": m, "measured": meas.value, "measured_lo": meas.lo, "measured_hi": meas.hi,
+                     "explained": expl.value, "explained_lo": expl.lo, "explained_hi": expl.hi,
+                     "share": expl.value / meas.value if meas.value else float("nan"), "seeds": len(seeds)})
+    return pd.DataFrame(rows)

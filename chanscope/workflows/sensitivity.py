@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
-from chanscope.observe.grid import Cell, grid_table
+from chanscope.observe.grid import Cell, grid_table, logit_explanation
 from chanscope.observe.verdicts import Seed
 from chanscope.workflows.activations import read_examples, study_activations, write_examples
 from chanscope.workflows.runs import folder_lock, writable_dir
@@ -121,10 +121,15 @@ def sensitivity_grid(plan: GridPlan, data, *, device: str | None = None, cache: 
     from chanscope.workflows.notebook import _model, as_images
 
     cells: dict[Cell, list[Seed]] = {}
+    weights: list[dict[str, np.ndarray]] = []  # per seed, each model's classifier weights W
     for si, models in enumerate(plan.seeds):
         per_model = {}
+        weights.append({})
         for name, m in models.items():
             net = _model(m, device, {})
+            lin = getattr(net, "linear", None)
+            if isinstance(lin, nn.Linear):
+                weights[-1][name] = lin.weight.detach().cpu().numpy()
             x, y, classes, _ = as_images(data, net, plan.n, si)
             sub = cache / f"seed{si}" if cache else None
             if sub:
@@ -139,7 +144,12 @@ def sensitivity_grid(plan: GridPlan, data, *, device: str | None = None, cache: 
                            for name, (walks, rel) in per_model.items()}
                     cells.setdefault(Cell(layer, method, attack), []).append(
                         Seed(act=act, act_attack={name: attack for name in act}))
-    return grid_table(cells)
+    df = grid_table(cells)
+    head = "linear:in"  # the classifier's input: logits = W m + b, where W and the logit change explain a part
+    parts = [logit_explanation(cells[Cell(head, "gradient", a)], weights).assign(attack=a)
+             for a in plan.attacks if Cell(head, "gradient", a) in cells]
+    df.attrs["explained"] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return df
 
 
 def _study_models(study: Path) -> list[dict[str, str]]:
@@ -174,12 +184,28 @@ def grid_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def explained_markdown(ex: pd.DataFrame) -> str:
+    """The NR over-activation at the classifier's input, measured and as W and the logit change alone explain it."""
+    if not len(ex):
+        return ""
+    lines = ["## Observation 2 at the classifier's input: what W and the logit change explain", "",
+             "NR over-activation measured, and computed from the minimum-norm feature change with the attack's logit "
+             "change (W^+ W dm; docs/analysis.md), with 95% intervals; share = explained / measured.", "",
+             "| attack | model | measured | explained by W and the logit change | share |", "|---|---|---|---|---|"]
+    for r in ex.itertuples():
+        lines.append(f"| {r.attack} | {r.model} | {r.measured:+.3f} [{r.measured_lo:+.3f}, {r.measured_hi:+.3f}] | "
+                     f"{r.explained:+.3f} [{r.explained_lo:+.3f}, {r.explained_hi:+.3f}] | {r.share:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def run_sensitivity(study: str | Path, out: str | Path | None = None, *, layers: list[str] | None = None,
                     relevances: list[str] | None = None, attacks: list[str] | None = None, n: int = 500,
                     device: str | None = None, on_plan: Callable[[GridPlan], None] | None = None,
                     say: Callable[[str], None] = lambda s: None) -> pd.DataFrame:
     """The grid over a `chanscope reproduce` folder into `out` (default `<study>/sensitivity`):
-    sensitivity.csv, sensitivity.md, sensitivity.json and figures/sensitivity.png; returns the table."""
+    sensitivity.csv, sensitivity.md, sensitivity.json, figures/sensitivity.png and, where the grid has the
+    classifier's input, sensitivity_explained.csv (observation 2 as W and the logit change explain it); returns
+    the table."""
     from chanscope.attacks.suite import parse_attacks
     from chanscope.checkpoint import load_model
     from chanscope.names import RELEVANCE_METHODS
@@ -205,7 +231,10 @@ def run_sensitivity(study: str | Path, out: str | Path | None = None, *, layers:
         t0 = time.time()
         df = sensitivity_grid(plan, data, device=device, cache=out / "cache", say=say)
         atomic_write_csv(out / "sensitivity.csv", df)
-        atomic_write_bytes(out / "sensitivity.md", grid_markdown(df).encode())
+        explained = df.attrs.get("explained", pd.DataFrame())
+        if len(explained):
+            atomic_write_csv(out / "sensitivity_explained.csv", explained)
+        atomic_write_bytes(out / "sensitivity.md", (grid_markdown(df) + explained_markdown(explained)).encode())
         atomic_write_json(out / "sensitivity.json", {"study": str(study), "layers": plan.layers,
                                                      "relevances": rel, "attacks": atk, "n": n,
                                                      "seeds": len(seeds), "passes": plan.passes,
