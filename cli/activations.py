@@ -87,7 +87,7 @@ def activations_command(
             progress=lambda done, total: bar.update(task["id"], completed=done))
     finally:
         bar.stop()
-    for res, fname in zip(results, meta["files"]):
+    for res, fname in zip(results, meta.get("files", [])):  # other ranks of torchrun write nothing
         table = Table(title=f"{fname}: {res.layer} ({relevance} relevance, {attack})")
         for head in SHOWN.values():
             table.add_column(head, justify="right")

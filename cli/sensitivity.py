@@ -42,6 +42,6 @@ def sensitivity_command(
                          attacks=[a.strip() for a in attacks.split(",") if a.strip()], n=n, device=device,
                          on_plan=on_plan, say=lambda s: console.print(f"  {s}", highlight=False))
     where = out or study / "sensitivity"
-    held = df[(df.verdict == "holds") & ~df.control_inside]
+    held = df[(df.verdict == "holds") & ~df.control_inside & df.control_valid]
     console.print(f"{len(df)} cells x observations; the observation holds beyond its control in {len(held)} "
                   f"({time.time() - t0:.0f}s). Wrote {where}/sensitivity.csv, sensitivity.md, figures/sensitivity.png")

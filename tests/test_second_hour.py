@@ -342,3 +342,46 @@ def test_a_garbage_archive_is_one_line(tmp_path):
     r = _cli("train", "--method", "standard", "--preset", "smoke", "--data", str(bad), "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and len((r.stdout + r.stderr).strip().splitlines()) == 1, r.stdout + r.stderr
     assert "not a tar, gzip, bzip2, xz or zip archive" in r.stdout + r.stderr
+
+
+def test_stage_records_compare_the_images_asked_for(tmp_path):
+    """n not divisible by the classes: the subset is smaller than asked, and the stage is still done."""
+    import json
+
+    from chanscope.workflows.pipeline import _measured_as
+
+    run = tmp_path / "at"
+    run.mkdir()
+    rec = {"attack": {"name": "pgd10", "kind": "pgd", "follow_mask": False}, "seed": 0,
+           "data": {"n_used": 294, "n_requested": 300}}
+    (run / "activations.json").write_text(json.dumps(rec))
+    assert _measured_as(run / "activations.json", run, {"attack": "pgd10", "n": 300, "seed": 0})
+
+
+def test_a_study_stage_rewrites_its_own_files_whatever_attack_they_held(small_run):
+    """A study folder made by an older version (CIFS studied under adaptive10): its stage writes the canonical
+    files again instead of a suffixed copy that it would never read."""
+    import json
+
+    from chanscope.workflows.activations import ActivationOptions, run_activations
+
+    run_activations(str(small_run / "best.pt"), ActivationOptions(attack="fgsm", n=20))
+    _, meta = run_activations(str(small_run / "best.pt"), ActivationOptions(attack="pgd2", n=20), owned=True)
+    assert meta["files"] == ["classes.csv"]
+    assert json.loads((small_run / "activations.json").read_text())["attack"]["name"] == "pgd2"
+
+
+def test_an_explicit_layer_needs_no_default_layer(tmp_path, monkeypatch):
+    """`activations --layer` on a model without a classifier output studies the layer named (the default layer,
+    which that model refuses, is not looked for)."""
+    from chanscope.workflows.activations import ActivationOptions, run_activations
+
+    (tmp_path / "headless.py").write_text(
+        "import torch.nn as nn\n"
+        "def make():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 10, 1), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    results, meta = run_activations("headless:make", ActivationOptions(attack="fgsm", n=20, layers=["1"],
+                                                                      out=str(tmp_path / "out")))
+    assert results[0].layer == "1" and meta["files"] == ["classes-1.csv"]

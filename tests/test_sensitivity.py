@@ -146,3 +146,20 @@ def test_the_logit_explanation_keeps_the_attacks_logit_change_and_nothing_else(c
     fake = {**ex, "mag_adv": (ex["mag_nat"] + 0.5 * u[None, :]).astype(np.float32)}
     assert np.allclose(explained_by_logits(fake, w)["mag_adv"], ex["mag_nat"], atol=1e-4)
     assert abs(verdicts.nr_over(explained_by_logits(fake, w))) < 1e-4
+
+
+def test_the_walk_cache_is_keyed_by_what_it_depends_on(tmp_path):
+    from chanscope.workflows.sensitivity import GridPlan, _key
+
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"a")
+    plan = GridPlan([{"at": str(ckpt)}], ["layer4"], ["gradient"], ["pgd20"], 500)
+    k = _key(str(ckpt), plan, "pgd20", 0)
+    assert k == _key(str(ckpt), plan, "pgd20", 0)
+    assert k != _key(str(ckpt), GridPlan(plan.seeds, plan.layers, plan.relevances, plan.attacks, 400), "pgd20", 0)
+    assert k != _key(str(ckpt), GridPlan(plan.seeds, ["layer3"], plan.relevances, plan.attacks, 500), "pgd20", 0)
+    import os
+    import time as _t
+
+    os.utime(ckpt, ns=(_t.time_ns() + 10**9, _t.time_ns() + 10**9))  # retrained: another file
+    assert k != _key(str(ckpt), plan, "pgd20", 0)

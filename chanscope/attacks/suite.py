@@ -92,7 +92,7 @@ def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None
     for n in items:
         m = re.fullmatch(r"(pgd|cw|tpgd|joint|adaptive)(\d*)(?:r(\d+))?(-rs)?", n)
         if n == "fgsm":
-            specs.append(AttackSpec(n, "fgsm", eps, 1, eps, 1, "ce"))
+            specs.append(AttackSpec(n, "fgsm", eps, 1, eps, 1, "ce", follow_mask=follow == "all"))
         elif m and (m[2] or m[1] == "adaptive"):
             steps = int(m[2]) if m[2] else 20
             if steps < 1:

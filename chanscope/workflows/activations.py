@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from chanscope.attacks.suite import AttackSpec, run_attack
+from chanscope.errors import ChanscopeError
 from chanscope.observe.analysis import channels_table, classes_table, percent
 from chanscope.observe.hooks import ActivationRecorder
 from chanscope.observe.relevance import RelevanceAccumulator, relevance_scores
@@ -67,10 +68,11 @@ def layer_suffix(layer: str) -> str:
     return "-" + layer.replace(":", "-")
 
 
-def output_suffix(out_dir, layer: str, meta: dict, *, several: bool, default: str | None) -> str:
+def output_suffix(out_dir, layer: str, meta: dict, *, several: bool, default: str | None, owned: bool = False) -> str:
     """The part of the file names that says what a measurement measured, so one never replaces another:
     `-<layer>` unless it is the model's default layer (and the only one), `-<relevance>` unless gradient, and
-    `-<attack>` where files of the same name already hold a measurement under another attack."""
+    `-<attack>` where files of the same name already hold a measurement under another attack (unless the caller
+    owns those names: a study's stage rewrites its own files)."""
     import json
     from pathlib import Path
 
@@ -80,7 +82,7 @@ def output_suffix(out_dir, layer: str, meta: dict, *, several: bool, default: st
     suffix = "".join(layer_suffix(p) for p in parts)
     prev = Path(out_dir) / f"activations{suffix}.json"
     attack = (meta.get("attack") or {}).get("name")
-    if prev.is_file() and attack:
+    if prev.is_file() and attack and not owned:
         try:
             before = (json.loads(prev.read_text()).get("attack") or {}).get("name")
         except (OSError, json.JSONDecodeError):
@@ -91,7 +93,7 @@ def output_suffix(out_dir, layer: str, meta: dict, *, several: bool, default: st
 
 
 def write_results(out_dir, results: list[LayerResult], meta: dict, t0: float | None = None,
-                  default_layer: str | None = None) -> list[str]:
+                  default_layer: str | None = None, owned: bool = False) -> list[str]:
     """channels.csv, classes.csv (with intervals), examples.npz and activations.json per layer, atomically,
     named by what they measured (`output_suffix`); returns each layer's suffix."""
     from chanscope.io import atomic_write_csv, atomic_write_json
@@ -99,7 +101,7 @@ def write_results(out_dir, results: list[LayerResult], meta: dict, t0: float | N
 
     suffixes = []
     for res in results:
-        suffix = output_suffix(out_dir, res.layer, meta, several=len(results) > 1, default=default_layer)
+        suffix = output_suffix(out_dir, res.layer, meta, several=len(results) > 1, default=default_layer, owned=owned)
         suffixes.append(suffix)
         atomic_write_csv(out_dir / f"channels{suffix}.csv", res.channels[CHANNEL_COLUMNS])
         atomic_write_csv(out_dir / f"classes{suffix}.csv", with_intervals(res.classes[CLASS_COLUMNS], res.examples))
@@ -197,12 +199,15 @@ def _layer_results(rec: ActivationRecorder, rel: dict[str, RelevanceAccumulator]
 
 def run_activations(model_path: str, options: ActivationOptions | None = None, *, model_options=None,
                     progress: Callable[[int, int], None] | None = None,
-                    on_ready: Callable[[dict], None] | None = None) -> tuple[list[LayerResult], dict]:
+                    on_ready: Callable[[dict], None] | None = None, owned: bool = False,
+                    ) -> tuple[list[LayerResult], dict]:
     """Record a checkpoint's channel statistics and write channels.csv, classes.csv, activations.json
     (suffixed `-<layer>`, `:` as `-`, when several layers are asked for) atomically into `options.out` or
     the run folder.
 
-    options.n: class-balanced test images; None: DEFAULT_N, or the whole test set where it is smaller."""
+    options.n: class-balanced test images; None: DEFAULT_N, or the whole test set where it is smaller.
+    owned: the caller owns the unsuffixed file names (a study's stage): they are rewritten, never suffixed by the
+    attack."""
     from chanscope.observe.hooks import default_layer, resolve_layers
     from chanscope.workflows.runs import folder_lock, open_measurement, run_dir_of, writable_dir
 
@@ -210,16 +215,22 @@ def run_activations(model_path: str, options: ActivationOptions | None = None, *
     o = ActivationOptions.given(options, "run_activations")
     spec = o.spec()  # every option checked before the model is read
     _, ds, net, x, y, class_note = open_measurement(model_path, o, model_options, default_n=DEFAULT_N)
-    default = default_layer(net, x[:1].to(next(net.parameters()).device))
+    try:
+        default = default_layer(net, x[:1].to(next(net.parameters()).device))
+    except ChanscopeError:
+        if not o.layers:
+            raise
+        default = ""  # the model has no default layer: the layers named are the files' names
     layers = list(o.layers) if o.layers else [default]
     resolve_layers(net, layers)
     out_dir = writable_dir(o.out or run_dir_of(model_path))
     with folder_lock(out_dir):
         return _study_into(out_dir, model_path, o, spec, ds, net, x, y, layers, default, class_note, t0, progress,
-                           on_ready)
+                           on_ready, owned)
 
 
-def _study_into(out_dir, model_path, o, spec, ds, net, x, y, layers, default, class_note, t0, progress, on_ready):
+def _study_into(out_dir, model_path, o, spec, ds, net, x, y, layers, default, class_note, t0, progress, on_ready,
+                owned=False):
     # the walk over the images is 95% of the bar; the tables with their bootstrap intervals are the rest
     tail = max(1, len(y) // 20)
     walk = (lambda d, t: progress(d, t + tail)) if progress else None
@@ -236,11 +247,12 @@ def _study_into(out_dir, model_path, o, spec, ds, net, x, y, layers, default, cl
     if not dist_util.is_main():
         return results, {"out": str(out_dir), "wall_seconds": round(time.time() - t0, 1)}
     meta = {"attack": spec.to_dict(), "relevance": o.relevance, "relevance_on": o.relevance_on,
-            "threshold": o.threshold, "data": ds.describe() | {"n_used": len(y)}, "classes_note": class_note,
+            "threshold": o.threshold, "data": ds.describe() | {"n_used": len(y), "n_requested": o.n},
+            "classes_note": class_note,
             "model": str(model_path), "model_source": getattr(net, "source", None),
             "arch": getattr(net, "arch", None), "model_kwargs": getattr(net, "model_kwargs", None), "seed": o.seed,
             "seconds": round(seconds, 1), "versions": versions(), "out": str(out_dir)}
-    meta["files"] = [f"classes{sfx}.csv" for sfx in write_results(out_dir, results, meta, t0, default)]
+    meta["files"] = [f"classes{sfx}.csv" for sfx in write_results(out_dir, results, meta, t0, default, owned)]
     if progress:
         progress(len(y) + tail, len(y) + tail)
     meta["wall_seconds"] = round(time.time() - t0, 1)

@@ -256,7 +256,8 @@ def _eval_into(out_dir, model_path, o, net, ds, x, y, specs, sur, class_note, t0
                                       loss="joint" if has_probes(net) else "ce", progress=progress)
     summary = {
         "model": str(model_path), "model_source": getattr(net, "source", None), "arch": getattr(net, "arch", None),
-        "model_kwargs": getattr(net, "model_kwargs", None), "data": ds.describe() | {"n_eval": len(y)},
+        "model_kwargs": getattr(net, "model_kwargs", None),
+        "data": ds.describe() | {"n_eval": len(y), "n_requested": o.n},
         "classes_note": class_note,
         "eps": o.eps, "attacks": [s.to_dict() for s in specs], "beta_atk": o.beta_atk, "seed": o.seed,
         "overall": json.loads(result.overall().to_json(orient="records")), "max_linf": result.max_linf,

@@ -254,7 +254,8 @@ def _measured_as(record: Path, run: Path, kw: dict[str, Any]) -> bool:
     specs = rec.get("attacks") if "attacks" in rec else [rec.get("attack") or {}]
     names = [a.get("name") for a in specs]
     asked = kw.get("attacks") or kw.get("attack")
-    n = (rec.get("data") or {}).get("n_eval", (rec.get("data") or {}).get("n_used"))
+    data = rec.get("data") or {}
+    n = data["n_requested"] if "n_requested" in data else data.get("n_eval", data.get("n_used"))
     follow = all(a.get("follow_mask") == bool(kw.get("follow_mask")) for a in specs
                  if a.get("kind") == "adaptive" or "attack" in rec)
     return (names == asked.split(",") and rec.get("seed") == kw.get("seed") and follow
@@ -305,7 +306,7 @@ def _activations_stage(c: _Ctx, name: str, parts: bool = False) -> Stage:
     return Stage(f"{title} {label}", label, "activations",
                  lambda: _measured_as(folder / f"activations{layer_suffix(layers[0]) if parts else ''}.json", run,
                                       {**kw, "follow_mask": selects}),
-                 lambda: run_activations(str(run / "best.pt"), options, progress=prog),
+                 lambda: run_activations(str(run / "best.pt"), options, progress=prog, owned=True),
                  command_line("activations", model=str(run / "best.pt"), **kw))
 
 

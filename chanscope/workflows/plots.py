@@ -353,7 +353,7 @@ def compare_plot(iv: pd.DataFrame, out: str | Path, name: str = "compare") -> pd
 
 def sensitivity_plot(df: pd.DataFrame, out: str | Path, name: str = "sensitivity") -> pd.DataFrame:
     """One heat map per observation (rows) and relevance (columns): layer x attack cells coloured by AT's
-    statistic minus the random control's; a cell where the control's value lies inside AT's interval is marked
+    statistic minus the random control's; a cell where the paired AT - control interval includes 0 is marked
     with a cross (AT not told apart from it), an invalid control with 'inv.'; the verdict's initial is written in
     each cell (h: holds, n: does not hold, u: unclear, c: control invalid)."""
     if not len(df):
@@ -383,6 +383,6 @@ def sensitivity_plot(df: pd.DataFrame, out: str | Path, name: str = "sensitivity
             ax.set_xticks(range(len(attacks)), attacks, fontsize=7)
             ax.set_yticks(range(len(layers)), layers, fontsize=7)
             ax.set_title(f"obs. {o}, {r}", fontsize=8)
-    fig.suptitle("AT minus random control per cell (x: control inside AT's interval)", fontsize=9)
+    fig.suptitle("AT minus random control per cell (x: the paired interval includes 0)", fontsize=9)
     fig.tight_layout()
     return _save(fig, Path(out), name, d)

@@ -36,7 +36,7 @@ def folder_lock(path: str | Path) -> Iterator[Path]:
     p = writable_dir(p)
     key = str(p.resolve())
     try:
-        if key in _HELD or sys.platform == "win32":
+        if key in _HELD or sys.platform == "win32" or os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 locks
             _HELD[key] = _HELD.get(key, 0) + 1
             try:
                 yield p

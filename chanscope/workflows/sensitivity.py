@@ -74,14 +74,28 @@ def _relevance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, layer
     return acc.mean().numpy().astype(np.float32)
 
 
+def _key(source, plan: GridPlan, *extra) -> str:
+    """What a cached walk depends on: the images, the layers, the model file as it is now (retrained or remade:
+    another key), and the walk's own choices."""
+    import hashlib
+    import json
+
+    stat = None
+    if isinstance(source, (str, Path)) and Path(source).is_file():
+        st = Path(source).stat()
+        stat = [st.st_size, st.st_mtime_ns]
+    blob = json.dumps([plan.n, plan.layers, str(source) if isinstance(source, (str, Path)) else None, stat, *extra])
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
 def _walks(model: nn.Module, name: str, x, y, classes, plan: GridPlan, cache: Path | None, seed: int,
-           batch_size: int, say: Callable[[str], None]) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+           batch_size: int, say: Callable[[str], None], source=None) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """(attack, layer) -> per-image records of one model (relevance: gradient), each walk cached."""
     from chanscope.attacks.suite import has_probes, parse_attacks
 
     out: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for attack in plan.attacks:
-        path = cache / f"{name}-{attack}.npz" if cache else None
+        path = cache / f"{name}-{attack}-{_key(source, plan, attack, seed)}.npz" if cache else None
         if path is not None and path.is_file():
             flat = read_examples(path)
         else:
@@ -98,8 +112,8 @@ def _walks(model: nn.Module, name: str, x, y, classes, plan: GridPlan, cache: Pa
 
 
 def _relevances(model: nn.Module, name: str, x, y, k: int, plan: GridPlan, cache: Path | None,
-                batch_size: int) -> dict[tuple[str, str], np.ndarray]:
-    path = cache / f"{name}-relevance.npz" if cache else None
+                batch_size: int, source=None, seed: int = 0) -> dict[tuple[str, str], np.ndarray]:
+    path = cache / f"{name}-relevance-{_key(source, plan, seed)}.npz" if cache else None
     have = read_examples(path) if path is not None and path.is_file() else {}
     out = {}
     for layer in plan.layers:
@@ -134,8 +148,8 @@ def sensitivity_grid(plan: GridPlan, data, *, device: str | None = None, cache: 
             sub = cache / f"seed{si}" if cache else None
             if sub:
                 sub.mkdir(parents=True, exist_ok=True)
-            walks = _walks(net, name, x, y, classes, plan, sub, si, batch_size, say)
-            rel = _relevances(net, name, x, y, len(classes), plan, sub, batch_size)
+            walks = _walks(net, name, x, y, classes, plan, sub, si, batch_size, say, source=m)
+            rel = _relevances(net, name, x, y, len(classes), plan, sub, batch_size, source=m, seed=si)
             per_model[name] = (walks, rel)
         for layer in plan.layers:
             for method in plan.relevances:
@@ -169,7 +183,7 @@ def _study_models(study: Path) -> list[dict[str, str]]:
 def grid_markdown(df: pd.DataFrame) -> str:
     """sensitivity.md: per observation, one row per cell with AT's and the control's value and the verdict."""
     lines = ["Each cell: the statistic of AT and of the random control with 95% intervals (test images and seeds); "
-             "`inside`: the control's value lies inside AT's interval (AT not told apart from the control); the "
+             "`inside`: the paired AT - control interval includes 0 (AT not told apart from the control); the "
              "verdict is the observation's rule in this cell.", ""]
     for obs, g in df.groupby("observation", sort=True):
         lines += [f"## Observation {obs}: {g.statistic.iloc[0]}", "",

@@ -359,9 +359,9 @@ def random_control(cfg: TrainConfig, out: str | Path, bn_images: int = CONTROL_B
               "bn_images": used, "readout": {"fitted": bool(fitted), "train_acc": train_acc},
               "model": {"arch": cfg.arch, "model_kwargs": model.model_kwargs}, "data": data.describe(),
               "validation": val.record, "versions": versions()}
-    atomic_write_json(out / "config.json", record)
     save_checkpoint(out / "best.pt", model, config=record["config"], input_shape=list(data.x_train.shape[1:]),
                     classes=data.classes)
+    atomic_write_json(out / "config.json", record)  # last: a control cut off before it is not taken as made
     return out / "best.pt"
 
 
