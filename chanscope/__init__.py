@@ -13,8 +13,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "study", "evaluate", "save_checkpoint", "create_model", "list_models", "ChanscopeError",
-           "__version__"]
+__all__ = ["load_model", "study", "evaluate", "sensitivity", "save_checkpoint", "create_model", "list_models",
+           "ChanscopeError", "__version__"]
 
 # imported on first use (PEP 562), so that `import chanscope` (and the `chanscope` command's help, version and
 # usage errors) loads no torch: name -> the module that defines it
@@ -53,3 +53,19 @@ def evaluate(model, data="embedded", attacks=("pgd20",), **kwargs):
     from chanscope.workflows.notebook import evaluate as _evaluate
 
     return _evaluate(model, data, attacks, **kwargs)
+
+
+def sensitivity(models, data="embedded", layers=None, relevances=("gradient", "grad-x-act", "ablation"),
+                attacks=("pgd20", "cw20", "tpgd20"), n=500, device=None):
+    """The observations on a grid of layers x relevances x attacks (`chanscope sensitivity`) for models a user
+    loads: `models` maps roles to models or checkpoints ({"standard": ..., "at": ..., "random": ...}; a list of
+    such dicts for several seeds); returns the tidy table (`chanscope.observe.grid.GRID_COLUMNS`)."""
+    from chanscope.workflows.sensitivity import GridPlan, sensitivity_grid
+
+    seeds = list(models) if isinstance(models, (list, tuple)) else [models]
+    if layers is None:
+        from chanscope.workflows.notebook import _model
+        from chanscope.workflows.sensitivity import default_layers
+
+        layers = default_layers(_model(seeds[0]["at"], device, {}))
+    return sensitivity_grid(GridPlan(seeds, list(layers), list(relevances), list(attacks), n), data, device=device)

@@ -43,5 +43,7 @@ def sensitivity_command(
                          on_plan=on_plan, say=lambda s: console.print(f"  {s}", highlight=False))
     where = out or study / "sensitivity"
     held = df[(df.verdict == "holds") & ~df.control_inside & df.control_valid]
-    console.print(f"{len(df)} cells x observations; the observation holds beyond its control in {len(held)} "
-                  f"({time.time() - t0:.0f}s). Wrote {where}/sensitivity.csv, sensitivity.md, figures/sensitivity.png")
+    cells = len(df[["layer", "relevance", "attack"]].drop_duplicates())
+    console.print(f"{cells} cell(s), {len(df)} rows (cell x observation); {len(held)} row(s) hold beyond a valid "
+                  f"control ({time.time() - t0:.0f}s). Wrote {where}/sensitivity.csv, sensitivity.md, "
+                  "figures/sensitivity.png")

@@ -163,3 +163,14 @@ def test_the_walk_cache_is_keyed_by_what_it_depends_on(tmp_path):
 
     os.utime(ckpt, ns=(_t.time_ns() + 10**9, _t.time_ns() + 10**9))  # retrained: another file
     assert k != _key(str(ckpt), plan, "pgd20", 0)
+
+
+def test_python_api_grid_on_models_a_user_loads():
+    import chanscope
+
+    nets = {}
+    for i, m in enumerate(("standard", "at", "random")):
+        torch.manual_seed(i)
+        nets[m] = create_model("resnet10", width=0.0625).eval()
+    df = chanscope.sensitivity(nets, "embedded", layers=["layer4"], relevances=["gradient"], attacks=["fgsm"], n=30)
+    assert list(df.columns) == GRID_COLUMNS and set(df.observation) == {"1", "2", "3"}
