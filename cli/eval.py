@@ -97,6 +97,8 @@ def eval_command(
                    "command again", code=130) from None
     finally:
         bar.stop()
+    if summary.get("replaced"):
+        console.print(f"[yellow]note:[/] replaced {summary['replaced']} (write elsewhere with --out)")
     print_eval(result, summary, str(model), e)
     console.print(f"wrote {summary['out']}/eval.csv and eval.json in {summary['wall_seconds']:.0f}s")
 

@@ -385,3 +385,14 @@ def test_an_explicit_layer_needs_no_default_layer(tmp_path, monkeypatch):
     results, meta = run_activations("headless:make", ActivationOptions(attack="fgsm", n=20, layers=["1"],
                                                                       out=str(tmp_path / "out")))
     assert results[0].layer == "1" and meta["files"] == ["classes-1.csv"]
+
+
+def test_eval_says_what_it_replaced(small_run):
+    from chanscope.workflows.evaluate import EvalOptions, run_eval
+
+    _, first = run_eval(str(small_run / "best.pt"), EvalOptions(attacks="fgsm", n=20))
+    assert first["replaced"] is None
+    _, again = run_eval(str(small_run / "best.pt"), EvalOptions(attacks="fgsm", n=20))
+    assert again["replaced"] is None  # the same evaluation again replaces nothing worth a note
+    _, other = run_eval(str(small_run / "best.pt"), EvalOptions(attacks="pgd2", n=10))
+    assert "made with attacks fgsm on 20 images (seed 0)" in other["replaced"]

@@ -213,6 +213,24 @@ def default_attacks(model: nn.Module) -> str:
     return DEFAULT_ATTACKS + (f",{ADAPTIVE_DEFAULT}" if has_probes(model) else "")
 
 
+def _replaced(path, summary: dict) -> str | None:
+    """What an eval about to be written replaces, where the folder held one made with other attacks, images or
+    seed (a study's stage redoes its own; a user should know)."""
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    def what(rec: dict) -> tuple:
+        return ([a.get("name") for a in rec.get("attacks") or []], (rec.get("data") or {}).get("n_eval"),
+                rec.get("seed"))
+    if what(old) == what(summary):
+        return None
+    names, n, seed = what(old)
+    return f"{path.parent / 'eval.csv'} made with attacks {','.join(map(str, names))} on {n} images (seed {seed})"
+
+
 def run_eval(model_path: str, options: EvalOptions | None = None, *, model_options=None,
              progress: Progress | None = None,
              on_ready: Callable[[dict], None] | None = None) -> tuple[EvalResult, dict]:
@@ -266,6 +284,7 @@ def _eval_into(out_dir, model_path, o, net, ds, x, y, specs, sur, class_note, t0
         "verdict": verdict(result.sanity) if o.sanity else None, "surrogate": o.surrogate,
         "wall_seconds": round(time.time() - t0, 1), "versions": versions(), "out": str(out_dir),
     }
+    summary["replaced"] = _replaced(out_dir / "eval.json", summary)
     if dist_util.is_main():
         atomic_write_csv(out_dir / "eval.csv", result.table)
         atomic_write_csv(out_dir / "eval_examples.csv", result.examples)
