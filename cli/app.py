@@ -69,7 +69,14 @@ def main() -> None:
         if "UsageError" in kinds:
             ctx = getattr(e, "ctx", None)
             where = f" (try '{ctx.command_path} --help')" if ctx is not None else ""
-            print(f"error: {e.format_message()}{where}", file=sys.stderr)
+            msg, args = e.format_message(), sys.argv[1:]
+            vals = [(args[i - 1], a) for i, a in enumerate(args) if i and a.lower() in ("true", "false", "yes", "no")
+                    and args[i - 1].startswith("--")]
+            if "unexpected extra argument" in msg and vals:
+                flag, val = vals[0]
+                msg += f"; {flag} is a flag and takes no value: write {flag} alone" + (
+                    " (or leave it out for off)" if val.lower() in ("true", "yes") else ", or leave it out")
+            print(f"error: {msg}{where}", file=sys.stderr)
             sys.exit(2)
         if "Abort" in kinds:
             print("stopped (Ctrl-C)", file=sys.stderr)

@@ -188,6 +188,7 @@ def test_messages_name_flags_not_python_fields(tmp_path):
 def test_usage_errors_are_one_line():
     r = _cli("eval", "--model", "x.pt", "--sanity", "true")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--help" in r.stderr, r.stderr
+    assert "--sanity is a flag and takes no value" in r.stderr
 
 
 def test_smoke_report_says_what_its_scale_shows_and_flags_models_at_chance(tmp_path):
