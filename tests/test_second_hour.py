@@ -256,7 +256,7 @@ def test_a_preset_subset_larger_than_the_data_is_said(tmp_path):
     from chanscope.train.setup import prepare_data
 
     data, _ = prepare_data(build_config("cpu", method="standard"))  # 5,000 asked, the embedded set has fewer
-    assert data.shrunk and any("all 4500 are used" in n for n in data.notes), data.notes
+    assert any("all 4500 are used" in n for n in data.warnings) and data.warnings[0] in data.notes, data.notes
 
 
 def test_python_api_plots_leave_no_temporary_folder_and_keep_the_models_mode(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from chanscope.data.sources import (
     SOURCES,
     ImageData,
     balanced_subset,
+    check_classes,
     load_data,
 )
 
@@ -14,5 +15,6 @@ __all__ = [
     "SOURCES",
     "augment_crop_flip",
     "balanced_subset",
+    "check_classes",
     "load_data",
 ]

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from chanscope.errors import ChanscopeError
 
-__all__ = ["ImageData", "SOURCES", "load_data", "balanced_subset", "EMBEDDED_ARCHIVE"]
+__all__ = ["ImageData", "SOURCES", "load_data", "balanced_subset", "check_classes", "EMBEDDED_ARCHIVE"]
 
 SOURCES = ("embedded", "cifar10", "svhn", "fashion-mnist")
 _ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
@@ -48,6 +48,7 @@ class ImageData:
     classes: list[str]
     augment: bool = True  # random crop 4 + flip (CIFAR-like natural images)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # notes a user must see before training starts
 
     @property
     def channels(self) -> int:
@@ -80,6 +81,16 @@ class ImageData:
             "augment": self.augment,
             "notes": self.notes,
         }
+
+
+def check_classes(data: ImageData) -> None:
+    """Refuse data with fewer than two classes (in its training or test images): a classifier of one class is
+    always right, so every accuracy, robust or not, would be 100%."""
+    for part, y in (("training", data.y_train), ("test", data.y_test)):
+        found = len(torch.unique(y)) if len(y) else 0
+        if len(y) and found < 2:
+            raise ChanscopeError(f"data {data.name!r} has {found} class in its {part} images; a robustness study "
+                                 "needs at least two classes (give `data` with one folder per class)")
 
 
 def balanced_subset(y: torch.Tensor, n: int, num_classes: int, seed: int) -> torch.Tensor:

@@ -321,11 +321,9 @@ def _nr_null_p(ex: dict[str, np.ndarray], n_perm: int | None = None, rng: int = 
     """Relevance-sign permutation null: NR labels shuffled across channels within each class (same count)."""
     gen = np.random.default_rng(rng)
     n_perm = n_perm or min(1000, _DRAWS.get()[1] or 1000)
-    nat, adv = class_means(ex, None)  # the class means do not depend on which channels are called NR
     nr = ex["relevance"] < 0
-    obs = float(np.nanmean(_nr_over_rows(nat, adv, nr)))
-    null = [float(np.nanmean(_nr_over_rows(nat, adv, np.array([gen.permutation(row) for row in nr]))))
-            for _ in range(n_perm)]
+    obs = nr_over(ex)  # class_means keeps the class means of ex: the permutations below do not recompute them
+    null = [nr_over(ex, None, np.array([gen.permutation(row) for row in nr])) for _ in range(n_perm)]
     return float((1 + np.sum(np.array(null) >= obs)) / (n_perm + 1))
 
 

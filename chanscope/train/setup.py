@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from chanscope.checkpoint import model_from_checkpoint, read_checkpoint
-from chanscope.data import ImageData, balanced_subset, load_data
+from chanscope.data import ImageData, balanced_subset, check_classes, load_data
 from chanscope.errors import ChanscopeError
 from chanscope.models import create_model
 
@@ -44,16 +44,6 @@ def carve_validation(data: ImageData, n: int, seed: int) -> Split:
     return split
 
 
-def check_classes(data: ImageData) -> None:
-    """Refuse data with fewer than two classes (in its training or test images): a classifier of one class is
-    always right, so every accuracy, robust or not, would be 100%."""
-    for part, y in (("training", data.y_train), ("test", data.y_test)):
-        found = len(torch.unique(y)) if len(y) else 0
-        if len(y) and found < 2:
-            raise ChanscopeError(f"data {data.name!r} has {found} class in its {part} images; a robustness study "
-                                 "needs at least two classes (give `data` with one folder per class)")
-
-
 def prepare_data(cfg) -> tuple[ImageData, Split]:
     """cfg's data, its validation split carved out first, then the class-balanced training subset."""
     data = load_data(cfg.data, cfg.data_root, cfg.download, subset=None, seed=cfg.seed)
@@ -62,9 +52,10 @@ def prepare_data(cfg) -> tuple[ImageData, Split]:
     if cfg.subset is not None:
         n = cfg.subset
         if cfg.preset and n >= len(data.y_train):  # a preset's subset never exceeds the data: said, not silent
-            data.notes.append(f"the preset's subset of {n} is more than the {len(data.y_train)} training images "
-                              f"left after the validation split: all {len(data.y_train)} are used")
-            data.shrunk = True
+            said = (f"the preset's subset of {n} is more than the {len(data.y_train)} training images left after "
+                    f"the validation split: all {len(data.y_train)} are used")
+            data.notes.append(said)
+            data.warnings.append(said)
             n = None
         if n is not None:
             idx = balanced_subset(data.y_train, n, data.num_classes, cfg.seed)

@@ -28,7 +28,7 @@ from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from chanscope.names import DEFAULT_METHODS
 from chanscope.observe.verdicts import Seed, accuracy, interval, nr_over, worst_case
 from chanscope.workflows.activations import read_examples
-from chanscope.workflows.pipeline import OWN_ATTACK, SCALES, models_for, plan, read_record, run_stages
+from chanscope.workflows.pipeline import SCALES, models_for, own_attack, plan, read_record, run_stages
 from chanscope.workflows.report import attack_named, overall_accuracy
 from chanscope.workflows.runs import locks_out, writable_dir
 
@@ -44,11 +44,7 @@ def _standard_attack(scale: str, method: str = "at") -> str:
     cross-entropy (AT, TRADES, FSR), on the joint loss from the clean image (CIFS's official scripts), on the
     joint loss from a random start (CAS's own code)."""
     pgd = next(a for a in SCALES[scale].eval_attacks.split(",") if re.fullmatch(r"pgd\d+(r\d+)?", a))
-    own = OWN_ATTACK.get(method)
-    if not own:
-        return pgd
-    name, _, rs = own.partition("-")
-    return pgd.replace("pgd", name) + (f"-{rs}" if rs else "")
+    return own_attack(method, pgd)
 
 
 def _own_attacks(scale: str, methods: list[str]) -> str:
@@ -110,8 +106,10 @@ def intervals(out: str | Path, methods: list[str], scale: str, seeds: int, seed:
             return accuracy(s.ev[m][attack_named(s.ev[m].columns, prefix)].to_numpy(), w)
         return stat
 
-    def own(s: Seed, w, m: str) -> float:  # each method under its own paper's attack
-        return share(_standard_attack(scale, m))(s, w, m)
+    owns = {m: share(_standard_attack(scale, m)) for m in methods}  # each method under its own paper's attack
+
+    def own(s: Seed, w, m: str) -> float:
+        return owns[m](s, w, m)
 
     stats = {"natural": share("natural"), "standard attack": own,
              "adaptive worst case": lambda s, w, m: worst_case(s.ev[m], w)}

@@ -8,6 +8,7 @@ trained naturally for the same number of epochs), as the official CIFS run did.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -199,10 +200,21 @@ def _eval_stage(c: _Ctx, name: str, kind: str, title: str, sub: str | None, **op
 OWN_ATTACK = {"cifs": "joint", "cas": "joint-rs"}
 
 
+def own_attack(method: str, pgd: str) -> str:
+    """The attack `method`'s own paper evaluates it with, at the steps of the PGD attack `pgd` (e.g. pgd20):
+    `pgd` itself for a method without one of its own, else e.g. joint20 (CIFS) or joint20-rs (CAS)."""
+    own = OWN_ATTACK.get(method)
+    if not own:
+        return pgd
+    name, _, rs = own.partition("-")
+    return pgd.replace("pgd", name, 1) + (f"-{rs}" if rs else "")
+
+
 def _feature_select(method: str) -> str:
     return method if method in SELECTING else "none"
 
 
+@functools.cache  # a plan asks once per model and seed; the answer depends on these two only
 def adaptive_components(method: str, arch: str = "resnet18") -> int:
     """How many objectives the adaptive attack has on a model of `method` (final CE and CW; with heads also
     the joint loss and each head's CE and CW)."""
@@ -227,11 +239,9 @@ def study_attacks(attacks: str, method: str, methods: list[str], arch: str = "re
             matched = -(-most * r // own_c)
             a = a if matched == r else f"adaptive{m[1]}r{matched}"
         out.append(a)
-    own = OWN_ATTACK.get(method)
-    pgd_steps = next((re.fullmatch(r"pgd(\d+)", a)[1] for a in out if re.fullmatch(r"pgd\d+", a)), None)
-    if own and pgd_steps:
-        name, _, rs = own.partition("-")
-        out.insert(out.index(f"pgd{pgd_steps}") + 1, f"{name}{pgd_steps}" + (f"-{rs}" if rs else ""))
+    pgd = next((a for a in out if re.fullmatch(r"pgd\d+", a)), None)
+    if pgd and own_attack(method, pgd) != pgd:
+        out.insert(out.index(pgd) + 1, own_attack(method, pgd))
     return ",".join(out)
 
 

@@ -120,8 +120,8 @@ def model_flags(runs: dict[str, Path]) -> dict[str, list[str]]:
             flags.setdefault(model, []).append(f"{name} is at chance (natural accuracy {acc:.1f}%)")
         if "pred_nat" in ex and len(np.unique(ex["pred_nat"])) <= 2:
             flags.setdefault(model, []).append(f"{name} predicts {len(np.unique(ex['pred_nat']))} class(es) only")
-        if read_json(r / "sanity" / "eval.json").get("verdict") not in (None, "pass") and any(
-                not c["passed"] for c in read_json(r / "sanity" / "eval.json").get("sanity") or []):
+        sanity = read_json(r / "sanity" / "eval.json")
+        if sanity.get("verdict") not in (None, "pass") and any(not c["passed"] for c in sanity.get("sanity") or []):
             flags.setdefault(model, []).append(f"{name} fails a gradient-masking check")
     return flags
 

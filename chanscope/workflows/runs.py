@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from chanscope.data import ImageData, balanced_subset, load_data
+from chanscope.data import ImageData, balanced_subset, check_classes, load_data
 from chanscope.errors import ChanscopeError
 
 __all__ = ["run_dir_of", "data_of_run", "open_model_for", "test_subset", "writable_dir", "check_fits", "match_classes",
@@ -161,8 +161,6 @@ def open_measurement(model_path: str | Path, options, model_options, default_n: 
 
     device = str(dist_util.setup_device(options.device)[0])
     ds = data_of_run(model_path, options.data, options.data_root, options.download)
-    from chanscope.train.setup import check_classes
-
     check_classes(ds)
     for key in ("mean", "std"):
         vals = getattr(model_options, key, None) if model_options is not None else None

@@ -139,15 +139,17 @@ def sensitivity_grid(plan: GridPlan, data, *, device: str | None = None, cache: 
     for si, models in enumerate(plan.seeds):
         per_model = {}
         weights.append({})
+        images = None  # one seed's models see the same images: drawn once
+        sub = cache / f"seed{si}" if cache else None
+        if sub:
+            sub.mkdir(parents=True, exist_ok=True)
         for name, m in models.items():
             net = _model(m, device, {})
             lin = getattr(net, "linear", None)
             if isinstance(lin, nn.Linear):
                 weights[-1][name] = lin.weight.detach().cpu().numpy()
-            x, y, classes, _ = as_images(data, net, plan.n, si)
-            sub = cache / f"seed{si}" if cache else None
-            if sub:
-                sub.mkdir(parents=True, exist_ok=True)
+            images = images or as_images(data, net, plan.n, si)
+            x, y, classes, _ = images
             walks = _walks(net, name, x, y, classes, plan, sub, si, batch_size, say, source=m)
             rel = _relevances(net, name, x, y, len(classes), plan, sub, batch_size, source=m, seed=si)
             per_model[name] = (walks, rel)

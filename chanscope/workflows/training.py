@@ -121,8 +121,7 @@ def _session(cfg: TrainConfig, out: Path, state: dict | None) -> _Session:
     if cfg.init and state is None:
         load_init(model, cfg.init)
     model, fwd, update, notes, run_cfg = _place(cfg, model, device, distributed)
-    if getattr(data, "shrunk", False):
-        notes.append(data.notes[-1])
+    notes += data.warnings
     bf16 = cfg.uses_bf16(device.type)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.resolved_milestones(), gamma=0.1)
