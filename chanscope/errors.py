@@ -4,19 +4,39 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["ChanscopeError", "check_eps", "check_positive_int", "check_positive", "check_range", "parse_int_list"]
+__all__ = ["ChanscopeError", "check_eps", "check_threat_model", "THREAT_MODELS", "DEFAULT_EPS",
+           "check_positive_int", "check_positive", "check_range", "parse_int_list"]
 
 
 class ChanscopeError(ValueError):
     """A user-facing problem: the message names what is wrong and how to fix it."""
 
 
-def check_eps(eps: float, name: str = "eps") -> float:
-    """Reject perturbation budgets outside (0, 1] (pixel units, images in [0, 1])."""
-    if not (0.0 < eps <= 1.0):
-        raise ChanscopeError(
-            f"{name}={eps:g} is outside (0, 1]; give it in pixel units of [0,1] images, e.g. 8/255"
-        )
+THREAT_MODELS = ("linf", "l2")
+DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}  # on [0, 1] images: the paper's L-inf budget, RobustBench's L2
+_EPS_RANGE = {"linf": (1.0, "8/255"), "l2": (64.0, "0.5")}  # largest sane budget, an example
+
+
+def check_threat_model(name: str | None) -> str:
+    """'linf' or 'l2' (any case: Linf, L2 as RobustBench writes them); None is linf."""
+    t = "linf" if name is None else str(name).strip().lower()
+    if t not in THREAT_MODELS:
+        raise ChanscopeError(f"unknown threat model {name!r}; use linf or l2 (e.g. --threat-model l2 --eps 0.5)")
+    return t
+
+
+def check_eps(eps: float, name: str = "eps", norm: str = "linf", warn: bool = True) -> float:
+    """Reject budgets outside the threat model's sane range (images in [0, 1]: L-inf (0, 1], L2 (0, 64]); warn
+    about an L2 budget under 0.1, the size of an L-inf one (8/255 = 0.031), which is allowed but rarely meant."""
+    top, example = _EPS_RANGE[check_threat_model(norm)]
+    if not (0.0 < eps <= top):
+        raise ChanscopeError(f"{name}={eps:g} is outside (0, {top:g}] for {norm}; give it in units of [0,1] "
+                             f"images, e.g. {example}")
+    if warn and norm == "l2" and eps < 0.1 and name == "eps":
+        import warnings
+
+        warnings.warn(f"{name}={eps:g} under L2 is an L-infinity-sized budget (8/255 = 0.031); L2 studies "
+                      "on CIFAR-10 use 0.5", stacklevel=3)
     return float(eps)
 
 

@@ -15,7 +15,16 @@ DataOpt = Annotated[Optional[str], typer.Option(
     help="embedded (default), cifar10, svhn, fashion-mnist, an ImageFolder folder, or a .tar.gz/.zip of one.")]
 DataRootOpt = Annotated[Optional[str], typer.Option(help="Folder of torchvision's data sets (for named data).")]
 DownloadOpt = Annotated[Optional[bool], typer.Option("--download", help="Let torchvision download named data.")]
-EpsOpt = Annotated[Optional[str], typer.Option(help="L-inf budget in pixel units, e.g. 8/255.")]
+EpsOpt = Annotated[Optional[str], typer.Option(
+    help="Budget in the threat model's units on [0,1] images (default: 8/255 under linf, 0.5 under l2).")]
+ThreatOpt = Annotated[Optional[str], typer.Option(
+    "--threat-model", help="linf or l2 (default: the run's own, else linf); --eps is in its units. "
+    "For robustbench: models, also the zoo folder (Linf, L2).")]
+
+
+def budget(eps: float, threat_model: str) -> str:
+    """A budget as a reader expects it: 8.0/255 under L-inf, 0.500 under L2."""
+    return f"{eps * 255:.1f}/255" if threat_model == "linf" else f"{eps:.3f}"
 ClassesByOpt = Annotated[str, typer.Option(
     help="How the data's labels meet the model's classes: name (the names the checkpoint records must match; "
     "another order is mapped) or position (label i is the model's class i, rows get the model's names).")]
@@ -40,7 +49,7 @@ MeanOpt = Annotated[Optional[str], typer.Option(help="Per-channel mean the model
 StdOpt = Annotated[Optional[str], typer.Option(help="Per-channel std the model expects (with --mean).")]
 
 
-def model_options(weights: str | None, num_classes: int | None, dataset: str, threat_model: str, model_dir: str,
+def model_options(weights: str | None, num_classes: int | None, dataset: str, threat_model: str | None, model_dir: str,
                   mean: str | None, std: str | None):
     """The flags of a model source as the library's ModelOptions."""
     from chanscope.errors import ChanscopeError
@@ -55,7 +64,8 @@ def model_options(weights: str | None, num_classes: int | None, dataset: str, th
             raise ChanscopeError(f"{flag} {text!r} is not a comma-separated list of numbers, e.g. 0.5,0.5,0.5"
                                  ) from None
 
-    return ModelOptions(weights=weights, num_classes=num_classes, dataset=dataset, threat_model=threat_model,
+    zoo = {"linf": "Linf", "l2": "L2"}.get(str(threat_model).lower(), threat_model) if threat_model else "Linf"
+    return ModelOptions(weights=weights, num_classes=num_classes, dataset=dataset, threat_model=zoo,
                         model_dir=model_dir, mean=floats(mean, "--mean"), std=floats(std, "--std"))
 
 
@@ -75,14 +85,17 @@ def with_model_source(command: Callable[..., Any]) -> Callable[..., Any]:
     def evaluated(annotation: Any) -> Any:
         return eval(annotation, names) if isinstance(annotation, str) else annotation
 
+    # a command with a --threat-model of its own (the attacks') shares it with RobustBench's zoo folder
+    flags = [f for f in _SOURCE_FLAGS if f[0] not in own.parameters]
     params = [p.replace(annotation=evaluated(p.annotation)) for p in own.parameters.values()
               if p.name != "model_options"]
     params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
-               for name, kind, default in _SOURCE_FLAGS]
+               for name, kind, default in flags]
 
     @functools.wraps(command)
     def run(**kwargs: Any) -> Any:
-        source = {name: kwargs.pop(name) for name, _, _ in _SOURCE_FLAGS}
+        source = {name: kwargs.pop(name) for name, _, _ in flags}
+        source.setdefault("threat_model", kwargs.get("threat_model"))
         return command(**kwargs, model_options=model_options(**source))
 
     # what Typer reads (the signature, and typing.get_type_hints of the annotations)

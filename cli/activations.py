@@ -21,6 +21,7 @@ from ._options import (
     EpsOpt,
     ModelOpt,
     SeedOpt,
+    ThreatOpt,
     with_model_source,
 )
 
@@ -43,7 +44,8 @@ def activations_command(
     relevance: Annotated[str, typer.Option(help=f"One of: {', '.join(RELEVANCE_METHODS)}.")] = "gradient",
     relevance_on: Annotated[str, typer.Option(help="Score relevance on natural or adversarial inputs.")]
     = "natural",
-    eps: EpsOpt = "8/255",
+    eps: EpsOpt = None,
+    threat_model: ThreatOpt = None,
     n: Annotated[Optional[int], typer.Option(
         help="Class-balanced test images (default 1000, or the whole test set where it is smaller). The whole "
         "CIFAR-10 test set (--n 10000) takes 10x as long as the default.")] = None,
@@ -77,7 +79,8 @@ def activations_command(
 
     try:
         options = ActivationOptions(
-            eps=parse_fraction(eps), n=n, beta_atk=beta_atk, follow_mask=follow_mask, batch_size=batch_size,
+            eps=parse_fraction(eps) if eps is not None else None, threat_model=threat_model,
+            n=n, beta_atk=beta_atk, follow_mask=follow_mask, batch_size=batch_size,
             seed=seed or 0, device=device, data=data, data_root=data_root, download=bool(download),
             classes_by=classes_by, out=str(out) if out else None, layers=list(layer) if layer else None,
             attack=attack, relevance=relevance, relevance_on=relevance_on, threshold=threshold)

@@ -20,6 +20,8 @@ from ._options import (
     EpsOpt,
     ModelOpt,
     SeedOpt,
+    ThreatOpt,
+    budget,
     with_model_source,
 )
 
@@ -35,7 +37,8 @@ def eval_command(
         "code), square; r<N> after a name gives it N restarts "
         "(e.g. pgd20,adaptive20r2; default: "
         "fgsm,pgd20,cw20, plus adaptive20 for models with probes or auxiliary heads, CIFS and CAS).")] = None,
-    eps: EpsOpt = "8/255",
+    eps: EpsOpt = None,
+    threat_model: ThreatOpt = None,
     n: Annotated[Optional[int], typer.Option(help="Class-balanced test images (default: the whole test set).")]
     = None,
     step_size: Annotated[Optional[str], typer.Option(help="PGD step (default eps/10, the paper's 0.8/255).")] = None,
@@ -62,14 +65,14 @@ def eval_command(
     """Evaluate robustness per attack and per class; write eval.csv and eval.json."""
     from chanscope.workflows.evaluate import EvalOptions, run_eval
 
-    e = parse_fraction(eps)
+    e = parse_fraction(eps) if eps is not None else None
     bar = progress()
     tasks: dict[str, int] = {}
 
     def on_ready(info: dict) -> None:
         whole = " (the whole test set; --n to evaluate fewer)" if n is None else ""
         console.print(f"[bold]chanscope eval[/] {model}: {info['n']} test images{whole} of {info['data']}, "
-                      f"eps {e:.5f}, "
+                      f"{info['specs'][0].norm} eps {budget(info['specs'][0].eps, info['specs'][0].norm)}, "
                       f"attacks {', '.join(s.name for s in info['specs'])} on {info['device']}")
         for note in info["notes"]:
             console.print(f"[yellow]note:[/] {note}")
@@ -82,7 +85,8 @@ def eval_command(
 
     try:
         options = EvalOptions(
-            eps=e, n=n, beta_atk=beta_atk, follow_mask=follow_mask, batch_size=batch_size, seed=seed or 0,
+            eps=e, threat_model=threat_model,
+            n=n, beta_atk=beta_atk, follow_mask=follow_mask, batch_size=batch_size, seed=seed or 0,
             device=device, data=data, data_root=data_root, download=bool(download), classes_by=classes_by,
             out=str(out) if out else None, attacks=attacks,
             step_size=parse_fraction(step_size) if step_size else None, restarts=restarts,
@@ -99,25 +103,26 @@ def eval_command(
         bar.stop()
     if summary.get("replaced"):
         console.print(f"[yellow]note:[/] replaced {summary['replaced']} (write elsewhere with --out)")
-    print_eval(result, summary, str(model), e)
+    print_eval(result, summary, str(model))
     console.print(f"wrote {summary['out']}/eval.csv and eval.json in {summary['wall_seconds']:.0f}s")
 
 
-def print_eval(result, summary: dict, model: str, eps: float) -> None:
+def print_eval(result, summary: dict, model: str) -> None:
     from chanscope.workflows.evaluate import verdict
 
     overall = result.overall()
     n = int(overall.n.iloc[0]) if len(overall) else 0
-    table = Table(title=f"robust accuracy, {model} ({n} images, eps {eps * 255:.1f}/255)")
-    for col in ("attack", "loss", "steps", "step", "restarts", "natural %", "robust %", "max linf", "s"):
+    norm = summary.get("threat_model", "linf")
+    table = Table(title=f"robust accuracy, {model} ({n} images, {norm} eps {budget(summary['eps'], norm)})")
+    for col in ("attack", "loss", "steps", "step", "restarts", "natural %", "robust %", f"max {norm}", "s"):
         table.add_column(col, justify="right")
     for _, r in overall.iterrows():
         top = r.attack.split(":")[0]
         gradient_based = top not in ("aa", "aa-ref", "autoattack", "square")
         table.add_row(r.attack, r.loss if gradient_based else "-", str(r.steps) if gradient_based else "-",
-                      f"{r.step_size * 255:.2f}/255" if gradient_based else "-",
+                      budget(r.step_size, norm) if gradient_based else "-",
                       str(r.restarts) if gradient_based else "-", f"{r.natural_acc:.1f}", f"{r.robust_acc:.1f}",
-                      f"{result.max_linf.get(top, 0) * 255:.2f}/255", f"{result.seconds.get(r.attack, 0):.0f}")
+                      budget(result.max_linf.get(top, 0), norm), f"{result.seconds.get(r.attack, 0):.0f}")
     console.print(table)
     per_class = result.table.pivot_table(index="class", columns="attack", values="robust_acc", sort=False)
     ct = Table(title="robust accuracy per class (%)")

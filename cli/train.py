@@ -15,7 +15,7 @@ from chanscope.names import METHODS
 from chanscope.scales import SCALES
 
 from ._console import as_flags, console, fail, progress
-from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt
+from ._options import DataOpt, DataRootOpt, DeviceOpt, DownloadOpt, EpsOpt, SeedOpt, ThreatOpt
 
 
 def train_command(
@@ -41,6 +41,7 @@ def train_command(
     milestones: Annotated[Optional[str], typer.Option(help="Comma list of lr x0.1 epochs (default 62.5%, 75%).")]
     = None,
     eps: EpsOpt = None,
+    threat_model: ThreatOpt = None,
     step_size: Annotated[Optional[str], typer.Option(help="Training PGD step, e.g. 2/255.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training PGD steps (paper 10).")] = None,
     beta: Annotated[Optional[float], typer.Option(help="CIFS/CAS joint-loss beta (paper 2).")] = None,
@@ -84,7 +85,7 @@ def train_command(
         "method": method, "arch": arch, "width": width, "natural": natural, "data": data, "data_root": data_root,
         "download": download, "subset": subset, "val_n": val_n, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "milestones": parse_int_list(milestones, "--milestones", "75,90") if milestones else None, "eps": eps,
-        "step_size": step_size, "steps": steps, "beta": beta,
+        "threat_model": threat_model, "step_size": step_size, "steps": steps, "beta": beta,
         "probes": probes.split(",") if probes else None, "train_label": train_label, "topk": topk, "mask": mask,
         "select_stages": select_stages.split(",") if select_stages else None, "eval_n": eval_n, "init": init,
         "tau": tau, "lam_sep": lam_sep, "lam_rec": lam_rec,

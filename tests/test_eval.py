@@ -166,8 +166,8 @@ def test_eval_cli_writes_tables_and_rejects_bad_input(trained, tmp_path):
     import pandas as pd
 
     df = pd.read_csv(tmp_path / "eval.csv")
-    assert list(df.columns) == ["attack", "eps", "steps", "step_size", "restarts", "loss", "class", "n",
-                                "natural_acc", "robust_acc"]
+    assert list(df.columns) == ["attack", "threat_model", "eps", "steps", "step_size", "restarts", "loss", "class",
+                                "n", "natural_acc", "robust_acc"]
     assert set(df.attack) == {"fgsm", "pgd5"} and len(df) == 2 * 11
     assert (df[df["class"] == "all"].n == 50).all()
     before = (tmp_path / "eval.csv").read_bytes()

@@ -25,10 +25,11 @@ def fast_craft(cfg: Any) -> Craft:
 
     def craft(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kw: Any) -> torch.Tensor:
         graphs = (cfg.cuda_graphs and x.is_cuda and not cfg.compile and isinstance(kw.get("loss"), str)
-                  and kw.get("init") is None)
+                  and kw.get("init") is None and kw.get("norm", "linf") == "linf")  # the graphs step under L-inf
         with folded(model, keep=graphs) if fold else nullcontext(model) as atk:
             if graphs:
                 kw.pop("autocast", None)
+                kw.pop("norm", None)
                 return graphed_pgd(atk, x, y, bf16=cfg.uses_bf16(x.device.type), **kw)
             return pgd(atk, x, y, **kw)
 

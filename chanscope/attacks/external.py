@@ -30,29 +30,33 @@ def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
         return int(model(x[:1]).shape[1])
 
 
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0) -> torch.Tensor:
+_NAMES = {"linf": "Linf", "l2": "L2"}  # the libraries' spelling of our threat models
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0,
+               norm: str = "linf") -> torch.Tensor:
     """AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square 5000), Croce & Hein 2020."""
     ta = _torchattacks()
-    atk = ta.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=_num_classes(model, x),
+    atk = ta.AutoAttack(model, norm=_NAMES[norm], eps=eps, version="standard", n_classes=_num_classes(model, x),
                         seed=seed)
     return atk(x, y).detach()
 
 
 def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int,
-           seed: int = 0) -> torch.Tensor:
+           seed: int = 0, norm: str = "linf") -> torch.Tensor:
     """Square Attack (Andriushchenko et al. 2020), a score-based black-box attack."""
     ta = _torchattacks()
-    return ta.Square(model, norm="Linf", eps=eps, n_queries=queries, n_restarts=1, seed=seed)(x, y).detach()
+    return ta.Square(model, norm=_NAMES[norm], eps=eps, n_queries=queries, n_restarts=1, seed=seed)(x, y).detach()
 
 
 def autoattack_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                         seed: int = 0) -> torch.Tensor:
+                         seed: int = 0, norm: str = "linf") -> torch.Tensor:
     """AutoAttack, standard version, by its authors' code (the `pyautoattack` package)."""
     try:
         from pyautoattack import AutoAttack
     except ImportError:
         raise ChanscopeError("the reference AutoAttack (aa-ref) needs pyautoattack; pip install pyautoattack"
                              ) from None
-    aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device=x.device)
+    aa = AutoAttack(model, eps=eps, norm=_NAMES[norm], version="standard", seed=seed, device=x.device)
     x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(y))
     return x_adv.detach().to(x.device)

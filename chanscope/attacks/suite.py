@@ -16,14 +16,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from chanscope.attacks.pgd import attack_loss, frozen_eval, pgd
-from chanscope.errors import ChanscopeError, check_eps, check_positive_int
+from chanscope.attacks.pgd import attack_loss, distance, frozen_eval, pgd
+from chanscope.errors import ChanscopeError, check_eps, check_positive_int, check_threat_model
 from chanscope.losses import cw_margin
 
 __all__ = ["AttackSpec", "parse_attacks", "run_attack", "ATTACK_NAMES", "has_probes", "correct", "follow_mask",
            "end_to_end_selectors"]
 
-ATTACK_NAMES = ("fgsm", "pgd<K> (pgd20, pgd100, ...)", "cw<K> (cw20, ...)",
+ATTACK_NAMES = ("fgsm (L-inf) / fgm (L2): the single gradient step", "pgd<K> (pgd20, pgd100, ...)", "cw<K> (cw20, ...)",
                 "joint<K> (PGD on the CIFS/CAS/FSR joint loss, the official evaluations' attack)",
                 "tpgd<K> (targeted PGD toward the most likely wrong class)", "aa", "aa-ref",
                 "square", "adaptive<K> (adaptive20, ...; r<N> after any of these: N restarts, e.g. adaptive20r2; "
@@ -42,6 +42,7 @@ class AttackSpec:
     random_start: bool = False
     queries: int = 0  # square
     follow_mask: bool = False  # adaptive: differentiate through CIFS's relevance and mask (end to end)
+    norm: str = "linf"  # the threat model: linf | l2 (eps and step_size in its units)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,25 +75,31 @@ def follow_mask(model: nn.Module, on: bool = True) -> Iterator[nn.Module]:
 
 def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None = None, restarts: int = 1,
                   random_start: bool = False, square_queries: int = 1000,
-                  follow: bool | str = False) -> list[AttackSpec]:
-    """Defaults follow the paper's test: step eps/10 (0.8/255 at 8/255), zero start, one restart.
+                  follow: bool | str = False, threat_model: str = "linf") -> list[AttackSpec]:
+    """Defaults follow the paper's test: step eps/10 (0.8/255 at 8/255; 0.05 at L2 eps 0.5), zero start, one
+    restart. threat_model: linf or l2; every attack of the list is under it.
 
     A name may carry its own restarts (pgd20r3, adaptive20r2) and a random start (joint20-rs). follow: True,
     adaptive attacks differentiate through CIFS's relevance and mask (the named PGD/CW attacks stay the official
     evaluation, which stops the gradient at the mask); "all": every gradient attack does."""
-    check_eps(eps)
+    norm = check_threat_model(threat_model)
+    check_eps(eps, norm=norm)
     check_positive_int(restarts, "restarts")
     items = [n.strip().lower() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
     if not items:
         raise ChanscopeError(f"no attack given; valid: {', '.join(ATTACK_NAMES)}")
     alpha = eps / 10 if step_size is None else step_size
     if step_size is not None:
-        check_eps(step_size, "step size")
+        check_eps(step_size, "step size", norm=norm, warn=False)
     specs = []
     for n in items:
         m = re.fullmatch(r"(pgd|cw|tpgd|joint|adaptive)(\d*)(?:r(\d+))?(-rs)?", n)
-        if n == "fgsm":
-            specs.append(AttackSpec(n, "fgsm", eps, 1, eps, 1, "ce", follow_mask=follow == "all"))
+        if n in ("fgsm", "fgm"):
+            single = "fgsm" if norm == "linf" else "fgm"
+            if n != single:
+                raise ChanscopeError(f"attack {n!r} is the {'L2' if n == 'fgm' else 'L-inf'} single step; under "
+                                     f"--threat-model {norm} use {single}")
+            specs.append(AttackSpec(n, "fgsm", eps, 1, eps, 1, "ce", follow_mask=follow == "all", norm=norm))
         elif m and (m[2] or m[1] == "adaptive"):
             steps = int(m[2]) if m[2] else 20
             if steps < 1:
@@ -102,14 +109,14 @@ def parse_attacks(names: str | list[str], eps: float, *, step_size: float | None
             own = int(m[3]) if m[3] else restarts
             check_positive_int(own, f"restarts of {n}")
             specs.append(AttackSpec(n, kind, eps, steps, alpha, own, loss, random_start or bool(m[4]),
-                                    follow_mask=follow == "all" or (bool(follow) and kind == "adaptive")))
+                                    follow_mask=follow == "all" or (bool(follow) and kind == "adaptive"), norm=norm))
         elif n in ("aa", "autoattack"):
-            specs.append(AttackSpec(n, "aa", eps))
+            specs.append(AttackSpec(n, "aa", eps, norm=norm))
         elif n == "aa-ref":  # the AutoAttack authors' implementation, to check the port against
-            specs.append(AttackSpec(n, "aa-ref", eps))
+            specs.append(AttackSpec(n, "aa-ref", eps, norm=norm))
         elif n == "square":
             check_positive_int(square_queries, "square queries")
-            specs.append(AttackSpec(n, "square", eps, queries=square_queries))
+            specs.append(AttackSpec(n, "square", eps, queries=square_queries, norm=norm))
         else:
             raise ChanscopeError(f"unknown attack {n!r}; valid: {', '.join(ATTACK_NAMES)}")
     return specs
@@ -155,7 +162,7 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
                ) -> tuple[torch.Tensor, float, torch.Tensor]:
     """Run one attack on a batch.
 
-    Returns (still-correct mask, largest L-inf perturbation seen, adversarial batch). The adversarial
+    Returns (still-correct mask, largest perturbation seen in the spec's norm, adversarial batch). The adversarial
     batch holds, per example, the first candidate that fooled the model, else the last candidate.
     details, if given, receives per-component masks for the adaptive attack.
     """
@@ -166,9 +173,9 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
 
     def account(x_adv: torch.Tensor) -> torch.Tensor:
         nonlocal worst, chosen
-        worst = max(worst, float((x_adv - x).abs().amax()))
-        if (x_adv < 0).any() or (x_adv > 1).any() or worst > spec.eps + 1e-6:
-            raise RuntimeError(f"{spec.name} left the threat model (linf {worst:.6f}, eps {spec.eps:.6f})")
+        worst = max(worst, float(distance(x_adv, x, spec.norm).max()))
+        if (x_adv < 0).any() or (x_adv > 1).any() or worst > spec.eps * (1 + 1e-5) + 1e-6:
+            raise RuntimeError(f"{spec.name} left the threat model ({spec.norm} {worst:.6f}, eps {spec.eps:.6f})")
         ok = correct(model, x_adv, y)
         chosen = torch.where(settled[:, None, None, None], chosen, x_adv)
         settled.logical_or_(~ok)
@@ -180,7 +187,7 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
             rs = spec.random_start or r > 0
             with follow_mask(model) if spec.follow_mask else nullcontext():
                 x_adv = pgd(model, x, y, eps=spec.eps, alpha=spec.step_size, steps=spec.steps, loss=loss,
-                            beta=beta_atk, random_start=rs)
+                            beta=beta_atk, random_start=rs, norm=spec.norm)
             robust &= account(x_adv)
     elif spec.kind == "adaptive":
         for cname, lfn in adaptive_losses(model, beta_atk).items():
@@ -188,7 +195,7 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
             for r in range(spec.restarts):
                 with follow_mask(model) if spec.follow_mask else nullcontext():
                     x_adv = pgd(model, x, y, eps=spec.eps, alpha=spec.step_size, steps=spec.steps, loss=lfn,
-                                random_start=spec.random_start or r > 0)
+                                random_start=spec.random_start or r > 0, norm=spec.norm)
                 comp &= account(x_adv)
             if details is not None:
                 details[cname] = comp
@@ -198,11 +205,11 @@ def run_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Ten
 
         with frozen_eval(model):
             if spec.kind == "aa":
-                x_adv = autoattack(model, x, y, spec.eps, seed=seed)
+                x_adv = autoattack(model, x, y, spec.eps, seed=seed, norm=spec.norm)
             elif spec.kind == "aa-ref":
-                x_adv = autoattack_reference(model, x, y, spec.eps, seed=seed)
+                x_adv = autoattack_reference(model, x, y, spec.eps, seed=seed, norm=spec.norm)
             else:
-                x_adv = square(model, x, y, spec.eps, spec.queries, seed=seed)
+                x_adv = square(model, x, y, spec.eps, spec.queries, seed=seed, norm=spec.norm)
         robust &= account(x_adv)
     else:  # pragma: no cover - parse_attacks guards this
         raise ChanscopeError(f"unknown attack kind {spec.kind!r}")

@@ -12,11 +12,13 @@ from typing import Any
 
 from chanscope.data.sources import SOURCES
 from chanscope.errors import (
+    DEFAULT_EPS,
     ChanscopeError,
     check_eps,
     check_positive,
     check_positive_int,
     check_range,
+    check_threat_model,
     parse_fraction,
 )
 from chanscope.models import list_models
@@ -51,7 +53,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 2e-4
     milestones: list[int] | None = None  # None: 62.5% and 75% of epochs (75 and 90 of 120)
-    # training attack (PGD-10, eps 8/255, step 2/255, random start)
+    # training attack (PGD-10, eps 8/255, step 2/255, random start); under L2 every budget and step is scaled
+    # by 0.5 / (8/255), so the recipe keeps its step-to-eps ratios (eps 0.5, step 0.125)
+    threat_model: str = "linf"  # linf | l2
     eps: float = 8 / 255
     step_size: float = 2 / 255
     steps: int = 10
@@ -159,7 +163,16 @@ def build_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     if preset is not None and preset not in SCALES:
         raise ChanscopeError(f"unknown preset {preset!r}; known: {', '.join(SCALES)}")
     values: dict[str, Any] = dict(SCALES[preset or "paper"].train)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    threat = check_threat_model(given.get("threat_model"))
+    if threat == "l2":  # the recipe's L-inf budgets, scaled to L2 where not given
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        ratio = DEFAULT_EPS["l2"] / DEFAULT_EPS["linf"]
+        for k in ("eps", "step_size", "eval_step_size"):
+            if k not in given:
+                values[k] = parse_fraction(values.get(k, defaults[k])) * ratio
+    values.update(given)
+    values["threat_model"] = threat
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -182,9 +195,10 @@ def validate(cfg: TrainConfig) -> None:
                              "applies to cifs, cas and fsr, whose architecture differs); use method standard")
     if cfg.arch not in list_models():
         raise ChanscopeError(f"unknown arch {cfg.arch!r}; known: {', '.join(list_models())}")
-    check_eps(cfg.eps, "eps")
-    check_eps(cfg.step_size, "step size")
-    check_eps(cfg.eval_step_size, "eval step size")
+    cfg.threat_model = check_threat_model(cfg.threat_model)
+    check_eps(cfg.eps, "eps", norm=cfg.threat_model)
+    check_eps(cfg.step_size, "step size", norm=cfg.threat_model, warn=False)
+    check_eps(cfg.eval_step_size, "eval step size", norm=cfg.threat_model, warn=False)
     check_positive_int(cfg.steps, "steps")
     check_positive_int(cfg.eval_steps, "eval steps")
     check_positive_int(cfg.epochs, "epochs")

@@ -82,6 +82,6 @@ def subset_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg, batc
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
             nat += correct(model, xb, yb).sum().item()
             xa = pgd(model, xb, yb, eps=cfg.eps, alpha=cfg.eval_step_size, steps=cfg.eval_steps,
-                     loss=loss, beta=cfg.beta_atk, random_start=False)
+                     loss=loss, beta=cfg.beta_atk, random_start=False, norm=cfg.threat_model)
             adv += correct(model, xa, yb).sum().item()
     return nat, adv

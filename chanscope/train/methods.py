@@ -44,7 +44,7 @@ class Method:
         if not c.adversarial:
             return x
         return self.craft(model, x, y, eps=c.eps, alpha=c.step_size, steps=c.steps, loss=self.attack_kind,
-                          beta=c.beta_atk, random_start=c.random_start, autocast=autocast)
+                          beta=c.beta_atk, random_start=c.random_start, autocast=autocast, norm=c.threat_model)
 
     def loss(self, net: nn.Module, x_in: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
              autocast: Autocast) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +89,7 @@ class Trades(Method):
             nat_logits = model(x).float()
         return self.craft(model, x, y, eps=c.eps, alpha=c.step_size, steps=c.steps,
                           loss=attack_loss("trades", x_nat_logits=nat_logits), init=x + 0.001 * torch.randn_like(x),
-                          autocast=autocast)
+                          autocast=autocast, norm=c.threat_model)
 
     def loss(self, net, x_in, x, y, autocast):
         with autocast():

@@ -209,10 +209,12 @@ def run_activations(model_path: str, options: ActivationOptions | None = None, *
     owned: the caller owns the unsuffixed file names (a study's stage): they are rewritten, never suffixed by the
     attack."""
     from chanscope.observe.hooks import default_layer, resolve_layers
-    from chanscope.workflows.runs import folder_lock, open_measurement, run_dir_of, writable_dir
+    from chanscope.workflows.runs import folder_lock, open_measurement, resolve_threat_model, run_dir_of, writable_dir
 
     t0 = time.time()
     o = ActivationOptions.given(options, "run_activations")
+    o.check()
+    resolve_threat_model(o, model_path)
     spec = o.spec()  # every option checked before the model is read
     _, ds, net, x, y, class_note = open_measurement(model_path, o, model_options, default_n=DEFAULT_N)
     try:

@@ -22,7 +22,7 @@ from chanscope.workflows.options import EvalOptions
 __all__ = ["default_attacks", "evaluate", "run_eval", "EvalOptions",
            "sanity_checks", "EvalResult", "EVAL_COLUMNS", "accuracy_under"]
 
-EVAL_COLUMNS = ["attack", "eps", "steps", "step_size", "restarts", "loss", "class", "n", "natural_acc",
+EVAL_COLUMNS = ["attack", "threat_model", "eps", "steps", "step_size", "restarts", "loss", "class", "n", "natural_acc",
                 "robust_acc"]
 Progress = Callable[[str, int, int], None]
 
@@ -48,8 +48,8 @@ def _batches(n: int, bs: int):
 
 def _rows(name: str, spec: AttackSpec, nat: torch.Tensor, rob: torch.Tensor, y: torch.Tensor,
           classes: list[str], loss: str | None = None) -> list[dict]:
-    base = {"attack": name, "eps": spec.eps, "steps": spec.steps, "step_size": spec.step_size,
-            "restarts": spec.restarts, "loss": loss or spec.loss}
+    base = {"attack": name, "threat_model": spec.norm, "eps": spec.eps, "steps": spec.steps,
+            "step_size": spec.step_size, "restarts": spec.restarts, "loss": loss or spec.loss}
     rows = []
     for c, cname in list(enumerate(classes)) + [(None, "all")]:
         sel = torch.ones_like(y, dtype=torch.bool) if c is None else (y == c)
@@ -112,7 +112,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[s
 
 def accuracy_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, alpha: float,
                    restarts: int = 1, random_start: bool = False, loss: str = "ce", batch_size: int = 250,
-                   source: nn.Module | None = None, seed: int = 0) -> float:
+                   source: nn.Module | None = None, seed: int = 0, norm: str = "linf") -> float:
     """Robust accuracy (%) of `model` under PGD crafted on `source` (default: the model itself)."""
     src = model if source is None else source  # (a compiled module has no truth value)
     torch.manual_seed(seed)
@@ -122,7 +122,7 @@ def accuracy_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         r = correct(model, xb, yb)
         for k in range(restarts):
             xa = pgd(src, xb, yb, eps=eps, alpha=alpha, steps=steps, loss=loss,
-                     random_start=random_start or k > 0)
+                     random_start=random_start or k > 0, norm=norm)
             r &= correct(model, xa, yb)
         ok.append(r)
     ok = torch.cat(ok)
@@ -131,7 +131,7 @@ def accuracy_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
 
 def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, batch_size: int = 250,
                   surrogate: nn.Module | None = None, square_queries: int = 1000, seed: int = 0,
-                  loss: str = "ce", progress: Progress | None = None) -> list[dict]:
+                  loss: str = "ce", progress: Progress | None = None, norm: str = "linf") -> list[dict]:
     """Gradient-masking checks; each entry: check, passed, numbers, detail.
 
     Tolerance: one percentage point plus one example, for sampling noise on a finite set.
@@ -151,7 +151,7 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
 
     def acc(steps: int, restarts: int = 1, e: float = eps, rs: bool = False, src=None) -> float:
         a = accuracy_under(model, x, y, eps=e, steps=steps, alpha=2.5 * e / steps, restarts=restarts,
-                           random_start=rs, loss=loss, batch_size=batch_size, source=src, seed=seed)
+                           random_start=rs, loss=loss, batch_size=batch_size, source=src, seed=seed, norm=norm)
         tick()
         return a
 
@@ -161,10 +161,11 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     a_r = acc(20, restarts=5, rs=True)
     checks.append({"check": "more restarts never raise accuracy", "passed": a_r <= a20 + tol,
                    "numbers": {"pgd20_1_restart": a20, "pgd20_5_restarts": a_r}})
-    big = acc(50, e=0.5)
-    checks.append({"check": "eps = 0.5 drives accuracy to about 0", "passed": big <= 2.0,
-                   "numbers": {"pgd50_eps0.5": big}})
-    sq_spec = parse_attacks("square", eps, square_queries=square_queries)[0]
+    huge = 0.5 if norm == "linf" else 16.0  # a budget no classifier survives: half the pixel range / L2 16
+    big = acc(50, e=huge)
+    checks.append({"check": f"eps = {huge:g} drives accuracy to about 0", "passed": big <= 2.0,
+                   "numbers": {f"pgd50_eps{huge:g}": big}})
+    sq_spec = parse_attacks("square", eps, square_queries=square_queries, threat_model=norm)[0]
     sq = []
     for s in _batches(len(y), batch_size):
         sq.append(run_attack(sq_spec, model, x[s], y[s], seed=seed)[0])
@@ -240,11 +241,19 @@ def run_eval(model_path: str, options: EvalOptions | None = None, *, model_optio
 
     from chanscope.accel.layout import set_layout
     from chanscope.checkpoint import load_model
-    from chanscope.workflows.runs import check_fits, folder_lock, open_measurement, run_dir_of, writable_dir
+    from chanscope.workflows.runs import (
+        check_fits,
+        folder_lock,
+        open_measurement,
+        resolve_threat_model,
+        run_dir_of,
+        writable_dir,
+    )
 
     t0 = time.time()
     o = EvalOptions.given(options, "run_eval")
     o.check()
+    resolve_threat_model(o, model_path)
     specs = o.specs() if o.attacks is not None else None  # fails before the model is read
     device, ds, net, x, y, class_note = open_measurement(model_path, o, model_options)
     specs = specs or o.specs(default_attacks(net))
@@ -270,13 +279,14 @@ def _eval_into(out_dir, model_path, o, net, ds, x, y, specs, sur, class_note, t0
                       progress=progress)
     if o.sanity:
         result.sanity = sanity_checks(net, x, y, o.eps, batch_size=o.batch_size, surrogate=sur,
-                                      square_queries=o.square_queries, seed=o.seed,
+                                      square_queries=o.square_queries, seed=o.seed, norm=o.threat_model,
                                       loss="joint" if has_probes(net) else "ce", progress=progress)
     summary = {
         "model": str(model_path), "model_source": getattr(net, "source", None), "arch": getattr(net, "arch", None),
         "model_kwargs": getattr(net, "model_kwargs", None),
         "data": ds.describe() | {"n_eval": len(y), "n_requested": o.n},
         "classes_note": class_note,
+        "threat_model": o.threat_model,
         "eps": o.eps, "attacks": [s.to_dict() for s in specs], "beta_atk": o.beta_atk, "seed": o.seed,
         "overall": json.loads(result.overall().to_json(orient="records")), "max_linf": result.max_linf,
         "attack_seconds": result.seconds, "adaptive_components": strongest_components(result.examples),

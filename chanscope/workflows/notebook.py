@@ -153,7 +153,8 @@ def _model_name(model: nn.Module | str) -> str:
 
 
 def study(model: nn.Module | str, data: Any = "embedded", layers: list[str] | None = None, attack: str = "pgd20",
-          relevance: str = "gradient", n: int | None = DEFAULT_N, *, eps: float = 8 / 255,
+          relevance: str = "gradient", n: int | None = DEFAULT_N, *, eps: float | None = None,
+          threat_model: str = "linf",
           relevance_on: str = "natural", threshold: float = 1e-2, batch_size: int = 250, seed: int = 0,
           follow_mask: bool = False, beta_atk: float = 2.0, device: str | None = None, progress: Any = None,
           **model_options: Any) -> Study:
@@ -163,7 +164,8 @@ def study(model: nn.Module | str, data: Any = "embedded", layers: list[str] | No
     from chanscope.observe.hooks import default_layer, resolve_layers
     from chanscope.workflows.runs import check_fits
 
-    o = ActivationOptions(eps=eps, n=n, follow_mask=follow_mask, beta_atk=beta_atk, batch_size=batch_size,
+    o = ActivationOptions(eps=eps, threat_model=threat_model,
+                          n=n, follow_mask=follow_mask, beta_atk=beta_atk, batch_size=batch_size,
                           seed=seed, device=device, layers=list(layers) if layers else None, attack=attack,
                           relevance=relevance, relevance_on=relevance_on, threshold=threshold)
     spec = o.spec()  # every option checked before the model is read
@@ -200,14 +202,16 @@ def _progress(progress: Any, what: str):
 
 
 def evaluate(model: nn.Module | str, data: Any = "embedded", attacks: list[str] | str = ("pgd20",), *,
-             eps: float = 8 / 255, n: int | None = 1000, batch_size: int = 250, seed: int = 0,
+             eps: float | None = None,
+             threat_model: str = "linf", n: int | None = 1000, batch_size: int = 250, seed: int = 0,
              follow_mask: bool = False, beta_atk: float = 2.0, device: str | None = None, progress: Any = None,
              **model_options: Any) -> pd.DataFrame:
     """Robust accuracy of `model` on `data` under each attack, per class and `all` (the eval.csv table)."""
     from chanscope.workflows.evaluate import evaluate as run
     from chanscope.workflows.runs import check_fits
 
-    o = EvalOptions(eps=eps, n=n, follow_mask=follow_mask, beta_atk=beta_atk, batch_size=batch_size, seed=seed,
+    o = EvalOptions(eps=eps, threat_model=threat_model,
+                    n=n, follow_mask=follow_mask, beta_atk=beta_atk, batch_size=batch_size, seed=seed,
                     device=device, attacks=attacks if isinstance(attacks, str) else ",".join(attacks))
     o.check()
     specs = o.specs()  # before the model is read

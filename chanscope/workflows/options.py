@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chanscope.attacks.suite import AttackSpec, parse_attacks
-from chanscope.errors import ChanscopeError, check_positive_int, check_range
+from chanscope.errors import ChanscopeError, check_positive_int, check_range, check_threat_model
 
 __all__ = ["RunOptions", "EvalOptions", "ActivationOptions"]
 
@@ -19,7 +19,8 @@ __all__ = ["RunOptions", "EvalOptions", "ActivationOptions"]
 class RunOptions:
     """What every measurement of a model shares: the threat model, the images, the machine, the output."""
 
-    eps: float = 8 / 255
+    threat_model: str | None = None  # linf | l2; None: the run's own (config.json), else linf
+    eps: float | None = None  # in the threat model's units; None: its default (8/255 L-inf, 0.5 L2)
     n: int | None = None  # class-balanced test images; None: the command's default
     beta_atk: float = 2.0  # joint-loss beta of adaptive attacks (official: 2)
     follow_mask: bool = False  # adaptive attacks differentiate through the relevance and mask
@@ -31,6 +32,12 @@ class RunOptions:
     download: bool = False
     classes_by: str = "name"
     out: str | None = None  # None: the run's folder
+
+    def budget(self) -> float:
+        """eps, or the threat model's default where none is set yet."""
+        from chanscope.errors import DEFAULT_EPS
+
+        return self.eps if self.eps is not None else DEFAULT_EPS[check_threat_model(self.threat_model)]
 
     @classmethod
     def given(cls, options: RunOptions | None, caller: str) -> RunOptions:
@@ -44,6 +51,8 @@ class RunOptions:
 
     def check(self) -> None:
         """eps is checked with the attacks (`parse_attacks`), `n` against the data (`test_subset`)."""
+        if self.threat_model is not None:
+            self.threat_model = check_threat_model(self.threat_model)
         check_positive_int(self.batch_size, "batch size")
         check_range(self.beta_atk, "beta_atk", 0.0, example="2 (the official)")
 
@@ -68,9 +77,9 @@ class EvalOptions(RunOptions):
     def specs(self, default: str | None = None) -> list[AttackSpec]:
         """The attacks (`default` where none are named)."""
         names = self.attacks if self.attacks is not None else default
-        return parse_attacks(names, self.eps, step_size=self.step_size, restarts=self.restarts,
+        return parse_attacks(names, self.budget(), step_size=self.step_size, restarts=self.restarts,
                              random_start=self.random_start, square_queries=self.square_queries,
-                             follow=self.follow_mask)
+                             follow=self.follow_mask, threat_model=self.threat_model or "linf")
 
 
 @dataclass
@@ -94,7 +103,8 @@ class ActivationOptions(RunOptions):
             raise ChanscopeError(f"`relevance_on` must be natural or adversarial, not {self.relevance_on!r}")
         check_range(self.threshold, "threshold", 0.0, 1.0,
                     example="0.01 (a channel is active above 1% of the image's largest)")
-        specs = parse_attacks(self.attack, self.eps, follow="all" if self.follow_mask else False)
+        specs = parse_attacks(self.attack, self.budget(), follow="all" if self.follow_mask else False,
+                              threat_model=self.threat_model or "linf")
         if len(specs) != 1:
             raise ChanscopeError("`attack` takes one attack, e.g. pgd20")
         return specs[0]

@@ -106,6 +106,28 @@ def run_dir_of(model_path: str | Path) -> Path:
     return Path("runs") / spec_label(str(model_path))
 
 
+def run_config_of(model_path: str | Path) -> dict:
+    """The training config recorded in the model's run folder (config.json), {} where there is none."""
+    if not (Path(model_path).exists() or ":" not in str(model_path)):
+        return {}
+    try:
+        return json.loads((run_dir_of(model_path) / "config.json").read_text())["config"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return {}
+
+
+def resolve_threat_model(options, model_path: str | Path) -> None:
+    """Fill `options.threat_model` (None: the run's own, else linf) and `options.eps` (None: the threat model's
+    default, or the run's own training budget where the run was trained under that threat model)."""
+    from chanscope.errors import DEFAULT_EPS, check_threat_model
+
+    cfg = run_config_of(model_path)
+    own = check_threat_model(cfg.get("threat_model"))
+    options.threat_model = check_threat_model(options.threat_model or own)
+    if options.eps is None:
+        options.eps = float(DEFAULT_EPS[options.threat_model])
+
+
 def data_of_run(model_path: str | Path, data: str | None = None, data_root: str | None = None,
                 download: bool = False) -> ImageData:
     """The data named on the command line, else the run's own (config.json), else the embedded set."""

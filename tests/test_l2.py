@@ -1,0 +1,144 @@
+"""The L2 threat model end to end, on registry-built models: every attack stays in the L2 ball and [0, 1], PGD-L2
+agrees with torchattacks' PGDL2 example by example, the option reaches training, eval and a run's defaults, and
+bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from chanscope.attacks.pgd import distance, pgd
+from chanscope.attacks.suite import parse_attacks, run_attack
+from chanscope.errors import ChanscopeError, check_eps
+from chanscope.models import create_model
+
+
+def _cli(*args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return subprocess.run([sys.executable, "-m", "chanscope.cli.app", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def _model(feature_select: str = "none", seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model("resnet18", width=0.125, feature_select=feature_select).eval()
+
+
+@pytest.mark.parametrize("names,fs", [("fgm,pgd5,cw5,tpgd5,pgd5r2-rs", "none"), ("adaptive3,joint3-rs", "cifs")])
+def test_every_l2_attack_stays_in_the_ball_and_the_box(cifar_batch, names, fs):
+    x, y = cifar_batch
+    model = _model(fs)
+    for spec in parse_attacks(names, 0.5, step_size=0.25, threat_model="l2", follow="all" if fs == "cifs" else False):
+        assert spec.norm == "l2"
+        _, worst, x_adv = run_attack(spec, model, x, y)
+        d = distance(x_adv, x, "l2")
+        assert float(d.max()) <= 0.5 * (1 + 1e-5), spec.name
+        assert 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
+        assert float(d.max()) > 0.4, f"{spec.name} hardly moved: an L2 step of an L-inf size?"
+        assert float(distance(x_adv, x, "linf").max()) > 8 / 255, spec.name  # not an L-inf ball in disguise
+
+
+def test_l2_pgd_matches_torchattacks_per_example(cifar_batch):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = cifar_batch
+    model = _model()
+    ours = pgd(model, x, y, eps=0.5, alpha=0.1, steps=10, random_start=False, norm="l2")
+    theirs = torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=10, random_start=False)(x, y)
+    per_example = (ours - theirs).flatten(1).abs().amax(1)
+    assert float((per_example < 1e-4).float().mean()) >= 0.9, per_example
+    linf = pgd(model, x, y, eps=0.5, alpha=0.1, steps=10, random_start=False, norm="linf")
+    assert float((linf - theirs).abs().max()) > 0.05  # the comparison can tell the norms apart
+
+
+def test_l2_random_start_is_inside_the_ball_and_spread(cifar_batch):
+    x, _ = cifar_batch
+    torch.manual_seed(0)
+    from chanscope.attacks.pgd import ball_start
+
+    d = distance(ball_start(x, 0.5, "l2"), x, "l2")
+    assert float(d.max()) <= 0.5 + 1e-6 and float(d.min()) > 0.4  # uniform by volume in 3072 dims: near the rim
+
+
+def test_threat_model_names_and_budgets():
+    assert [s.name for s in parse_attacks("fgm,pgd20", 0.5, threat_model="L2")] == ["fgm", "pgd20"]
+    with pytest.raises(ChanscopeError, match="under --threat-model l2 use fgm"):
+        parse_attacks("fgsm", 0.5, threat_model="l2")
+    with pytest.raises(ChanscopeError, match="under --threat-model linf use fgsm"):
+        parse_attacks("fgm", 8 / 255)
+    with pytest.raises(ChanscopeError, match="unknown threat model 'l1'"):
+        parse_attacks("pgd20", 0.5, threat_model="l1")
+    with pytest.raises(ChanscopeError, match=r"outside \(0, 1\] for linf"):
+        check_eps(2.0)
+    assert check_eps(2.0, norm="l2") == 2.0
+    with pytest.warns(UserWarning, match="L-infinity-sized budget"):
+        check_eps(8 / 255, norm="l2")
+
+
+def test_training_under_l2_scales_the_recipe_and_crafts_l2_examples(cifar_batch):
+    from chanscope.accel.training import fast_craft
+    from chanscope.train import build_config
+    from chanscope.train.methods import method_for
+
+    linf = build_config("smoke", method="at")
+    l2 = build_config("smoke", method="at", threat_model="l2")
+    ratio = 0.5 / (8 / 255)
+    assert l2.threat_model == "l2" and l2.eps == pytest.approx(0.5)
+    assert l2.step_size == pytest.approx(linf.step_size * ratio)
+    assert build_config("smoke", method="at", threat_model="l2", eps="1.0").eps == 1.0
+    x, y = cifar_batch
+    model = _model()
+    torch.manual_seed(0)
+    x_l2 = method_for(l2, fast_craft(l2)).inputs(model, x, y, lambda: torch.autocast("cpu", enabled=False))
+    torch.manual_seed(0)
+    x_linf = method_for(linf, fast_craft(linf)).inputs(model, x, y, lambda: torch.autocast("cpu", enabled=False))
+    assert float(distance(x_l2, x, "l2").max()) <= 0.5 * (1 + 1e-5)
+    assert float(distance(x_l2, x, "linf").max()) > 8 / 255 + 1e-3
+    assert float(distance(x_linf, x, "linf").max()) <= 8 / 255 + 1e-6
+
+
+def test_cli_l2_train_then_eval_defaults_to_the_runs_threat_model(tmp_path):
+    run = tmp_path / "at-l2"
+    r = _cli("train", "--method", "at", "--threat-model", "l2", "--preset", "smoke", "--epochs", "1",
+             "--subset", "200", "--val-n", "50", "--eval-n", "50", "--out", str(run), "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((run / "config.json").read_text())["config"]["threat_model"] == "l2"
+    r = _cli("eval", "--model", str(run / "best.pt"), "--attacks", "fgm,pgd5,cw5", "--n", "40", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((run / "eval.json").read_text())
+    assert rec["threat_model"] == "l2" and rec["eps"] == pytest.approx(0.5)
+    assert all(a["norm"] == "l2" for a in rec["attacks"])
+    assert max(rec["max_linf"].values()) <= 0.5 * (1 + 1e-5)  # the largest perturbation, in the run's norm
+    import pandas as pd
+
+    assert set(pd.read_csv(run / "eval.csv")["threat_model"]) == {"l2"}
+    assert "l2 eps 0.500" in r.stdout
+    before = (run / "eval.json").read_bytes()
+    bad = _cli("eval", "--model", str(run / "best.pt"), "--threat-model", "l3", "--n", "40")
+    assert bad.returncode == 2 and "unknown threat model 'l3'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert (run / "eval.json").read_bytes() == before
+    warned = _cli("eval", "--model", str(run / "best.pt"), "--eps", "8/255", "--attacks", "pgd2", "--n", "20",
+                  "--out", str(tmp_path / "small"), "--device", "cpu")
+    assert warned.returncode == 0 and "L-infinity-sized budget" in warned.stderr + warned.stdout
+
+
+@pytest.mark.slow
+def test_reference_autoattack_l2_agrees_with_ours(tmp_path):
+    """On a trained smoke AT-L2 model (not a chance-level one, where any two attacks agree at 0%)."""
+    pytest.importorskip("pyautoattack")
+    pytest.importorskip("torchattacks")
+    run = tmp_path / "at-l2"
+    r = _cli("train", "--method", "at", "--threat-model", "l2", "--preset", "smoke", "--out", str(run),
+             "--device", "cpu", timeout=1800)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _cli("eval", "--model", str(run / "best.pt"), "--attacks", "aa,aa-ref", "--n", "100", "--device", "cpu",
+             timeout=3600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["attack"]: row for row in json.loads((run / "eval.json").read_text())["overall"]}
+    assert rows["aa"]["natural_acc"] > 20.0, "the smoke model did not learn: the comparison would say nothing"
+    assert abs(rows["aa"]["robust_acc"] - rows["aa-ref"]["robust_acc"]) <= 4.0
