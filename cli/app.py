@@ -61,7 +61,12 @@ def main() -> None:
     """Console entry point: library errors are turned into one line by each command's handle_errors, usage
     errors (an unknown flag, a value a flag does not take) into one line here."""
     import sys
+    import warnings
 
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:  # no source path and code
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = one_line
     try:
         rc = app(standalone_mode=False)
     except Exception as e:  # Typer's own click (vendored or not): matched by class name, not import path

@@ -106,7 +106,7 @@ def command_line(cmd: str, **opts: Any) -> str:
     left out, True a bare flag, False `--no-` flag, lists comma-joined, tuples as the flag repeated,
     multiples of 1/255 as k/255."""
     def value(v: Any) -> str:
-        if isinstance(v, float) and v > 0 and abs(v * 255 - round(v * 255)) < 1e-6:
+        if isinstance(v, float) and 0 < v < 1 and abs(v * 255 - round(v * 255)) < 1e-6:
             return f"{round(v * 255)}/255"
         return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
@@ -124,15 +124,18 @@ def command_line(cmd: str, **opts: Any) -> str:
 
 # training options `chanscope train` takes as flags, in the order a recorded command names them
 _TRAIN_FLAGS = ("arch", "width", "data", "data_root", "subset", "val_n", "epochs", "batch_size", "lr", "milestones",
-                "eps", "step_size", "steps", "beta", "probes", "train_label", "topk", "mask", "select_stages",
+                "threat_model", "eps", "step_size", "steps", "beta", "probes", "train_label", "topk", "mask",
+                "select_stages",
                 "eval_n", "tau", "lam_sep", "lam_rec", "layout", "compile", "cuda_graphs")
 
 
 def train_command(cfg: TrainConfig, out: Path) -> str:
     """The command line that trains `cfg` into `out`: its method and preset, every flag whose value differs
     from the preset's, seed, device, bf16, init."""
-    base = build_config(cfg.preset, method=cfg.method)
+    base = build_config(cfg.preset, method=cfg.method, threat_model=cfg.threat_model)  # L2: the scaled recipe
     diff = {k: getattr(cfg, k) for k in _TRAIN_FLAGS if getattr(cfg, k) != getattr(base, k)}
+    if cfg.threat_model != "linf":
+        diff = {"threat_model": cfg.threat_model, **diff}
     hidden = [k for k in cfg.to_dict() if k not in _TRAIN_FLAGS and getattr(cfg, k) != getattr(base, k)
               and k not in ("method", "natural", "preset", "seed", "device", "bf16", "init")]
     if hidden:
