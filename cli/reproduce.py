@@ -11,7 +11,7 @@ import typer
 from chanscope.scales import SCALES
 
 from ._console import StageDisplay, console
-from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, TimeLimitOpt
+from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, ThreatOpt, TimeLimitOpt
 
 
 def reproduce(out, **options):
@@ -42,13 +42,14 @@ def reproduce_command(
         help="train: run only the training stages and random controls (start the long compute early; a later "
         "call without --only evaluates and reports).")] = None,
     device: DeviceOpt = None,
+    threat_model: ThreatOpt = None,
 ) -> None:
     """Train standard, AT and CIFS (CAS), evaluate, record activations, plot and report; resumable."""
     out = out or Path("runs") / f"reproduce-{scale or 'smoke'}"
     t0 = time.time()
     record = StageDisplay().run(out, reproduce, scale=scale, data=data, data_root=data_root, with_cas=with_cas,
                                 cifs_scratch=cifs_scratch, seed=seed, seeds=seeds, only=only, device=device,
-                                bf16=bf16, time_limit=time_limit)
+                                bf16=bf16, time_limit=time_limit, threat_model=threat_model)
     if only:
         console.print(f"trained models in {out} ({time.time() - t0:.0f}s this invocation); run again without --only "
                       "to evaluate, study and report")

@@ -160,3 +160,22 @@ def test_a_study_records_an_l2_training_as_a_command_that_retrains_it(tmp_path):
                          eps=flags["--eps"])
     assert again.to_dict() == cfg.to_dict()
     assert "--threat-model" not in train_command(build_config("cpu", method="at"), tmp_path / "at")
+
+
+def test_a_study_under_l2_plans_every_stage_under_l2(tmp_path):
+    from chanscope.workflows.pipeline import plan, study_options
+
+    stages = plan(tmp_path, "smoke", seeds=2, threat_model="l2")
+    trains = [st for st in stages if st.kind == "train" and "config" in st.extra]
+    assert trains and all(st.extra["config"].threat_model == "l2" for st in trains)
+    assert all("--threat-model l2" in st.command for st in trains)
+    at = next(st.extra["config"] for st in trains if st.model == "at")
+    assert at.eps == pytest.approx(0.5) and at.step_size == pytest.approx(4 / 255 * 0.5 / (8 / 255))
+    measured = [st for st in stages if st.kind in ("eval", "activations", "aa")]
+    assert measured and all("--threat-model l2 --eps 0.5" in st.command for st in measured), \
+        [st.command for st in measured if "--threat-model l2" not in st.command]
+    assert not any("fgsm" in st.command for st in measured) and any("fgm" in st.command for st in measured)
+    linf = plan(tmp_path, "smoke", seeds=1)
+    assert not any("threat-model" in st.command for st in linf)
+    with pytest.raises(ChanscopeError, match="threat_model 'l2' \\(given 'linf'\\)"):
+        study_options({"options": {"threat_model": "l2"}, "stages": {"x": {}}}, {"threat_model": "linf"})

@@ -158,6 +158,16 @@ def default_preset(device: str | None = None) -> str:
     return "paper" if pick_device(device).type == "cuda" else "cpu"
 
 
+BUDGETS = ("eps", "step_size", "eval_step_size")  # in the threat model's units
+
+
+def l2_recipe(linf: dict[str, Any]) -> dict[str, float]:
+    """L-inf budgets of a recipe (any of BUDGETS) as their L2 counterparts: scaled by 0.5 / (8/255), so the
+    recipe keeps its step-to-eps ratios."""
+    ratio = DEFAULT_EPS["l2"] / DEFAULT_EPS["linf"]
+    return {k: parse_fraction(v) * ratio for k, v in linf.items()}
+
+
 def build_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     """Paper defaults, then the preset, then the explicit options (None means 'not given')."""
     if preset is not None and preset not in SCALES:
@@ -167,10 +177,7 @@ def build_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     threat = check_threat_model(given.get("threat_model"))
     if threat == "l2":  # the recipe's L-inf budgets, scaled to L2 where not given
         defaults = {f.name: f.default for f in fields(TrainConfig)}
-        ratio = DEFAULT_EPS["l2"] / DEFAULT_EPS["linf"]
-        for k in ("eps", "step_size", "eval_step_size"):
-            if k not in given:
-                values[k] = parse_fraction(values.get(k, defaults[k])) * ratio
+        values.update(l2_recipe({k: values.get(k, defaults[k]) for k in BUDGETS if k not in given}))
     values.update(given)
     values["threat_model"] = threat
     names = {f.name for f in fields(TrainConfig)}

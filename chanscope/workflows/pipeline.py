@@ -89,12 +89,27 @@ class _Ctx:
     device: str | None
     bf16: bool | None
     progress: Callable[[str, int, int], None] | None
+    threat_model: str = "linf"
 
     def run(self, name: str) -> Path:
         return self.out / f"{self.prefix}{name}"
 
     def label(self, name: str) -> str:
         return f"{self.prefix}{name}"
+
+    def budget(self) -> dict[str, Any]:
+        """The measurement options of the threat model: L-inf as before (8/255), L2 named with its budget."""
+        from chanscope.errors import DEFAULT_EPS
+
+        if self.threat_model == "linf":
+            return {"eps": 8 / 255}
+        return {"threat_model": self.threat_model, "eps": DEFAULT_EPS[self.threat_model]}
+
+    def attacks(self, names: str) -> str:
+        """A scale's attack list under the threat model (L2's single step is fgm)."""
+        if self.threat_model == "linf":
+            return names
+        return ",".join("fgm" if a == "fgsm" else a for a in names.split(","))
 
     def cb(self, label: str):
         p = self.progress
@@ -147,8 +162,13 @@ def train_command(cfg: TrainConfig, out: Path) -> str:
 
 def _train_stage(c: _Ctx, name: str, method: dict[str, Any], warm: str | None) -> Stage:
     run = c.run(name)
-    common = {**c.sc.train, "seed": c.seed, "device": c.device, "bf16": c.bf16, "data": c.data,
-              "data_root": c.data_root}
+    recipe = dict(c.sc.train)
+    if c.threat_model == "l2":  # the scale's L-inf budgets as L2 ones
+        from chanscope.train.config import BUDGETS, l2_recipe
+
+        recipe |= l2_recipe({k: v for k, v in recipe.items() if k in BUDGETS})
+    common = {**recipe, "seed": c.seed, "device": c.device, "bf16": c.bf16, "data": c.data,
+              "data_root": c.data_root, "threat_model": c.threat_model}
     cfg = build_config(c.sc.name, **common, **method, init=str(c.run(warm) / "last.pt") if warm else None)
     label = c.label(name)
 
@@ -191,7 +211,9 @@ def _eval_stage(c: _Ctx, name: str, kind: str, title: str, sub: str | None, **op
 
     run, label = c.run(name), c.label(name)
     folder = run / sub if sub else run
-    kw = {"eps": 8 / 255, **opts, "data": c.data, "data_root": c.data_root, "seed": c.seed, "device": c.device,
+    if "attacks" in opts:
+        opts = {**opts, "attacks": c.attacks(opts["attacks"])}
+    kw = {**c.budget(), **opts, "data": c.data, "data_root": c.data_root, "seed": c.seed, "device": c.device,
           "out": str(folder) if sub else None}
     return Stage(f"{title} {label}", label, kind, lambda: _measured_as(folder / "eval.json", run, kw),
                  lambda: run_eval(str(run / "best.pt"), EvalOptions(**kw), progress=_per_attack(c, f"{title} {label}")),
@@ -311,7 +333,7 @@ def _activations_stage(c: _Ctx, name: str, parts: bool = False) -> Stage:
         layers = (f"{sel}.robust", f"{sel}.nonrobust", f"{sel}.recalibrated")
     # every model under one objective (the scale's PGD on the final logits' cross-entropy), a model with a CIFS
     # mask differentiated through it: NR over-activation compared between models under matched attacks
-    kw = {"attack": sc.act_attack, "n": sc.act_n,
+    kw = {**({} if c.threat_model == "linf" else c.budget()), "attack": sc.act_attack, "n": sc.act_n,
           "layer": layers, "follow_mask": selects or None, "data": c.data, "data_root": c.data_root,
           "seed": c.seed, "device": c.device, "out": str(folder) if parts else None}
     call = {k: v for k, v in kw.items() if k != "layer"} | {"follow_mask": selects}
@@ -326,12 +348,17 @@ def _activations_stage(c: _Ctx, name: str, parts: bool = False) -> Stage:
 def plan(out: Path, scale: str | Scale, *, data: str | None = None, data_root: str | None = None,
          with_cas: bool = False, cifs_scratch: bool = True, seed: int = 0, seeds: int = 1, device: str | None = None,
          eval_models: list[str] | None = None, progress: Callable[[str, int, int], None] | None = None,
-         bf16: bool | None = None, controls: bool = True, methods: list[str] | None = None) -> list[Stage]:
+         bf16: bool | None = None, controls: bool = True, methods: list[str] | None = None,
+         threat_model: str = "linf") -> list[Stage]:
     """Every stage of the study: per seed (seed, seed + 1, ...; the first in `out`, the others in
     `out/seed<s>`) train the models, make the random control, evaluate and record activations.
 
     scale: a name of SCALES or a Scale (the budget series makes one per budget).
-    methods: the adversarially trained methods to compare (`models_for`) instead of the paper's models."""
+    methods: the adversarially trained methods to compare (`models_for`) instead of the paper's models.
+    threat_model: linf or l2: every training, attack and activation study under it (L2 at eps 0.5)."""
+    from chanscope.errors import check_threat_model
+
+    threat_model = check_threat_model(threat_model)
     if isinstance(scale, str) and scale not in SCALES:
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
     sc = SCALES[scale] if isinstance(scale, str) else scale
@@ -341,7 +368,7 @@ def plan(out: Path, scale: str | Scale, *, data: str | None = None, data_root: s
     compared = eval_models or [m for m, _, _ in models if not m.endswith("-nat")]
     for k in range(seeds):
         c = _Ctx(Path(out), "" if k == 0 else f"seed{seed + k}/", sc, seed + k, data, data_root, device, bf16,
-                 progress)
+                 progress, threat_model)
         trains = [_train_stage(c, name, method, warm) for name, method, warm in models]
         at = next((st for st in trains if st.model == c.label("at")), None)
         stages += trains
@@ -374,7 +401,7 @@ def _order(stages: list[Stage]) -> list[Stage]:
 
 
 _STUDY_DEFAULTS = {"scale": "smoke", "data": "embedded", "seed": 0, "bf16": None, "with_cas": False,
-                   "cifs_scratch": True, "seeds": 1}
+                   "cifs_scratch": True, "seeds": 1, "threat_model": "linf"}
 _ADDITIVE = ("with_cas", "cifs_scratch", "seeds")  # may change later: they add models (or leave some out)
 
 
@@ -491,7 +518,7 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
               seeds: int | None = None, only: str | None = None, device: str | None = None,
               progress: Callable[[str, int, int], None] | None = None,
               on_stage: Callable[[str, str, float], None] | None = None, time_limit: float | None = None,
-              bf16: bool | None = None) -> dict:
+              bf16: bool | None = None, threat_model: str | None = None) -> dict:
     """Run (or continue) the whole study into `out`; returns the pipeline record (also pipeline.json).
 
     Options left as None take the value the folder was made with (a new folder: scale smoke, embedded data,
@@ -502,7 +529,12 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     time_limit: seconds after which no new stage starts (a lent machine's budget); the report then covers
     the finished stages and a later call continues with the rest.
     bf16: autocast of the training stages (None: CUDA only); evaluation and activations stay float32.
+    threat_model: linf (default) or l2 (training, attacks and activations at L2 eps 0.5).
     """
+    from chanscope.errors import check_threat_model
+
+    if threat_model is not None:
+        threat_model = check_threat_model(threat_model)
     if scale is not None and scale not in SCALES:
         raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
     if only not in (None, "train"):
@@ -511,12 +543,12 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     record_path = out / "pipeline.json"
     record = read_record(record_path)
     opts = study_options(record, {"scale": scale, "data": data, "seed": seed, "bf16": bf16, "with_cas": with_cas,
-                                  "cifs_scratch": cifs_scratch, "seeds": seeds})
+                                  "cifs_scratch": cifs_scratch, "seeds": seeds, "threat_model": threat_model})
     scale, seed, bf16 = opts["scale"], opts["seed"], opts["bf16"]
     data = None if opts["data"] == "embedded" else opts["data"]
     stages = plan(out, scale, data=data, data_root=data_root, with_cas=opts["with_cas"],
                   cifs_scratch=opts["cifs_scratch"], seed=seed, seeds=opts["seeds"], device=device,
-                  progress=progress, bf16=bf16)
+                  progress=progress, bf16=bf16, threat_model=opts["threat_model"])
     if only == "train":
         stages = [st for st in stages if st.kind == "train"]
     _check_runs(stages)
