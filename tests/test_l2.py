@@ -79,6 +79,25 @@ def test_threat_model_names_and_budgets():
         check_eps(8 / 255, norm="l2")
 
 
+@pytest.mark.parametrize("method", ["at", "trades", "cas", "cifs", "fsr"])
+def test_every_method_trains_on_l2_examples(cifar_batch, method):
+    from chanscope.accel.training import fast_craft
+    from chanscope.train import build_config
+    from chanscope.train.methods import method_for
+
+    x, y = cifar_batch
+    cfgs = {t: build_config("smoke", method=method, threat_model=t) for t in ("l2", "linf")}
+    model = _model(cfgs["l2"].feature_select)
+    crafted = {}
+    for t, cfg in cfgs.items():
+        torch.manual_seed(0)
+        crafted[t] = method_for(cfg, fast_craft(cfg)).inputs(model, x, y, lambda: torch.autocast("cpu", enabled=False))
+    assert float(distance(crafted["l2"], x, "l2").max()) <= 0.5 * (1 + 1e-5)
+    assert float(distance(crafted["l2"], x, "linf").max()) > 8 / 255 + 1e-3  # not the L-inf ball
+    assert float(distance(crafted["linf"], x, "linf").max()) <= 8 / 255 + 1e-6
+    assert float(distance(crafted["linf"], x, "l2").max()) > 0.6  # the L-inf ball reaches past L2's 0.5
+
+
 def test_training_under_l2_scales_the_recipe_and_crafts_l2_examples(cifar_batch):
     from chanscope.accel.training import fast_craft
     from chanscope.train import build_config
