@@ -152,6 +152,7 @@ def _models_lines(runs: dict[str, Path]) -> list[str]:
         m = pd.read_csv(r / "metrics.csv") if (r / "metrics.csv").is_file() else pd.DataFrame()
         rows.append({"model": name, "method": c.get("method"), "natural only": c.get("natural"),
                      "arch": c.get("arch"), "width": _num(c.get("width")), "seed": c.get("seed"),
+                     "threat model": c.get("threat_model", "linf"), "eps": _num(c.get("eps")),
                      "epochs": f"{len(m)}/{c['epochs']}" if "epochs" in c else None,
                      "train images": cfg.get("data", {}).get("n_train"),
                      "val images": cfg.get("validation", {}).get("n", 0), "PGD steps": c.get("steps"),
@@ -241,7 +242,8 @@ def _scale_note(record: dict | None) -> str | None:
     if name not in SCALES:
         return None
     sc = SCALES[name]
-    note = f"Scale `{name}`: {sc.about}."
+    threat = ((record or {}).get("options") or {}).get("threat_model", "linf")
+    note = f"Scale `{name}`: {sc.about}. Threat model: {'L2, eps 0.5' if threat == 'l2' else 'L-inf, eps 8/255'}."
     if name == "smoke":
         note += (" **These verdicts check that the pipeline runs end to end; at this scale the models are barely "
                  "trained, so the verdicts say nothing about the paper.**")
