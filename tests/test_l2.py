@@ -154,10 +154,10 @@ def test_reference_autoattack_l2_agrees_with_ours(tmp_path):
     pytest.importorskip("pyautoattack")
     pytest.importorskip("torchattacks")
     run = tmp_path / "at-l2"
-    r = _cli("train", "--method", "at", "--threat-model", "l2", "--preset", "smoke", "--out", str(run),
-             "--device", "cpu", timeout=1800)
+    r = _cli("train", "--method", "at", "--threat-model", "l2", "--preset", "smoke", "--epochs", "12",
+             "--out", str(run), "--device", "cpu", timeout=1800)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = _cli("eval", "--model", str(run / "best.pt"), "--attacks", "aa,aa-ref", "--n", "100", "--device", "cpu",
+    r = _cli("eval", "--model", str(run / "best.pt"), "--attacks", "aa,aa-ref", "--n", "200", "--device", "cpu",
              timeout=3600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {row["attack"]: row for row in json.loads((run / "eval.json").read_text())["overall"]}
