@@ -22,6 +22,7 @@ from ._options import (
     ModelOpt,
     SeedOpt,
     ThreatOpt,
+    budget,
     with_model_source,
 )
 
@@ -71,7 +72,8 @@ def activations_command(
 
     def on_ready(info: dict) -> None:
         console.print(f"[bold]chanscope activations[/] {model}: layers {', '.join(info['layers'])}, {info['n']} "
-                      f"images of {info['data']}, attack {info['attack']}, relevance {relevance}")
+                      f"images of {info['data']}, attack {info['attack']} ({info['spec'].norm} eps "
+                      f"{budget(info['spec'].eps, info['spec'].norm)}), relevance {relevance}")
         for note in info["notes"]:
             console.print(f"[yellow]note:[/] {note}")
         bar.start()

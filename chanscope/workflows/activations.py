@@ -240,7 +240,7 @@ def _study_into(out_dir, model_path, o, spec, ds, net, x, y, layers, default, cl
     from chanscope.io import versions
 
     if on_ready:
-        on_ready({"layers": layers, "n": len(y), "data": ds.name, "attack": spec.name, "out": out_dir,
+        on_ready({"layers": layers, "n": len(y), "data": ds.name, "attack": spec.name, "spec": spec, "out": out_dir,
                   "notes": [class_note] if class_note else []})
     results, seconds = study_activations(net, x, y, ds.classes, layers, spec, relevance=o.relevance,
                                          relevance_on=o.relevance_on, threshold=o.threshold,
