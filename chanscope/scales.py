@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Scale", "SCALES"]
+__all__ = ["Scale", "SCALES", "scale_named"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +49,12 @@ SCALES: dict[str, Scale] = {s.name: s for s in (
           eval_attacks="fgsm,pgd20,pgd100,cw20,adaptive20r2", eval_n=None, aa_n=1000, sanity_n=1000, act_n=10000,
           square_queries=5000),
 )}
+
+
+def scale_named(name: str, what: str = "scale") -> Scale:
+    """SCALES[name], or the one-line error that lists the known ones (`what`: how the caller's option is called)."""
+    from chanscope.errors import ChanscopeError
+
+    if name not in SCALES:
+        raise ChanscopeError(f"unknown {what} {name!r}; known: {', '.join(SCALES)}")
+    return SCALES[name]

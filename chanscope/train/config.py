@@ -23,7 +23,7 @@ from chanscope.errors import (
 )
 from chanscope.models import list_models
 from chanscope.names import METHODS
-from chanscope.scales import SCALES
+from chanscope.scales import SCALES, scale_named
 
 __all__ = ["TrainConfig", "METHODS", "build_config", "config_diff", "default_preset"]
 
@@ -170,8 +170,8 @@ def l2_recipe(linf: dict[str, Any]) -> dict[str, float]:
 
 def build_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     """Paper defaults, then the preset, then the explicit options (None means 'not given')."""
-    if preset is not None and preset not in SCALES:
-        raise ChanscopeError(f"unknown preset {preset!r}; known: {', '.join(SCALES)}")
+    if preset is not None:
+        scale_named(preset, "preset")
     values: dict[str, Any] = dict(SCALES[preset or "paper"].train)
     given = {k: v for k, v in overrides.items() if v is not None}
     threat = check_threat_model(given.get("threat_model"))

@@ -79,11 +79,9 @@ def base_config(base: str | Path, scale: str | None = None, data: str | None = N
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ChanscopeError(f"`base` {p} is not a chanscope config ({e})") from None
     if scale is not None:
-        from chanscope.scales import SCALES
+        from chanscope.scales import scale_named
 
-        if scale not in SCALES:
-            raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
-        sc = SCALES[scale]
+        sc = scale_named(scale)
         cfg = replace(cfg, **sc.train, preset=sc.name)
     if data is not None:
         cfg = replace(cfg, data=data)

@@ -27,6 +27,7 @@ from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
 from chanscope.names import DEFAULT_METHODS
 from chanscope.observe.verdicts import Seed, accuracy, interval, nr_over, worst_case
+from chanscope.scales import scale_named
 from chanscope.workflows.activations import read_examples
 from chanscope.workflows.pipeline import SCALES, models_for, own_attack, plan, read_record, run_stages
 from chanscope.workflows.report import attack_named, overall_accuracy
@@ -228,8 +229,7 @@ def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str =
                 time_limit: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run (or continue) the comparison into `out`; returns (compare.csv, compare_intervals.csv)."""
     ms = [m.strip() for m in methods.split(",") if m.strip()]
-    if scale not in SCALES:
-        raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    scale_named(scale)
     models_for(ms)  # unknown methods are refused before the folder is made
     out = writable_dir(out)
     record_path = out / "compare.json"

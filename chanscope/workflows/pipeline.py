@@ -22,7 +22,7 @@ import pandas as pd
 
 from chanscope.errors import ChanscopeError, check_positive_int
 from chanscope.io import atomic_write_json
-from chanscope.scales import SCALES, Scale
+from chanscope.scales import SCALES, Scale, scale_named
 from chanscope.train.config import TrainConfig, build_config
 from chanscope.workflows.runs import locks_out, writable_dir
 from chanscope.workflows.training import fit
@@ -359,9 +359,7 @@ def plan(out: Path, scale: str | Scale, *, data: str | None = None, data_root: s
     from chanscope.errors import check_threat_model
 
     threat_model = check_threat_model(threat_model)
-    if isinstance(scale, str) and scale not in SCALES:
-        raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
-    sc = SCALES[scale] if isinstance(scale, str) else scale
+    sc = scale_named(scale) if isinstance(scale, str) else scale
     check_positive_int(seeds, "seeds")
     stages: list[Stage] = []
     models = models_for(methods) if methods else _models(with_cas, cifs_scratch)
@@ -535,8 +533,8 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
 
     if threat_model is not None:
         threat_model = check_threat_model(threat_model)
-    if scale is not None and scale not in SCALES:
-        raise ChanscopeError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    if scale is not None:
+        scale_named(scale)
     if only not in (None, "train"):
         raise ChanscopeError(f"only={only!r}: give 'train' (train every model and control, nothing else) or none")
     out = writable_dir(out)
