@@ -70,7 +70,7 @@ def test_a_study_folder_refuses_options_it_was_not_made_with(tmp_path):
             "cifs_scratch": True}
     before = _fake_study(tmp_path / "s", made)
     for given, name in [({"data": "cifar10"}, "data"), ({"scale": "cpu"}, "scale"), ({"seed": 1}, "seed"),
-                        ({"bf16": True}, "bf16")]:
+                        ({"bf16": True}, "bf16"), ({"threat_model": "l2"}, "threat_model")]:
         with pytest.raises(ChanscopeError, match=f"made with {name} .*pick another `out`") as e:
             pipeline.reproduce(tmp_path / "s", **given)
         assert "\n" not in str(e.value)
@@ -78,7 +78,7 @@ def test_a_study_folder_refuses_options_it_was_not_made_with(tmp_path):
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["pipeline.json"]
     # options left out are the folder's; turning on more models is allowed
     opts = pipeline.study_options(json.loads(before), {"seed": None, "with_cas": True})
-    assert opts == {**made, "with_cas": True, "seeds": 1}
+    assert opts == {**made, "with_cas": True, "seeds": 1, "threat_model": "linf"}  # recorded before: L-inf
     # an archive given by another path to the same file is the same data
     arch = tmp_path / "d.tar.gz"
     arch.write_bytes(b"x")

@@ -421,6 +421,8 @@ def study_options(record: dict, given: dict[str, Any]) -> dict[str, Any]:
                                      if k in record}  # records written before options were kept together
     if "data" in made:
         made["data"] = _data_key(made["data"])
+    if record.get("stages"):
+        made.setdefault("threat_model", "linf")  # a study made before threat models were recorded is L-inf
     if "data" in given and given["data"] is not None:
         given = {**given, "data": _data_key(given["data"])}
     opts, diff = {}, []
