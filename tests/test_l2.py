@@ -198,3 +198,17 @@ def test_a_study_under_l2_plans_every_stage_under_l2(tmp_path):
     assert not any("threat-model" in st.command for st in linf)
     with pytest.raises(ChanscopeError, match="threat_model 'l2' \\(given 'linf'\\)"):
         study_options({"options": {"threat_model": "l2"}, "stages": {"x": {}}}, {"threat_model": "linf"})
+
+
+def test_a_comparison_folder_keeps_its_threat_model(tmp_path):
+    from chanscope.workflows.compare import run_compare
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    made = {"data": "embedded", "seed": 0, "scale": "smoke", "bf16": None}  # recorded before threat models
+    rec = {"options": {**made, "methods": ["at"], "seeds": 1}, "stages": {"train at": {"seconds": 1.0}}}
+    (out / "compare.json").write_text(json.dumps(rec))
+    before = (out / "compare.json").read_bytes()
+    with pytest.raises(ChanscopeError, match="made with threat_model 'linf' \\(given 'l2'\\)"):
+        run_compare(out, "at", scale="smoke", seeds=1, threat_model="l2")
+    assert (out / "compare.json").read_bytes() == before
