@@ -20,6 +20,9 @@ EpsOpt = Annotated[Optional[str], typer.Option(
 ThreatOpt = Annotated[Optional[str], typer.Option(
     "--threat-model", help="linf or l2 (default: the run's own, else linf); --eps is in its units. "
     "For robustbench: models, also the zoo folder (Linf, L2).")]
+StudyThreatOpt = Annotated[Optional[str], typer.Option(
+    "--threat-model", help="linf or l2 for every training and attack of the study (L2 at eps 0.5; default: the "
+    "folder's, else linf).")]
 
 
 def budget(eps: float, threat_model: str) -> str:

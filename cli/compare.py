@@ -10,7 +10,7 @@ import typer
 from chanscope.names import DEFAULT_METHODS
 
 from ._console import StageDisplay, console
-from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, ThreatOpt, TimeLimitOpt
+from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, StudyThreatOpt, TimeLimitOpt
 
 
 def compare_command(
@@ -26,14 +26,14 @@ def compare_command(
     bf16: Bf16Opt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
-    threat_model: ThreatOpt = None,
+    threat_model: StudyThreatOpt = None,
 ) -> None:
     """Train and evaluate the defences under one protocol: compare.csv, intervals, a figure; resumable."""
     from chanscope.workflows.compare import NR_OVER, advantage, run_compare
 
     df, iv = StageDisplay().run(out, run_compare, methods=methods, scale=scale, seeds=seeds, seed=seed or 0,
                                 data=data, data_root=data_root, device=device, bf16=bf16, time_limit=time_limit,
-                                threat_model=threat_model or "linf")
+                                threat_model=threat_model)
     console.print(df.to_string(index=False))
     if len(iv):
         nr = iv.under == NR_OVER  # a fraction of the natural magnitude, not a percentage

@@ -11,7 +11,7 @@ import typer
 from chanscope.scales import SCALES
 
 from ._console import StageDisplay, console
-from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, ThreatOpt, TimeLimitOpt
+from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, StudyThreatOpt, TimeLimitOpt
 
 
 def reproduce(out, **options):
@@ -42,7 +42,7 @@ def reproduce_command(
         help="train: run only the training stages and random controls (start the long compute early; a later "
         "call without --only evaluates and reports).")] = None,
     device: DeviceOpt = None,
-    threat_model: ThreatOpt = None,
+    threat_model: StudyThreatOpt = None,
 ) -> None:
     """Train standard, AT and CIFS (CAS), evaluate, record activations, plot and report; resumable."""
     out = out or Path("runs") / f"reproduce-{scale or 'smoke'}"

@@ -212,3 +212,25 @@ def test_a_comparison_folder_keeps_its_threat_model(tmp_path):
     with pytest.raises(ChanscopeError, match="made with threat_model 'linf' \\(given 'l2'\\)"):
         run_compare(out, "at", scale="smoke", seeds=1, threat_model="l2")
     assert (out / "compare.json").read_bytes() == before
+
+
+def test_a_comparison_continues_under_its_own_threat_model(tmp_path, monkeypatch):
+    from chanscope.workflows import compare
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    rec = {"options": {"data": "embedded", "seed": 0, "scale": "smoke", "bf16": None, "threat_model": "l2",
+                       "methods": ["at"], "seeds": 1}, "stages": {"train at": {"seconds": 1.0}}}
+    (out / "compare.json").write_text(json.dumps(rec))
+    seen = {}
+
+    class Planned(Exception):
+        pass
+
+    def plan(*a, **kw):
+        seen.update(kw)
+        raise Planned
+    monkeypatch.setattr(compare, "plan", plan)
+    with pytest.raises(Planned):
+        compare.run_compare(out, "at", scale="smoke", seeds=1)  # no threat model given: the folder's
+    assert seen["threat_model"] == "l2"

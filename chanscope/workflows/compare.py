@@ -226,22 +226,26 @@ def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str =
                 seed: int = 0, data: str | None = None, data_root: str | None = None, device: str | None = None,
                 bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None,
                 on_stage: Callable[[str, str, float], None] | None = None,
-                time_limit: float | None = None, threat_model: str = "linf") -> tuple[pd.DataFrame, pd.DataFrame]:
+                time_limit: float | None = None, threat_model: str | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run (or continue) the comparison into `out`; returns (compare.csv, compare_intervals.csv).
-    threat_model: linf or l2 (every training, attack and activation study under it; L2 at eps 0.5)."""
+    threat_model: linf or l2 (every training, attack and activation study under it; L2 at eps 0.5); None: the
+    folder's, else linf."""
     from chanscope.errors import check_threat_model
 
-    threat_model = check_threat_model(threat_model)
+    if threat_model is not None:
+        threat_model = check_threat_model(threat_model)
     ms = [m.strip() for m in methods.split(",") if m.strip()]
     scale_named(scale)
     models_for(ms)  # unknown methods are refused before the folder is made
     out = writable_dir(out)
     record_path = out / "compare.json"
     record = read_record(record_path)
-    opts = {"data": data or "embedded", "seed": seed, "scale": scale, "bf16": bf16, "threat_model": threat_model}
     made = record.get("options")
     if made:
         made = {"threat_model": "linf", **made}  # a comparison made before threat models were recorded: L-inf
+    threat_model = threat_model or (made or {}).get("threat_model", "linf")
+    opts = {"data": data or "embedded", "seed": seed, "scale": scale, "bf16": bf16, "threat_model": threat_model}
     if made and record.get("stages") and any(made.get(k) != v for k, v in opts.items()):
         diff = ", ".join(f"{k} {made.get(k)!r} (given {v!r})" for k, v in opts.items() if made.get(k) != v)
         raise ChanscopeError(f"this comparison folder was made with {diff}; rerun with its options, or pick "
