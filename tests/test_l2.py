@@ -234,3 +234,15 @@ def test_a_comparison_continues_under_its_own_threat_model(tmp_path, monkeypatch
     with pytest.raises(Planned):
         compare.run_compare(out, "at", scale="smoke", seeds=1)  # no threat model given: the folder's
     assert seen["threat_model"] == "l2"
+
+
+def test_the_sensitivity_grid_attacks_under_the_studys_threat_model(tmp_path):
+    from chanscope.workflows.sensitivity import GridPlan, _key
+
+    linf = GridPlan([], ["layer4"], ["gradient"], ["pgd20", "cw20"], 500)
+    l2 = GridPlan([], ["layer4"], ["gradient"], ["pgd20", "cw20"], 500, "l2")
+    assert [(s.norm, s.eps) for a in l2.attacks for s in l2.spec(a)] == [("l2", 0.5)] * 2
+    assert [(s.norm, s.eps) for a in linf.attacks for s in linf.spec(a)] == [("linf", 8 / 255)] * 2
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"x")
+    assert _key(str(ckpt), linf, "pgd20", 0) != _key(str(ckpt), l2, "pgd20", 0, "l2")  # cached walks apart

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from chanscope.errors import ChanscopeError
-from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
 from chanscope.observe.grid import Cell, grid_table, logit_explanation
 from chanscope.observe.verdicts import Seed
 from chanscope.workflows.activations import read_examples, study_activations, write_examples
@@ -43,6 +43,15 @@ class GridPlan:
     relevances: list[str]
     attacks: list[str]
     n: int
+    threat_model: str = "linf"  # the study's; its attacks at its default budget (8/255, L2 0.5)
+
+    def spec(self, attack: str, follow: bool | str = False):
+        """The attack `attack` under the plan's threat model."""
+        from chanscope.attacks.suite import parse_attacks
+        from chanscope.errors import DEFAULT_EPS
+
+        return parse_attacks(attack, DEFAULT_EPS[self.threat_model], follow=follow,
+                             threat_model=self.threat_model)
 
     @property
     def passes(self) -> int:
@@ -91,15 +100,16 @@ def _key(source, plan: GridPlan, *extra) -> str:
 def _walks(model: nn.Module, name: str, x, y, classes, plan: GridPlan, cache: Path | None, seed: int,
            batch_size: int, say: Callable[[str], None], source=None) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """(attack, layer) -> per-image records of one model (relevance: gradient), each walk cached."""
-    from chanscope.attacks.suite import has_probes, parse_attacks
+    from chanscope.attacks.suite import has_probes
 
     out: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for attack in plan.attacks:
-        path = cache / f"{name}-{attack}-{_key(source, plan, attack, seed)}.npz" if cache else None
+        extra = (attack, seed) if plan.threat_model == "linf" else (attack, seed, plan.threat_model)
+        path = cache / f"{name}-{attack}-{_key(source, plan, *extra)}.npz" if cache else None
         if path is not None and path.is_file():
             flat = read_examples(path)
         else:
-            spec = parse_attacks(attack, 8 / 255, follow="all" if has_probes(model) else False)[0]
+            spec = plan.spec(attack, follow="all" if has_probes(model) else False)[0]
             t0 = time.time()
             results, _ = study_activations(model, x, y, classes, plan.layers, spec, batch_size=batch_size, seed=seed)
             flat = {f"{r.layer}|{k}": v for r in results for k, v in r.examples.items()}
@@ -222,7 +232,6 @@ def run_sensitivity(study: str | Path, out: str | Path | None = None, *, layers:
     sensitivity.csv, sensitivity.md, sensitivity.json, figures/sensitivity.png and, where the grid has the
     classifier's input, sensitivity_explained.csv (observation 2 as W and the logit change explain it); returns
     the table."""
-    from chanscope.attacks.suite import parse_attacks
     from chanscope.checkpoint import load_model
     from chanscope.names import RELEVANCE_METHODS
     from chanscope.workflows.runs import data_of_run
@@ -234,11 +243,13 @@ def run_sensitivity(study: str | Path, out: str | Path | None = None, *, layers:
     if bad:
         raise ChanscopeError(f"unknown relevance {bad[0]!r}; known: {', '.join(RELEVANCE_METHODS)}")
     atk = list(attacks or GRID_ATTACKS)
-    for a in atk:
-        if len(parse_attacks(a, 8 / 255)) != 1:
+    record = read_json(study / "pipeline.json") if (study / "pipeline.json").is_file() else {}
+    threat = (record.get("options") or {}).get("threat_model", "linf")  # the study's own threat model
+    for a in atk:  # before a model is read
+        if len(GridPlan([], [], rel, atk, n, threat).spec(a)) != 1:
             raise ChanscopeError(f"`attacks` takes attacks one by one, e.g. pgd20,cw20; got {a!r}")
     first = load_model(seeds[0]["at"], "cpu")
-    plan = GridPlan(seeds, list(layers or default_layers(first)), rel, atk, n)
+    plan = GridPlan(seeds, list(layers or default_layers(first)), rel, atk, n, threat)
     data = data_of_run(seeds[0]["at"])
     out = writable_dir(out or study / "sensitivity")
     with folder_lock(out):
@@ -254,6 +265,7 @@ def run_sensitivity(study: str | Path, out: str | Path | None = None, *, layers:
         atomic_write_json(out / "sensitivity.json", {"study": str(study), "layers": plan.layers,
                                                      "relevances": rel, "attacks": atk, "n": n,
                                                      "seeds": len(seeds), "passes": plan.passes,
+                                                     "threat_model": plan.threat_model,
                                                      "wall_seconds": round(time.time() - t0, 1)})
         from chanscope.workflows.plots import sensitivity_plot
 
