@@ -61,6 +61,7 @@ def sensitivity(models, data="embedded", layers=None, relevances=("gradient", "g
     loads: `models` maps roles to models or checkpoints ({"standard": ..., "at": ..., "random": ...}; a list of
     such dicts for several seeds); returns the tidy table (`chanscope.observe.grid.GRID_COLUMNS`). threat_model:
     linf (attacks at 8/255) or l2 (at 0.5)."""
+    from chanscope.errors import check_threat_model
     from chanscope.workflows.sensitivity import GridPlan, sensitivity_grid
 
     seeds = list(models) if isinstance(models, (list, tuple)) else [models]
@@ -69,7 +70,5 @@ def sensitivity(models, data="embedded", layers=None, relevances=("gradient", "g
         from chanscope.workflows.sensitivity import default_layers
 
         layers = default_layers(_model(seeds[0]["at"], device, {}))
-    from chanscope.errors import check_threat_model
-
     plan = GridPlan(seeds, list(layers), list(relevances), list(attacks), n, check_threat_model(threat_model))
     return sensitivity_grid(plan, data, device=device)

@@ -32,7 +32,7 @@ def check_eps(eps: float, name: str = "eps", norm: str = "linf", warn: bool = Tr
     if not (0.0 < eps <= top):
         raise ChanscopeError(f"{name}={eps:g} is outside (0, {top:g}] for {norm}; give it in units of [0,1] "
                              f"images, e.g. {example}")
-    if warn and norm == "l2" and eps < 0.1 and name == "eps":
+    if warn and norm == "l2" and eps < 0.1:
         import warnings
 
         warnings.warn(f"{name}={eps:g} under L2 is an L-infinity-sized budget (8/255 = 0.031); L2 studies "

@@ -19,12 +19,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from chanscope.errors import check_threat_model
 from chanscope.losses import cw_margin, joint_ce, trades_kl
 
-__all__ = ["pgd", "attack_loss", "frozen_eval", "LOSSES", "NORMS", "distance", "project", "ascent", "ball_start"]
+__all__ = ["pgd", "attack_loss", "frozen_eval", "LOSSES", "distance", "project", "ascent", "ball_start"]
 
 LOSSES = ("ce", "cw", "joint", "trades")
-NORMS = ("linf", "l2")
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -104,12 +104,6 @@ def ball_start(x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
     return x + direction * _per_example(radius, x)
 
 
-def check_norm(norm: str) -> str:
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
-    return norm
-
-
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
         loss: str | LossFn = "ce", random_start: bool = True, beta: float = 2.0,
         init: torch.Tensor | None = None,
@@ -131,7 +125,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
     Returns:
         x_adv with |x_adv - x| <= eps in the norm and 0 <= x_adv <= 1, detached.
     """
-    check_norm(norm)
+    norm = check_threat_model(norm)
     loss_fn = attack_loss(loss, beta) if isinstance(loss, str) else loss
     x = x.detach()
     if init is not None:

@@ -101,9 +101,8 @@ class _Ctx:
         """The measurement options of the threat model: L-inf as before (8/255), L2 named with its budget."""
         from chanscope.errors import DEFAULT_EPS
 
-        if self.threat_model == "linf":
-            return {"eps": 8 / 255}
-        return {"threat_model": self.threat_model, "eps": DEFAULT_EPS[self.threat_model]}
+        eps = {"eps": DEFAULT_EPS[self.threat_model]}
+        return eps if self.threat_model == "linf" else {"threat_model": self.threat_model, **eps}
 
     def attacks(self, names: str) -> str:
         """A scale's attack list under the threat model (L2's single step is fgm)."""

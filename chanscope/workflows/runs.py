@@ -106,41 +106,35 @@ def run_dir_of(model_path: str | Path) -> Path:
     return Path("runs") / spec_label(str(model_path))
 
 
-def run_config_of(model_path: str | Path) -> dict:
-    """The training config recorded in the model's run folder (config.json), {} where there is none."""
+def run_config_of(model_path: str | Path) -> dict | None:
+    """The training config recorded in the model's run folder (config.json), None where there is none (or the
+    model is a source spec such as timm:NAME, not a path)."""
     if not (Path(model_path).exists() or ":" not in str(model_path)):
-        return {}
+        return None
     try:
         return json.loads((run_dir_of(model_path) / "config.json").read_text())["config"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        return {}
+        return None
 
 
 def resolve_threat_model(options, model_path: str | Path) -> None:
     """Fill `options.threat_model` (None: the run's own, else linf) and `options.eps` (None: the threat model's
-    default, or the run's own training budget where the run was trained under that threat model)."""
-    from chanscope.errors import DEFAULT_EPS, check_threat_model
+    default)."""
+    from chanscope.errors import check_threat_model
 
-    cfg = run_config_of(model_path)
-    own = check_threat_model(cfg.get("threat_model"))
+    own = check_threat_model((run_config_of(model_path) or {}).get("threat_model"))
     options.threat_model = check_threat_model(options.threat_model or own)
-    if options.eps is None:
-        options.eps = float(DEFAULT_EPS[options.threat_model])
+    options.eps = float(options.budget())
 
 
 def data_of_run(model_path: str | Path, data: str | None = None, data_root: str | None = None,
                 download: bool = False) -> ImageData:
     """The data named on the command line, else the run's own (config.json), else the embedded set."""
     from_run = None
-    if data is None and (Path(model_path).exists() or ":" not in str(model_path)):  # a path, not a source spec
-        cfg_path = run_dir_of(model_path) / "config.json"
-        if cfg_path.is_file():
-            try:
-                cfg = json.loads(cfg_path.read_text())["config"]
-                data, data_root = cfg.get("data"), data_root or cfg.get("data_root")
-                from_run = cfg_path
-            except (json.JSONDecodeError, KeyError):
-                pass
+    cfg = run_config_of(model_path) if data is None else None
+    if cfg is not None:
+        data, data_root = cfg.get("data"), data_root or cfg.get("data_root")
+        from_run = run_dir_of(model_path) / "config.json"
     try:
         return load_data(data, data_root, download)
     except ChanscopeError as e:
