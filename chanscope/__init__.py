@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "study", "evaluate", "sensitivity", "save_checkpoint", "create_model", "list_models",
+__all__ = ["load_model", "study", "evaluate", "sensitivity", "zoo", "save_checkpoint", "create_model", "list_models",
            "ChanscopeError", "__version__"]
 
 # imported on first use (PEP 562), so that `import chanscope` (and the `chanscope` command's help, version and
@@ -72,3 +72,22 @@ def sensitivity(models, data="embedded", layers=None, relevances=("gradient", "g
         layers = default_layers(_model(seeds[0]["at"], device, {}))
     plan = GridPlan(seeds, list(layers), list(relevances), list(attacks), n, check_threat_model(threat_model))
     return sensitivity_grid(plan, data, device=device)
+
+
+def zoo(models, data="embedded", out=None, *, attack="pgd20", threat_model="linf", eps=None, n=500, layer=None,
+        relevance="gradient", aa_n=0, seed=0, device=None, model_dir="models", progress=None):
+    """`chanscope zoo` from Python: `models` are specs (checkpoints, run or study folders, torchvision:/timm:/
+    robustbench:NAME, ...); measured into `out` (default a temporary folder); returns the zoo table (one row per
+    model and random control) with the across-model analysis as its `.attrs["analysis"]`."""
+    import tempfile
+
+    from chanscope.workflows.zoo import Protocol, parse_models, run_zoo
+
+    p = Protocol(data=str(data), attack=attack, threat_model=threat_model, eps=eps, n=n, layer=layer,
+                 relevance=relevance, aa_n=aa_n, seed=seed,
+                 model_options={"model_dir": model_dir, "threat_model": {"linf": "Linf", "l2": "L2"}.get(threat_model)})
+    with tempfile.TemporaryDirectory(prefix="chanscope-zoo-") as tmp:
+        df, analysis = run_zoo(parse_models([str(m) for m in models]), p, out or tmp, device=device,
+                               progress=progress)
+    df.attrs["analysis"] = analysis
+    return df

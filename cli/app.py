@@ -16,6 +16,7 @@ from .plot import app as plot_app
 from .plot import report_command
 from .reproduce import reproduce_command
 from .sensitivity import sensitivity_command
+from .zoo import zoo_command
 from .series import series_command
 from .train import train_command
 
@@ -31,6 +32,7 @@ app.command("compare")(handle_errors(compare_command))
 app.command("report")(report_command)
 app.command("ablate")(handle_errors(ablate_command))
 app.command("sensitivity")(handle_errors(sensitivity_command))
+app.command("zoo")(handle_errors(zoo_command))
 app.add_typer(plot_app, name="plot")
 
 

@@ -386,3 +386,29 @@ def sensitivity_plot(df: pd.DataFrame, out: str | Path, name: str = "sensitivity
     fig.suptitle("AT minus random control per cell (x: the paired interval includes 0)", fontsize=9)
     fig.tight_layout()
     return _save(fig, Path(out), name, d)
+
+
+def zoo_figure(df: pd.DataFrame, out: str | Path) -> pd.DataFrame:
+    """`chanscope zoo`: each statistic (with its interval over images) against robust accuracy, one point per
+    model coloured by method; the random controls' intervals as a grey band. Writes <out>.png/.pdf/.csv."""
+    from chanscope.observe.population import STATISTICS
+
+    out = Path(out)
+    models, controls = df[df["role"] == "model"], df[df["role"] == "control"]
+    stats = list(STATISTICS)
+    fig, axes = plt.subplots(1, len(stats), figsize=(3.2 * len(stats), 3.2), squeeze=False)
+    methods = sorted(models["method"].astype(str).unique())
+    colour = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
+    for ax, s in zip(axes[0], stats):
+        if len(controls) and controls[f"{s}_lo"].notna().any():
+            ax.axhspan(controls[f"{s}_lo"].min(), controls[f"{s}_hi"].max(), color="0.85", zorder=0,
+                       label="random control")
+        for m in methods:
+            d = models[models["method"].astype(str) == m]
+            err = np.vstack([d[s] - d[f"{s}_lo"], d[f"{s}_hi"] - d[s]]).clip(min=0)
+            ax.errorbar(d["worst_acc"], d[s], yerr=err, fmt="o", ms=4, color=colour[m], label=m, capsize=2)
+        ax.set_xlabel("robust accuracy (%)")
+        ax.set_title(s, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out.parent, out.name, df)

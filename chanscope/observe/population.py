@@ -1,0 +1,142 @@
+"""Observations over a population of models: does a channel statistic predict robust accuracy?
+
+Per model, the observations' statistics are computed from the activation study's per-image records (the same
+functions the verdicts read) with 95% bootstrap intervals over its test images. Across models, each statistic's
+Spearman correlation with robust accuracy, the same with natural accuracy partialled out (and with natural
+accuracy and architecture), a bootstrap interval over models and a permutation p-value. A statistic "predicts
+robustness beyond natural accuracy" only when the partial correlation's interval excludes 0 and the permutation
+test rejects; a population too small to tell says so instead of a verdict.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from chanscope.observe.verdicts import _ranks, alignment, class_accuracy, cosine, nr_over, relgap
+
+__all__ = ["STATISTICS", "model_statistics", "across_models", "residual_rank_corr", "MIN_MODELS"]
+
+MIN_MODELS = 6  # fewer models than this: no across-model verdict
+ALPHA = 0.05
+
+
+def _align_mean(ex: dict[str, np.ndarray], w: np.ndarray | None = None) -> float:
+    """Observation 3's quantity: mean over classes of the per-class Spearman alignment of adversarial
+    magnitude with relevance."""
+    return float(np.nanmean(alignment(ex, w)))
+
+
+def _align_spread(ex: dict[str, np.ndarray], w: np.ndarray | None = None) -> float:
+    """Observation 3 between classes: mean alignment of the more robust half of the classes minus that of the
+    less robust half (classes ranked by their robust accuracy in this model)."""
+    a = alignment(ex, w)
+    rob = class_accuracy(ex, w, "adv_ok")
+    ok = np.isfinite(a) & np.isfinite(rob)
+    if ok.sum() < 2:
+        return float("nan")
+    order = np.argsort(rob[ok], kind="stable")
+    half = len(order) // 2
+    return float(np.mean(a[ok][order[-half:]]) - np.mean(a[ok][order[:half]]))
+
+
+# name -> (function of per-image records and image weights, what it is)
+STATISTICS = {
+    "cosine": (cosine, "obs. 1: cosine of adversarial and natural class-mean magnitudes"),
+    "relgap": (relgap, "obs. 1: mean |adversarial - natural| magnitude / mean natural"),
+    "nr_over": (nr_over, "obs. 2: relative rise of NR channels' magnitude under attack"),
+    "align": (_align_mean, "obs. 3: mean per-class alignment (Spearman) of magnitude with relevance"),
+    "align_spread": (_align_spread, "obs. 3: alignment of the more robust classes minus the less robust"),
+}
+
+
+def model_statistics(ex: dict[str, np.ndarray], n_boot: int = 200, rng: int = 0) -> dict[str, float]:
+    """One model's statistics with 95% intervals over its images (resampled within each class): columns
+    `<stat>`, `<stat>_lo`, `<stat>_hi`, plus natural and robust accuracy (%) of the records' images."""
+    gen = np.random.default_rng(rng)
+    y = ex["y"]
+    out: dict[str, float] = {"natural_acc": 100 * float(np.mean(ex["nat_ok"])),
+                             "robust_acc": 100 * float(np.mean(ex["adv_ok"]))}
+    by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
+    weights = []
+    for _ in range(n_boot):
+        pick = np.concatenate([gen.choice(idx, len(idx)) for idx in by_class])
+        weights.append(np.bincount(pick, minlength=len(y)).astype(float))
+    for name, (f, _) in STATISTICS.items():
+        point = f(ex, None)
+        draws = np.array([f(ex, w) for w in weights])
+        lo, hi = np.nanpercentile(draws, [2.5, 97.5]) if np.isfinite(draws).any() else (np.nan, np.nan)
+        out |= {name: point, f"{name}_lo": float(lo), f"{name}_hi": float(hi)}
+    return out
+
+
+def residual_rank_corr(a: np.ndarray, r: np.ndarray, covariates: list[np.ndarray] | None = None) -> float:
+    """Spearman correlation of a and r; with covariates, of their ranks after both are residualised (least
+    squares) on the covariates' columns (ranks of numeric ones, one-hot columns of categorical ones, given
+    already encoded)."""
+    ra, rr = _ranks(np.asarray(a, float)), _ranks(np.asarray(r, float))
+    z = np.ones((len(ra), 1))
+    if covariates:
+        z = np.column_stack([z, *covariates])
+    ea = ra - z @ np.linalg.lstsq(z, ra, rcond=None)[0]
+    er = rr - z @ np.linalg.lstsq(z, rr, rcond=None)[0]
+    d = np.linalg.norm(ea) * np.linalg.norm(er)
+    return float(ea @ er / d) if d > 1e-9 else float("nan")
+
+
+def _one_hot(groups: pd.Series) -> np.ndarray | None:
+    """Columns for all but one group (the intercept is the first); None for a single group."""
+    levels = sorted(groups.astype(str).unique())
+    if len(levels) < 2:
+        return None
+    return np.column_stack([(groups.astype(str) == g).to_numpy(float) for g in levels[1:]])
+
+
+def _covariates(df: pd.DataFrame, arch: bool) -> list[np.ndarray]:
+    cov = [_ranks(df["natural_acc"].to_numpy(float))]
+    oh = _one_hot(df["arch"]) if arch and "arch" in df else None
+    return cov + ([oh] if oh is not None else [])
+
+
+def across_models(df: pd.DataFrame, target: str = "robust_acc", n_boot: int = 1000, n_perm: int = 2000,
+                  rng: int = 0, min_models: int = MIN_MODELS) -> pd.DataFrame:
+    """Per statistic of STATISTICS present in df (one row per model, with natural_acc, target and optionally
+    arch): rank correlation with the target, partial on natural accuracy (interval over models, permutation
+    p-value, two-sided), partial on natural accuracy and architecture, and the verdict."""
+    rows = []
+    gen = np.random.default_rng(rng)
+    for name in [s for s in STATISTICS if s in df]:
+        d = df[np.isfinite(df[name].to_numpy(float)) & np.isfinite(df[target].to_numpy(float))].reset_index(drop=True)
+        n = len(d)
+        row = {"statistic": name, "what": STATISTICS[name][1], "n_models": n, "rho": float("nan"),
+               "partial": float("nan"), "partial_lo": float("nan"), "partial_hi": float("nan"),
+               "p_perm": float("nan"), "partial_arch": float("nan")}
+        if n < 3:
+            rows.append({**row, "verdict": f"too few models ({n})"})
+            continue
+        a, r = d[name].to_numpy(float), d[target].to_numpy(float)
+        cov = _covariates(d, arch=False)
+        part = residual_rank_corr(a, r, cov)
+        boots = []
+        for _ in range(n_boot):
+            i = gen.integers(0, n, n)
+            boots.append(residual_rank_corr(a[i], r[i], _covariates(d.iloc[i].reset_index(drop=True), False)))
+        lo, hi = np.nanpercentile(boots, [2.5, 97.5]) if np.isfinite(boots).any() else (np.nan, np.nan)
+        null = np.array([residual_rank_corr(a, gen.permutation(r), cov) for _ in range(n_perm)])
+        p = float((1 + np.sum(~(np.abs(null) < abs(part)))) / (n_perm + 1)) if np.isfinite(part) else float("nan")
+        row |= {"rho": residual_rank_corr(a, r), "partial": part, "partial_lo": float(lo), "partial_hi": float(hi),
+                "p_perm": p, "partial_arch": residual_rank_corr(a, r, _covariates(d, arch=True))}
+        rows.append({**row, "verdict": _verdict(row, n, min_models)})
+    return pd.DataFrame(rows)
+
+
+def _verdict(row: dict, n: int, min_models: int) -> str:
+    if n < min_models:
+        return f"too few models ({n} < {min_models})"
+    if not np.isfinite(row["partial"]):
+        return "undefined (statistic collinear with natural accuracy)"
+    excludes = row["partial_lo"] > 0 or row["partial_hi"] < 0
+    if excludes and row["p_perm"] < ALPHA:
+        sign = "higher" if row["partial"] > 0 else "lower"
+        return f"predicts robust accuracy beyond natural accuracy ({sign} is more robust)"
+    return "no evidence beyond natural accuracy"

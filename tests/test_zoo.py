@@ -1,0 +1,138 @@
+"""`chanscope zoo`: the across-model analysis against independent formulas and synthetic populations where it
+must and must not find a predictor, and the command on a smoke population (two chanscope architectures and a
+RobustBench-layout file), resumed, extended and refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import rankdata, spearmanr
+from typer.testing import CliRunner
+
+from chanscope.checkpoint import save_checkpoint
+from chanscope.cli.app import app
+from chanscope.models import create_model
+from chanscope.observe.population import across_models, model_statistics, residual_rank_corr
+from chanscope.workflows.zoo import parse_models
+
+runner = CliRunner()
+
+
+def test_partial_rank_corr_matches_the_textbook_formula():
+    gen = np.random.default_rng(1)
+    a, r, z = gen.normal(size=(3, 40))
+    a, r = a + z, r + z
+    rab, raz, rbz = spearmanr(a, r)[0], spearmanr(a, z)[0], spearmanr(r, z)[0]
+    expected = (rab - raz * rbz) / np.sqrt((1 - raz ** 2) * (1 - rbz ** 2))
+    assert residual_rank_corr(a, r, [rankdata(z)]) == pytest.approx(expected, abs=1e-9)
+    assert residual_rank_corr(a, r) == pytest.approx(rab, abs=1e-12)
+
+
+def _population(n: int, seed: int = 0) -> pd.DataFrame:
+    gen = np.random.default_rng(seed)
+    nat = gen.uniform(30, 90, n)
+    rob = 0.4 * nat + gen.normal(0, 6, n)  # robustness: partly natural accuracy, partly something else
+    return pd.DataFrame({"natural_acc": nat, "worst_acc": rob, "arch": np.where(np.arange(n) % 2, "a", "b"),
+                         "cosine": (rob - 0.4 * nat) + gen.normal(0, 1, n),  # tracks what nat does not explain
+                         "nr_over": nat + gen.normal(0, 1, n)})  # tracks natural accuracy only
+
+
+def test_a_statistic_beyond_natural_accuracy_is_found_and_one_that_only_tracks_it_is_not():
+    res = across_models(_population(30), target="worst_acc", n_boot=300, n_perm=500).set_index("statistic")
+    assert res.loc["cosine", "verdict"].startswith("predicts robust accuracy beyond natural accuracy (higher")
+    assert res.loc["cosine", "partial_lo"] > 0
+    # nr_over correlates with robust accuracy (through natural accuracy) but not beyond it: the verdict fails
+    assert res.loc["nr_over", "rho"] > 0.5
+    assert res.loc["nr_over", "verdict"] == "no evidence beyond natural accuracy"
+    small = across_models(_population(4), target="worst_acc", n_boot=50, n_perm=50)
+    assert (small["verdict"] == "too few models (4 < 6)").all()
+
+
+def test_model_statistics_intervals_bracket_the_point():
+    gen = np.random.default_rng(0)
+    n, k, c = 60, 3, 8
+    y = np.repeat(np.arange(k), n // k)
+    nat = gen.uniform(0.5, 1.5, (n, c))
+    ex = {"y": y, "mag_nat": nat, "mag_adv": nat * gen.uniform(0.8, 1.6, (n, c)),
+          "relevance": gen.normal(size=(k, c)), "nat_ok": gen.random(n) < 0.7, "adv_ok": gen.random(n) < 0.3}
+    s = model_statistics(ex, n_boot=100)
+    assert s["natural_acc"] == pytest.approx(100 * ex["nat_ok"].mean())
+    for name in ("cosine", "relgap", "nr_over", "align"):
+        assert s[f"{name}_lo"] <= s[name] <= s[f"{name}_hi"]
+    # relgap recomputed by hand: mean |class-mean adv - class-mean nat| / mean class-mean nat
+    cn = np.stack([nat[y == j].mean(0) for j in range(k)])
+    ca = np.stack([ex["mag_adv"][y == j].mean(0) for j in range(k)])
+    assert s["relgap"] == pytest.approx(np.abs(ca - cn).mean() / cn.mean())
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory):
+    """Three tiny chanscope models of two architectures (one a CIFS model with probes) and one RobustBench
+    entry in the zoo's layout, all written here: nothing is downloaded."""
+    from chanscope.models.sources import import_robustbench
+
+    import_robustbench()
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    d = tmp_path_factory.mktemp("population")
+    for i, (arch, kw) in enumerate([("resnet10", {}), ("preact_resnet18", {}), ("resnet10", {"feature_select": "cifs"})]):
+        torch.manual_seed(i)
+        save_checkpoint(d / f"m{i}.pt", create_model(arch, width=0.125, **kw), config={"method": f"method{i}"},
+                        input_shape=[3, 32, 32])
+    rb = model_dicts[BenchmarkDataset("cifar10")][ThreatModel("Linf")]["Sehwag2021Proxy_R18"]["model"]()
+    (d / "rb" / "cifar10" / "Linf").mkdir(parents=True)
+    torch.save({"state_dict": rb.state_dict()}, d / "rb" / "cifar10" / "Linf" / "Sehwag2021Proxy_R18.pt")
+    (d / "list.txt").write_text(f"{d}/m0.pt  # a resnet10\n{d}/m1.pt\n\nrobustbench:Sehwag2021Proxy_R18\n")
+    return d
+
+
+def _zoo(d, out, *extra):
+    return runner.invoke(app, ["zoo", "--models-file", str(d / "list.txt"), "--model-dir", str(d / "rb"),
+                               "--out", str(out), "--n", "20", "--attack", "pgd2", "--device", "cpu", *extra])
+
+
+@pytest.mark.slow
+def test_zoo_measures_a_population_resumes_and_refuses_another_protocol(population, tmp_path):
+    d, out = population, tmp_path / "zoo"
+    res = _zoo(d, out)
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out / "zoo.csv")
+    models, controls = df[df.role == "model"], df[df.role == "control"]
+    assert len(models) == 3 and set(controls.arch) == set(models.arch)  # one control per architecture
+    assert set(models.method) == {"method0", "method1", "robustbench"}
+    rb = models[models.source == "robustbench"].iloc[0]
+    assert isinstance(rb.weights_sha256, str) and len(rb.weights_sha256) == 64
+    assert controls.control_why.str.contains("prediction entropy").all()
+    for f in ("zoo.md", "zoo-analysis.csv", "zoo-figure.png"):
+        assert (out / f).is_file()
+    again = _zoo(d, out)  # nothing new: nothing measured again
+    assert again.exit_code == 0 and "3 measured before, 0 to measure" in again.output
+    more = _zoo(d, out, "--model", str(d / "m2.pt"))  # a model added later is measured alone
+    assert more.exit_code == 0 and "1 to measure" in more.output, more.output
+    cifs = pd.read_csv(out / "zoo.csv").query("method == 'method2'").iloc[0]
+    assert cifs.worst_acc <= cifs.robust_acc  # the adaptive attack counts per image for a model with probes
+    bad = _zoo(d, out, "--n", "30")
+    assert bad.exit_code == 2 and "another protocol (n differ)" in bad.output
+    assert len(pd.read_csv(out / "zoo.csv")) == len(df) + 1  # nothing written before is lost
+
+
+def test_zoo_bad_input_is_one_line(tmp_path):
+    res = runner.invoke(app, ["zoo", "--models-file", str(tmp_path / "none.txt"), "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    (tmp_path / "l.txt").write_text("a.pt colour=red\n")
+    res = runner.invoke(app, ["zoo", "--models-file", str(tmp_path / "l.txt"), "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "is not weights=PATH" in res.output
+    res = runner.invoke(app, ["zoo", "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "no models given" in res.output
+
+
+def test_study_folders_expand_to_their_run_folders(tmp_path):
+    for run in ("standard", "seed1/at"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "config.json").write_text("{}")
+        (tmp_path / run / "best.pt").write_bytes(b"")
+    specs = [m.spec for m in parse_models([str(tmp_path)])]
+    assert specs == [str(tmp_path / "seed1/at"), str(tmp_path / "standard")]
