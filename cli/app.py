@@ -16,9 +16,9 @@ from .plot import app as plot_app
 from .plot import report_command
 from .reproduce import reproduce_command
 from .sensitivity import sensitivity_command
-from .zoo import zoo_command
 from .series import series_command
 from .train import train_command
+from .zoo import zoo_command
 
 app = typer.Typer(name="chanscope", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Channel-wise activation studies of adversarially trained CNNs (CIFS, ICML 2021).")

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from chanscope.cli.app import app
 from scipy.stats import rankdata, spearmanr
 from typer.testing import CliRunner
 
 from chanscope.checkpoint import save_checkpoint
-from chanscope.cli.app import app
 from chanscope.models import create_model
 from chanscope.observe.population import across_models, model_statistics, residual_rank_corr
 from chanscope.workflows.zoo import parse_models
@@ -78,7 +78,8 @@ def population(tmp_path_factory):
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
     d = tmp_path_factory.mktemp("population")
-    for i, (arch, kw) in enumerate([("resnet10", {}), ("preact_resnet18", {}), ("resnet10", {"feature_select": "cifs"})]):
+    archs = [("resnet10", {}), ("preact_resnet18", {}), ("resnet10", {"feature_select": "cifs"})]
+    for i, (arch, kw) in enumerate(archs):
         torch.manual_seed(i)
         save_checkpoint(d / f"m{i}.pt", create_model(arch, width=0.125, **kw), config={"method": f"method{i}"},
                         input_shape=[3, 32, 32])
