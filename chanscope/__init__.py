@@ -12,19 +12,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # which one thread does fastest, and many times faster than several threads on a busy CPU
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-__version__ = "0.1.0"
+from chanscope._version import __version__
+
 __all__ = ["load_model", "study", "evaluate", "sensitivity", "zoo", "save_checkpoint", "create_model", "list_models",
            "ChanscopeError", "__version__"]
 
 # imported on first use (PEP 562), so that `import chanscope` (and the `chanscope` command's help, version and
 # usage errors) loads no torch: name -> the module that defines it
-_LAZY = {"load_model": "chanscope.checkpoint", "save_checkpoint": "chanscope.checkpoint",
+_LAZY = {"load_model": "chanscope.models.sources", "save_checkpoint": "chanscope.checkpoint",
          "create_model": "chanscope.models", "list_models": "chanscope.models", "ChanscopeError": "chanscope.errors"}
 
 if TYPE_CHECKING:
-    from chanscope.checkpoint import load_model, save_checkpoint
+    from chanscope.checkpoint import save_checkpoint
     from chanscope.errors import ChanscopeError
     from chanscope.models import create_model, list_models
+    from chanscope.models.sources import load_model
 
 
 def __getattr__(name: str):
@@ -75,19 +77,22 @@ def sensitivity(models, data="embedded", layers=None, relevances=("gradient", "g
 
 
 def zoo(models, data="embedded", out=None, *, attack="pgd20", threat_model="linf", eps=None, n=500, layer=None,
-        relevance="gradient", aa_n=0, seed=0, device=None, model_dir="models", progress=None):
+        relevance="gradient", aa_n=0, seed=0, device=None, model_dir="models", dataset="cifar10", progress=None):
     """`chanscope zoo` from Python: `models` are specs (checkpoints, run or study folders, torchvision:/timm:/
     robustbench:NAME, ...); measured into `out` (default a temporary folder); returns the zoo table (one row per
     model and random control) with the across-model analysis as its `.attrs["analysis"]`."""
     import tempfile
 
+    from chanscope.errors import check_threat_model
     from chanscope.workflows.zoo import Protocol, parse_models, run_zoo
 
-    p = Protocol(data=str(data), attack=attack, threat_model=threat_model, eps=eps, n=n, layer=layer,
-                 relevance=relevance, aa_n=aa_n, seed=seed,
-                 model_options={"model_dir": model_dir, "threat_model": {"linf": "Linf", "l2": "L2"}.get(threat_model)})
+    norm = check_threat_model(threat_model)
+    p = Protocol(data=str(data), attack=attack, threat_model=norm, eps=eps, n=n, layer=layer, relevance=relevance,
+                 aa_n=aa_n, seed=seed, model_options={"model_dir": str(model_dir), "dataset": dataset,
+                                                      "threat_model": {"linf": "Linf", "l2": "L2"}[norm]})
+    specs = [models] if isinstance(models, (str, os.PathLike)) else list(models)
     with tempfile.TemporaryDirectory(prefix="chanscope-zoo-") as tmp:
-        df, analysis = run_zoo(parse_models([str(m) for m in models]), p, out or tmp, device=device,
+        df, analysis = run_zoo(parse_models([str(m) for m in specs]), p, out or tmp, device=device,
                                progress=progress)
     df.attrs["analysis"] = analysis
     return df

@@ -8,13 +8,12 @@ from typing import Any
 
 import torch
 
-from chanscope.device import pick_device
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_torch_save
 from chanscope.models import create_model
 from chanscope.models.official import is_official_state_dict, load_official
 
-__all__ = ["save_checkpoint", "read_checkpoint", "load_model", "model_from_checkpoint", "FORMAT", "resolve",
+__all__ = ["save_checkpoint", "read_checkpoint", "model_from_checkpoint", "FORMAT", "resolve",
            "archive_kind"]
 
 FORMAT = "chanscope-checkpoint"
@@ -126,28 +125,3 @@ def model_from_checkpoint(obj: dict, origin: str = "checkpoint") -> torch.nn.Mod
         return load_official(sd)
     raise ChanscopeError(f"{origin} is not a chanscope checkpoint nor an official CIFS state_dict; "
                          "give a best.pt/last.pt written by `chanscope train`")
-
-
-def load_model(spec: str | Path, device: str | torch.device | None = None, **options: Any) -> torch.nn.Module:
-    """Open any image classifier as a model in eval mode: [0, 1] images -> logits.
-
-    spec: a chanscope checkpoint or run folder, an official CIFS/CAS checkpoint, `torchvision:NAME`,
-    `timm:NAME`, `robustbench:NAME`, a TorchScript or exported (.pt2) file, or `package.module:callable`.
-    options: the fields of `chanscope.models.sources.ModelOptions` (weights, num_classes, dataset,
-    threat_model, model_dir, mean, std). `model.source` records what was loaded.
-
-    Example:
-        >>> model = chanscope.load_model("runs/cifs/best.pt")
-        >>> tv = chanscope.load_model("torchvision:resnet18", weights="tv.pt", mean=[0.49, 0.48, 0.45],
-        ...                           std=[0.25, 0.24, 0.26])
-        >>> logits = model(images)  # images in [0, 1], shape (N, C, H, W)
-    """
-    from chanscope.models.sources import ModelOptions, open_model
-
-    try:
-        opts = ModelOptions(**options)
-    except TypeError as e:
-        raise ChanscopeError(f"load_model: {e}; options are the fields of ModelOptions") from None
-    model = open_model(spec, opts)
-    dev = device if isinstance(device, torch.device) else pick_device(device)
-    return model.to(dev).eval()

@@ -117,7 +117,7 @@ def versions() -> dict[str, str]:
 
     import torchvision
 
-    from chanscope import __version__
+    from chanscope._version import __version__
 
     return {"chanscope": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "python": platform.python_version(), "platform": platform.platform()}

@@ -39,7 +39,7 @@ app.add_typer(plot_app, name="plot")
 def _print_version(value: bool) -> None:
     """Eager: prints and exits before Typer asks for a command."""
     if value:
-        from chanscope import __version__
+        from chanscope._version import __version__
 
         typer.echo(f"chanscope {__version__}")
         raise typer.Exit(0)

@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from chanscope.attacks import frozen_eval, pgd
 from chanscope.attacks.external import autoattack, square
 from chanscope.attacks.suite import parse_attacks
-from chanscope.checkpoint import load_model, save_checkpoint
+from chanscope.checkpoint import save_checkpoint
 from chanscope.errors import ChanscopeError
 from chanscope.models import create_model
+from chanscope.models.sources import load_model
 from chanscope.train import build_config
 from chanscope.workflows.evaluate import evaluate, sanity_checks
 from chanscope.workflows.training import fit as train

@@ -15,11 +15,12 @@ from chanscope.cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from chanscope.checkpoint import load_model, read_checkpoint, save_checkpoint
+from chanscope.checkpoint import read_checkpoint, save_checkpoint
 from chanscope.data import ImageData, load_data
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_json
 from chanscope.models import create_model
+from chanscope.models.sources import load_model
 from chanscope.observe import verdicts
 from chanscope.observe.analysis import most_and_least_robust
 from chanscope.train import build_config

@@ -101,23 +101,23 @@ def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch
 def test_jobs_stop_request_and_the_records_of_a_cut_run(tmp_path):
     import json
 
-    from chanscope.workflows import series_jobs
+    from chanscope.workflows import series_jobs, series_worker
     from chanscope.workflows.train_state import sigint_flag
 
     ran = []
-    stage = series_jobs._unless_stopped(lambda: ran.append(1))
+    stage = series_worker._unless_stopped(lambda: ran.append(1))
     stage()
     try:
         with sigint_flag() as flag:  # a stop request in a training: its Ctrl-C (it saves at the next batch)
-            series_jobs._on_stop()
+            series_worker._on_stop()
         assert flag["stop"]
         with pytest.raises(KeyboardInterrupt):  # outside a training: Ctrl-C at once
-            series_jobs._on_stop()
+            series_worker._on_stop()
         with pytest.raises(KeyboardInterrupt, match="before this stage"):  # and no further stage
             stage()
         assert ran == [1]
     finally:
-        series_jobs._stop_asked.clear()
+        series_worker._stop_asked.clear()
     # a cut --jobs run: its options in series.json, a finished stage only in a seed's record; another --seed
     # is refused as for a folder whose stages one process recorded, and the record is merged first
     opts = {"data": "embedded", "seed": 0, "base": "cpu", "bf16": None}

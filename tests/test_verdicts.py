@@ -408,8 +408,8 @@ def test_random_control_is_a_working_classifier_of_random_features(tmp_path):
     """The control as a study builds it (registry architecture, BatchNorm statistics of training images, fitted
     readout) is valid on real test images; the network as initialised, as the control was before, is not."""
     from chanscope.attacks.suite import parse_attacks
-    from chanscope.checkpoint import load_model
     from chanscope.data import load_data
+    from chanscope.models.sources import load_model
     from chanscope.train import build_config
     from chanscope.workflows.activations import study_activations
     from chanscope.workflows.training import random_control

@@ -130,6 +130,39 @@ def test_zoo_bad_input_is_one_line(tmp_path):
     assert res.exit_code == 2 and "no models given" in res.output
 
 
+def test_a_small_zoo_runs_and_a_corrected_typo_is_not_refused(tmp_path):
+    """The default suite's smoke zoo: two tiny models, a typo in --data (one line, exit 2), then the corrected
+    command runs in the same folder; the Python API gives the same table for the same protocol."""
+    import chanscope
+
+    for i in range(2):
+        torch.manual_seed(i)
+        save_checkpoint(tmp_path / f"m{i}.pt", create_model("resnet10", width=0.125), input_shape=[3, 32, 32])
+    args = ["zoo", "--model", str(tmp_path / "m0.pt"), "--model", str(tmp_path / "m1.pt"), "--n", "20",
+            "--attack", "pgd1", "--device", "cpu", "--out", str(tmp_path / "z")]
+    bad = runner.invoke(app, [*args, "--data", str(tmp_path / "nodata")])
+    assert bad.exit_code == 2 and bad.output.count("error:") == 1 and "nor an existing path" in bad.output
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(tmp_path / "z" / "zoo.csv")
+    assert sorted(df.role) == ["control", "model", "model"] and df.weights_sha256.str.len().eq(64).sum() == 2
+    api = chanscope.zoo(str(tmp_path / "m0.pt"), n=20, attack="pgd1", device="cpu", threat_model="Linf")
+    mine = df[df.spec == str(tmp_path / "m0.pt")].iloc[0]
+    assert api[api.role == "model"].iloc[0]["nr_over"] == pytest.approx(mine.nr_over)
+
+
+def test_one_model_one_key(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    torch.save({}, tmp_path / "run" / "best.pt")
+    folder = parse_models([str(tmp_path / "run"), str(tmp_path / "run" / "best.pt")])
+    assert len(folder) == 1  # a run folder and its best.pt are one model, measured once
+    a, b = parse_models(["timm:x mean=0.5,0.5,0.5 std=0.2,0.2,0.2", "timm:x mean=0.5,0.5,0.5 std=0.3,0.3,0.3"])
+    assert a.key != b.key  # models that differ only in std are two models
+    with pytest.raises(Exception, match="does not exist"):
+        parse_models([str(tmp_path / "nothere.pt")])
+
+
 def test_study_folders_expand_to_their_run_folders(tmp_path):
     for run in ("standard", "seed1/at"):
         (tmp_path / run).mkdir(parents=True)

@@ -27,10 +27,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from chanscope.device import pick_device
 from chanscope.errors import ChanscopeError
 from chanscope.models.wrappers import Normalized
 
-__all__ = ["ModelOptions", "open_model", "PREFIXES", "spec_label", "import_robustbench"]
+__all__ = ["ModelOptions", "open_model", "load_model", "PREFIXES", "spec_label", "import_robustbench"]
 
 PREFIXES = ("torchvision", "timm", "robustbench")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -272,3 +273,26 @@ def open_model(spec: str | Path, options: ModelOptions | None = None) -> nn.Modu
     except (AttributeError, RuntimeError):  # a ScriptModule takes no new attributes
         object.__setattr__(model, "source", rec)
     return model
+
+
+def load_model(spec: str | Path, device: str | torch.device | None = None, **options: Any) -> torch.nn.Module:
+    """Open any image classifier as a model in eval mode: [0, 1] images -> logits.
+
+    spec: a chanscope checkpoint or run folder, an official CIFS/CAS checkpoint, `torchvision:NAME`,
+    `timm:NAME`, `robustbench:NAME`, a TorchScript or exported (.pt2) file, or `package.module:callable`.
+    options: the fields of `chanscope.models.sources.ModelOptions` (weights, num_classes, dataset,
+    threat_model, model_dir, mean, std). `model.source` records what was loaded.
+
+    Example:
+        >>> model = chanscope.load_model("runs/cifs/best.pt")
+        >>> tv = chanscope.load_model("torchvision:resnet18", weights="tv.pt", mean=[0.49, 0.48, 0.45],
+        ...                           std=[0.25, 0.24, 0.26])
+        >>> logits = model(images)  # images in [0, 1], shape (N, C, H, W)
+    """
+    try:
+        opts = ModelOptions(**options)
+    except TypeError as e:
+        raise ChanscopeError(f"load_model: {e}; options are the fields of ModelOptions") from None
+    model = open_model(spec, opts)
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    return model.to(dev).eval()

@@ -5,7 +5,7 @@ functions the verdicts read) with 95% bootstrap intervals over its test images. 
 Spearman correlation with robust accuracy, the same with natural accuracy partialled out (and with natural
 accuracy and architecture), a bootstrap interval over models and a permutation p-value. A statistic "predicts
 robustness beyond natural accuracy" only when the partial correlation's interval excludes 0 and the permutation
-test rejects; a population too small to tell says so instead of a verdict.
+test (Holm-adjusted over the statistics) rejects; a population too small to tell says so instead of a verdict.
 """
 
 from __future__ import annotations
@@ -70,11 +70,13 @@ def model_statistics(ex: dict[str, np.ndarray], n_boot: int = 200, rng: int = 0)
     return out
 
 
-def residual_rank_corr(a: np.ndarray, r: np.ndarray, covariates: list[np.ndarray] | None = None) -> float:
+def residual_rank_corr(a: np.ndarray, r: np.ndarray, covariates: list[np.ndarray] | None = None,
+                       ranked_target: bool = False) -> float:
     """Spearman correlation of a and r; with covariates, of their ranks after both are residualised (least
     squares) on the covariates' columns (ranks of numeric ones, one-hot columns of categorical ones, given
     already encoded)."""
-    ra, rr = _ranks(np.asarray(a, float)), _ranks(np.asarray(r, float))
+    ra = _ranks(np.asarray(a, float))
+    rr = np.asarray(r, float) if ranked_target else _ranks(np.asarray(r, float))
     z = np.ones((len(ra), 1))
     if covariates:
         z = np.column_stack([z, *covariates])
@@ -82,6 +84,31 @@ def residual_rank_corr(a: np.ndarray, r: np.ndarray, covariates: list[np.ndarray
     er = rr - z @ np.linalg.lstsq(z, rr, rcond=None)[0]
     d = np.linalg.norm(ea) * np.linalg.norm(er)
     return float(ea @ er / d) if d > 1e-9 else float("nan")
+
+
+def _freedman_lane(a: np.ndarray, r: np.ndarray, cov: list[np.ndarray], gen: np.random.Generator,
+                   n_perm: int) -> np.ndarray:
+    """The partial correlation's null (Freedman and Lane 1983): rank(r)'s residuals on the covariates permuted
+    and added back to its fitted values, so that the covariates' relation to r is kept under the null."""
+    rr = _ranks(np.asarray(r, float))
+    z = np.column_stack([np.ones(len(rr)), *cov])
+    fit = z @ np.linalg.lstsq(z, rr, rcond=None)[0]
+    res = rr - fit
+    return np.array([residual_rank_corr(a, fit + gen.permutation(res), cov, ranked_target=True)
+                     for _ in range(n_perm)])
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjustment of several p-values (NaN left out and kept NaN)."""
+    ps = np.asarray(ps, float)
+    ok = np.flatnonzero(np.isfinite(ps))
+    out = np.full(len(ps), np.nan)
+    order = ok[np.argsort(ps[ok], kind="stable")]
+    running = 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * ps[j]))
+        out[j] = running
+    return out.tolist()
 
 
 def _one_hot(groups: pd.Series) -> np.ndarray | None:
@@ -102,7 +129,8 @@ def across_models(df: pd.DataFrame, target: str = "robust_acc", n_boot: int = 10
                   rng: int = 0, min_models: int = MIN_MODELS) -> pd.DataFrame:
     """Per statistic of STATISTICS present in df (one row per model, with natural_acc, target and optionally
     arch): rank correlation with the target, partial on natural accuracy (interval over models, permutation
-    p-value, two-sided), partial on natural accuracy and architecture, and the verdict."""
+    p-value, two-sided, Freedman-Lane), the p-values Holm-adjusted over the statistics, partial on natural accuracy
+    and architecture, and the verdict (interval excludes 0 and adjusted p < 0.05)."""
     rows = []
     gen = np.random.default_rng(rng)
     for name in [s for s in STATISTICS if s in df]:
@@ -112,7 +140,7 @@ def across_models(df: pd.DataFrame, target: str = "robust_acc", n_boot: int = 10
                "partial": float("nan"), "partial_lo": float("nan"), "partial_hi": float("nan"),
                "p_perm": float("nan"), "partial_arch": float("nan")}
         if n < 3:
-            rows.append({**row, "verdict": f"too few models ({n})"})
+            rows.append(row)
             continue
         a, r = d[name].to_numpy(float), d[target].to_numpy(float)
         cov = _covariates(d, arch=False)
@@ -122,21 +150,26 @@ def across_models(df: pd.DataFrame, target: str = "robust_acc", n_boot: int = 10
             i = gen.integers(0, n, n)
             boots.append(residual_rank_corr(a[i], r[i], _covariates(d.iloc[i].reset_index(drop=True), False)))
         lo, hi = np.nanpercentile(boots, [2.5, 97.5]) if np.isfinite(boots).any() else (np.nan, np.nan)
-        null = np.array([residual_rank_corr(a, gen.permutation(r), cov) for _ in range(n_perm)])
-        p = float((1 + np.sum(~(np.abs(null) < abs(part)))) / (n_perm + 1)) if np.isfinite(part) else float("nan")
+        null = _freedman_lane(a, r, cov, gen, n_perm)
+        tol = 1e-12
+        p = float((1 + np.sum(~(np.abs(null) < abs(part) - tol))) / (n_perm + 1)) if np.isfinite(part) else np.nan
         row |= {"rho": residual_rank_corr(a, r), "partial": part, "partial_lo": float(lo), "partial_hi": float(hi),
                 "p_perm": p, "partial_arch": residual_rank_corr(a, r, _covariates(d, arch=True))}
-        rows.append({**row, "verdict": _verdict(row, n, min_models)})
-    return pd.DataFrame(rows)
+        rows.append(row)
+    df_out = pd.DataFrame(rows)
+    df_out["p_holm"] = holm(df_out["p_perm"].tolist())  # five statistics tested at once
+    df_out["verdict"] = [_verdict(r, min_models) for r in df_out.to_dict("records")]
+    return df_out
 
 
-def _verdict(row: dict, n: int, min_models: int) -> str:
+def _verdict(row: dict, min_models: int) -> str:
+    n = row["n_models"]
     if n < min_models:
         return f"too few models ({n} < {min_models})"
     if not np.isfinite(row["partial"]):
         return "undefined (statistic collinear with natural accuracy)"
     excludes = row["partial_lo"] > 0 or row["partial_hi"] < 0
-    if excludes and row["p_perm"] < ALPHA:
+    if excludes and row["p_holm"] < ALPHA:
         sign = "higher" if row["partial"] > 0 else "lower"
         return f"predicts robust accuracy beyond natural accuracy ({sign} is more robust)"
     return "no evidence beyond natural accuracy"

@@ -240,7 +240,7 @@ def run_eval(model_path: str, options: EvalOptions | None = None, *, model_optio
     model_path: any model spec of `chanscope.load_model`; model_options: its ModelOptions (weights, ...)."""
 
     from chanscope.accel.layout import set_layout
-    from chanscope.checkpoint import load_model
+    from chanscope.models.sources import load_model
     from chanscope.workflows.runs import (
         check_fits,
         folder_lock,

@@ -85,8 +85,8 @@ def as_images(data: Any, model: nn.Module, n: int | None = None,
 
 
 def _model(model: nn.Module | str, device: str | None, options: dict) -> nn.Module:
-    from chanscope.checkpoint import load_model
     from chanscope.device import pick_device
+    from chanscope.models.sources import load_model
 
     if isinstance(model, nn.Module):
         dev = pick_device(device) if device else next(model.parameters()).device

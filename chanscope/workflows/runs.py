@@ -147,7 +147,7 @@ def open_model_for(model_path: str | Path, data: ImageData, device: str | None =
                    model_options=None) -> nn.Module:
     """`chanscope.load_model(model_path, device, **options)`; a torchvision/timm head is as wide as the data's
     classes unless `num_classes` says otherwise."""
-    from chanscope.checkpoint import load_model
+    from chanscope.models.sources import load_model
 
     opts = dict(vars(model_options)) if model_options is not None else {}
     if "num_classes" in opts and opts["num_classes"] is None:

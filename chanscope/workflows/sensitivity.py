@@ -232,7 +232,7 @@ def run_sensitivity(study: str | Path, out: str | Path | None = None, *, layers:
     sensitivity.csv, sensitivity.md, sensitivity.json, figures/sensitivity.png and, where the grid has the
     classifier's input, sensitivity_explained.csv (observation 2 as W and the logit change explain it); returns
     the table."""
-    from chanscope.checkpoint import load_model
+    from chanscope.models.sources import load_model
     from chanscope.names import RELEVANCE_METHODS
     from chanscope.workflows.runs import data_of_run
 

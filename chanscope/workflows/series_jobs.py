@@ -1,6 +1,6 @@
 """`chanscope series --jobs N`: the series' seeds in processes of their own, N at a time.
 
-The calling process starts one worker per seed (`python -m chanscope.workflows.series_jobs '<spec>'`) with
+The calling process starts one worker per seed (`python -m chanscope.workflows.series_worker '<spec>'`) with
 cores / N threads unless OMP_NUM_THREADS is set. A worker runs its seed's stages (`series.seed_stages`) into
 the folders one process would make, logs to `<out>/series-seed<s>.log` and keeps its stage records in
 `<out>/series-seed<s>.json`; only the calling process writes series.json, merging those records when the
@@ -20,13 +20,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_json
-from chanscope.workflows.pipeline import SCALES, Scale, Stage, read_record, run_stages
-from chanscope.workflows.series import parse_budgets, seed_stages
+from chanscope.workflows.pipeline import Stage, read_record, run_stages
 
 OnStage = Callable[[str, str, float], None] | None
 STOP = getattr(signal, "SIGUSR1", None)  # the request to a worker: stop as after Ctrl-C, start no other stage
@@ -114,7 +113,7 @@ def _run_workers(out: Path, spec: dict, jobs: int, on_stage: OnStage) -> list[_W
 def _start(out: Path, spec: dict, k: int, env: dict, running: list[_Worker]) -> None:
     s = spec["seed"] + k
     log = out / f"series-seed{s}.log"
-    cmd = [sys.executable, "-m", "chanscope.workflows.series_jobs", json.dumps({**spec, "index": k})]
+    cmd = [sys.executable, "-m", "chanscope.workflows.series_worker", json.dumps({**spec, "index": k})]
     offset = log.stat().st_size if log.is_file() else 0
     with open(log, "a") as fh, _signals_held():  # a stop signal now waits until the worker is on the list
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -173,79 +172,3 @@ def _stop_signals_interrupt() -> Iterator[None]:
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
-
-
-# ------------------------------------------------------------------------------------------------ worker
-def worker(spec: dict) -> None:
-    """One seed's stages, in this process; records in its seed record, events and progress on stdout."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)  # held by the series while it started this process
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even where the series ignores it
-    signal.signal(STOP, _on_stop)
-    _stop_when_orphaned(spec["parent"])
-    import torch
-
-    out, s = Path(spec["out"]), spec["seed"] + spec["index"]
-    base = Scale(**spec["scale"])
-    SCALES[base.name] = base  # the scale exactly as the calling process has it (its recipe names it as preset)
-    stages = seed_stages(out, parse_budgets(spec["budgets"]), base, spec["seeds"], spec["seed"], spec["index"],
-                         data=spec["data"], data_root=spec["data_root"], device=spec["device"], bf16=spec["bf16"],
-                         progress=_progress())
-    path, names = seed_record(out, s), {st.name for st in stages}
-    record = {"stages": {n: r for n, r in read_record(out / "series.json")["stages"].items() if n in names}}
-    record["stages"].update(read_record(path)["stages"])  # seconds add up over cut runs, as in one process
-    limit = None if spec["deadline"] is None else max(0.0, spec["deadline"] - time.time())
-    print(f"seed {s}: {len(stages)} stages, {torch.get_num_threads()} thread(s)", flush=True)
-    stages = [replace(st, run=_unless_stopped(st.run)) for st in stages]
-    run_stages(stages, record, path, lambda n, st, t: print(f"{n}: {st}" + (f" ({t:.0f}s)" if t else ""),
-                                                            flush=True), limit)
-
-
-_stop_asked = threading.Event()
-
-
-def _on_stop(signum=None, frame=None) -> None:  # noqa: ARG001
-    """A stop request: a Ctrl-C now (a training saves its state at the next batch, as for a user's), and no
-    further stage, even when the Ctrl-C came as the training finished anyway."""
-    _stop_asked.set()
-    signal.raise_signal(signal.SIGINT)
-
-
-def _unless_stopped(run: Callable[[], None]) -> Callable[[], None]:
-    def go() -> None:
-        if _stop_asked.is_set():
-            raise KeyboardInterrupt("asked to stop before this stage")
-        run()
-    return go
-
-
-def _progress() -> Callable[[str, int, int], None]:
-    """Progress lines at most once a minute per task (and at its end): a log, not a screen."""
-    last: dict[str, float] = {}
-
-    def say(label: str, done: int, total: int) -> None:
-        if done >= total or time.time() - last.get(label, 0.0) > 60:
-            last[label] = time.time()
-            print(f"{label}: {done}/{total}", flush=True)
-    return say
-
-
-def _stop_when_orphaned(parent: int) -> None:
-    """A stop request to this worker once its calling process has gone (killed outright)."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(2)
-        os.kill(os.getpid(), STOP)
-    threading.Thread(target=watch, daemon=True).start()
-
-
-if __name__ == "__main__":
-    from chanscope.workflows.training import TrainInterrupted
-
-    try:
-        worker(json.loads(sys.argv[1]))
-    except ChanscopeError as e:  # bad input or a folder in the way: its one line, as the command says it
-        print(f"error: {e}", flush=True)
-        sys.exit(2)
-    except (TrainInterrupted, KeyboardInterrupt) as e:
-        print(f"interrupted: {str(e) or 'stopped'}; the finished stages and trained epochs are kept", flush=True)
-        sys.exit(130)

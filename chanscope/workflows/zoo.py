@@ -41,13 +41,34 @@ class ZooModel:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
+    def file(self) -> Path | None:
+        """The weights file this model is read from (a run folder's best.pt; the --weights file), if any."""
+        from chanscope.checkpoint import resolve
+
+        if Path(self.spec).exists():
+            return resolve(self.spec).resolve()
+        return Path(self.weights).expanduser().resolve() if self.weights and Path(self.weights).is_file() else None
+
     @property
     def key(self) -> str:
-        """A file name that is the same for the same model on every run."""
-        tail = Path(self.spec.rstrip("/")).name.split(":")[-1] or "model"
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in tail)[:40]
-        ident = f"{Path(self.spec).resolve() if Path(self.spec).exists() else self.spec}|{self.weights}|{self.mean}"
-        return f"{safe}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+        """A file name that is the same for the same model on every run: a run folder and its best.pt are one
+        model; models that differ in weights, mean or std are not."""
+        f = self.file()
+        tail = (f.parent.name if f is not None and f.name in ("best.pt", "last.pt") else
+                Path(self.spec.rstrip("/")).name.split(":")[-1]) or "model"
+        where = f if f is not None and Path(self.spec).exists() else self.spec
+        ident = f"{where}|{self.weights}|{self.mean}|{self.std}"
+        return f"{_safe(tail)}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+
+    def sha256(self) -> str | None:
+        f = self.file()
+        if f is None:
+            return None
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
 
     def options(self, base: dict) -> dict:
         o = dict(base)
@@ -129,13 +150,19 @@ def parse_models(specs: list[str] | None = None, file: str | Path | None = None)
     models: list[ZooModel] = []
     for line in (t for t in lines if t):
         m = _parse_line(line)
+        if ":" not in m.spec and not Path(m.spec).exists():
+            raise ChanscopeError(f"model {m.spec!r} does not exist; give a checkpoint, run or study folder, or a "
+                                 "source spec (torchvision:NAME, timm:NAME, robustbench:NAME, module:callable)")
         if Path(m.spec).is_dir():
             models += [ZooModel(str(f)) for f in _run_folders(Path(m.spec))]
         else:
             models.append(m)
     if not models:
         raise ChanscopeError("no models given; use --model SPEC (repeatable) or --models-file FILE")
-    return list(dict.fromkeys(models))
+    seen: dict[str, ZooModel] = {}
+    for m in models:  # a model named twice (a run folder and its best.pt) is measured once
+        seen.setdefault(m.key, m)
+    return list(seen.values())
 
 
 def _method_arch(net: nn.Module, spec: str) -> tuple[str, str]:
@@ -206,9 +233,38 @@ def _measure(net: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[str
     return row, ex
 
 
+def check_protocol(p: Protocol) -> None:
+    """Every option of the protocol checked before anything is read or written."""
+    from chanscope.attacks.suite import parse_attacks
+    from chanscope.errors import check_positive_int
+    from chanscope.names import RELEVANCE_METHODS
+
+    check_threat_model(p.threat_model)
+    if "," in p.attack:
+        raise ChanscopeError(f"--attack {p.attack!r}: the zoo takes one attack (the worst case adds the adaptive "
+                             "attack for models with probes); run another zoo folder for another attack")
+    parse_attacks(p.attack, p.budget(), threat_model=p.threat_model)
+    if p.relevance not in RELEVANCE_METHODS:
+        raise ChanscopeError(f"unknown relevance {p.relevance!r}; known: {', '.join(RELEVANCE_METHODS)}")
+    check_positive_int(p.n, "n")
+    if p.aa_n < 0:
+        raise ChanscopeError(f"--aa-n {p.aa_n} must be 0 (no AutoAttack) or a number of images")
+
+
+def _measured(out: Path, m: ZooModel) -> bool:
+    """Measured before, from the same weights (a model retrained into the same file is measured again)."""
+    f = out / "models" / f"{m.key}.json"
+    if not f.is_file():
+        return False
+    sha = read_json(f).get("weights_sha256")
+    return sha is None or m.file() is None or sha == m.sha256()
+
+
 def _check_protocol(out: Path, p: Protocol) -> None:
+    """The folder's protocol is this one; a folder with no model measured yet takes the new one."""
     rec = out / "zoo.json"
-    if rec.is_file():
+    measured = any((out / "models").glob("*.json"))
+    if rec.is_file() and measured:
         before = read_json(rec).get("protocol")
         if before != p.record():
             diff = sorted(k for k in p.record() if (before or {}).get(k) != p.record()[k])
@@ -222,18 +278,18 @@ def run_zoo(models: list[ZooModel], p: Protocol, out: str | Path, *, device: str
             progress: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Measure every model not yet measured in `out`, one random control per architecture, then write zoo.csv,
     the analysis, zoo.md and the figure; returns (zoo table, analysis table)."""
-    from chanscope.checkpoint import load_model
     from chanscope.data import load_data
+    from chanscope.models.sources import load_model
     from chanscope.workflows.runs import check_fits, test_subset, writable_dir
 
-    check_threat_model(p.threat_model)
+    check_protocol(p)
+    data = load_data(p.data)
+    x, y = test_subset(data, p.n, p.seed)
     out = writable_dir(out)
     _check_protocol(out, p)
     (out / "models").mkdir(exist_ok=True)
-    data = load_data(p.data)
-    x, y = test_subset(data, p.n, p.seed)
     say = progress or (lambda s: None)
-    todo = [m for m in models if not (out / "models" / f"{m.key}.json").is_file()]
+    todo = [m for m in models if not _measured(out, m)]
     say(f"zoo: {len(models)} models, {len(models) - len(todo)} measured before, {len(todo)} to measure "
         f"({p.attack} at eps {p.budget():.4g} {p.threat_model}, {len(y)} images)")
     t_start, twins = time.time(), {}
@@ -242,10 +298,11 @@ def run_zoo(models: list[ZooModel], p: Protocol, out: str | Path, *, device: str
         net = load_model(m.spec, device, **m.options(p.model_options))
         check_fits(net, tuple(x.shape[1:]), data.num_classes, m.spec, f"data {data.name!r}")
         method, arch = _method_arch(net, m.spec)
+        arch = _arch_key(net, arch)
         row, _ = _measure(net, x, y, list(data.classes), p, with_aa=True)
         src = getattr(net, "source", {}) or {}
         rec = {"model": m.key, "role": "model", "method": method, "arch": arch, "source": src.get("source"),
-               "spec": m.spec, "weights_sha256": src.get("weights_sha256") or src.get("sha256"),
+               "spec": m.spec, "weights_sha256": src.get("weights_sha256") or m.sha256(),
                "normalisation": str(src.get("normalisation")), "n": len(y), **row,
                "seconds": round(time.time() - t0, 1)}
         if arch not in twins and not (out / "models" / f"control-{_safe(arch)}.json").is_file():
@@ -255,6 +312,17 @@ def run_zoo(models: list[ZooModel], p: Protocol, out: str | Path, *, device: str
         say(f"[{i + 1}/{len(todo)}] {m.spec}: natural {rec['natural_acc']:.1f}%, {p.attack} "
             f"{rec['robust_acc']:.1f}%, worst {rec['worst_acc']:.1f}% ({rec['seconds']:.0f} s; ETA {eta:.0f} s)")
     return write_outputs(out, p)
+
+
+def _arch_key(net: nn.Module, arch: str) -> str:
+    """The architecture as the controls and the analysis group by: chanscope's registry name with its options
+    (a CIFS ResNet is not a plain one), else the class name with its parameter count (WRN-28-10 is not
+    WRN-70-16)."""
+    kw = getattr(net, "model_kwargs", None)
+    if kw is not None:
+        opts = ",".join(f"{k}={v}" for k, v in sorted(kw.items()) if v not in (None, False))
+        return f"{arch}({opts})" if opts else arch
+    return f"{arch}-{sum(t.numel() for t in net.parameters()) / 1e6:.2f}M"
 
 
 def _safe(name: str) -> str:

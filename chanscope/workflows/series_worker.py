@@ -1,0 +1,95 @@
+"""One seed of `chanscope series --jobs N` in a process of its own (`python -m chanscope.workflows.series_worker
+'<spec>'`, started by `series_jobs`): its stages, stop requests and progress lines. Only this module imports both
+the planner (`series`) and the process runner (`series_jobs`), so neither imports the other."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from chanscope.errors import ChanscopeError
+from chanscope.workflows.pipeline import SCALES, Scale, read_record, run_stages
+from chanscope.workflows.series import parse_budgets, seed_stages
+from chanscope.workflows.series_jobs import _PASSED_ON, STOP, seed_record
+
+
+def worker(spec: dict) -> None:
+    """One seed's stages, in this process; records in its seed record, events and progress on stdout."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)  # held by the series while it started this process
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even where the series ignores it
+    signal.signal(STOP, _on_stop)
+    _stop_when_orphaned(spec["parent"])
+    import torch
+
+    out, s = Path(spec["out"]), spec["seed"] + spec["index"]
+    base = Scale(**spec["scale"])
+    SCALES[base.name] = base  # the scale exactly as the calling process has it (its recipe names it as preset)
+    stages = seed_stages(out, parse_budgets(spec["budgets"]), base, spec["seeds"], spec["seed"], spec["index"],
+                         data=spec["data"], data_root=spec["data_root"], device=spec["device"], bf16=spec["bf16"],
+                         progress=_progress())
+    path, names = seed_record(out, s), {st.name for st in stages}
+    record = {"stages": {n: r for n, r in read_record(out / "series.json")["stages"].items() if n in names}}
+    record["stages"].update(read_record(path)["stages"])  # seconds add up over cut runs, as in one process
+    limit = None if spec["deadline"] is None else max(0.0, spec["deadline"] - time.time())
+    print(f"seed {s}: {len(stages)} stages, {torch.get_num_threads()} thread(s)", flush=True)
+    stages = [replace(st, run=_unless_stopped(st.run)) for st in stages]
+    run_stages(stages, record, path, lambda n, st, t: print(f"{n}: {st}" + (f" ({t:.0f}s)" if t else ""),
+                                                            flush=True), limit)
+
+
+_stop_asked = threading.Event()
+
+
+def _on_stop(signum=None, frame=None) -> None:  # noqa: ARG001
+    """A stop request: a Ctrl-C now (a training saves its state at the next batch, as for a user's), and no
+    further stage, even when the Ctrl-C came as the training finished anyway."""
+    _stop_asked.set()
+    signal.raise_signal(signal.SIGINT)
+
+
+def _unless_stopped(run: Callable[[], None]) -> Callable[[], None]:
+    def go() -> None:
+        if _stop_asked.is_set():
+            raise KeyboardInterrupt("asked to stop before this stage")
+        run()
+    return go
+
+
+def _progress() -> Callable[[str, int, int], None]:
+    """Progress lines at most once a minute per task (and at its end): a log, not a screen."""
+    last: dict[str, float] = {}
+
+    def say(label: str, done: int, total: int) -> None:
+        if done >= total or time.time() - last.get(label, 0.0) > 60:
+            last[label] = time.time()
+            print(f"{label}: {done}/{total}", flush=True)
+    return say
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """A stop request to this worker once its calling process has gone (killed outright)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os.kill(os.getpid(), STOP)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+if __name__ == "__main__":
+    from chanscope.workflows.training import TrainInterrupted
+
+    try:
+        worker(json.loads(sys.argv[1]))
+    except ChanscopeError as e:  # bad input or a folder in the way: its one line, as the command says it
+        print(f"error: {e}", flush=True)
+        sys.exit(2)
+    except (TrainInterrupted, KeyboardInterrupt) as e:
+        print(f"interrupted: {str(e) or 'stopped'}; the finished stages and trained epochs are kept", flush=True)
+        sys.exit(130)
