@@ -117,7 +117,9 @@ def test_zoo_measures_a_population_resumes_and_refuses_another_protocol(populati
     assert cifs.worst_acc <= cifs.robust_acc  # the adaptive attack counts per image for a model with probes
     bad = _zoo(d, out, "--n", "30")
     assert bad.exit_code == 2 and "another protocol (n differ)" in bad.output
-    assert len(pd.read_csv(out / "zoo.csv")) == len(df) + 1  # nothing written before is lost
+    after = pd.read_csv(out / "zoo.csv")  # nothing written before is lost; the CIFS model brought its own control
+    controls = set(after[after.role == "control"].arch)
+    assert len(after) == len(df) + 2 and "resnet10(feature_select=cifs,width=0.125)" in controls
 
 
 def test_zoo_bad_input_is_one_line(tmp_path):
