@@ -134,12 +134,15 @@ def test_zoo_bad_input_is_one_line(tmp_path):
 
 def test_a_small_zoo_runs_and_a_corrected_typo_is_not_refused(tmp_path):
     """The default suite's smoke zoo: two tiny models, a typo in --data (one line, exit 2), then the corrected
-    command runs in the same folder; the Python API gives the same table for the same protocol."""
+    command runs in the same folder; the Python API gives the same table for the same protocol. The two models
+    differ in their input normalisation only, so they are one architecture with one control."""
     import chanscope
 
     for i in range(2):
         torch.manual_seed(i)
-        save_checkpoint(tmp_path / f"m{i}.pt", create_model("resnet10", width=0.125), input_shape=[3, 32, 32])
+        norm = {"mean": [0.49 + i / 100] * 3, "std": [0.25] * 3}
+        save_checkpoint(tmp_path / f"m{i}.pt", create_model("resnet10", width=0.125, **norm),
+                        input_shape=[3, 32, 32])
     args = ["zoo", "--model", str(tmp_path / "m0.pt"), "--model", str(tmp_path / "m1.pt"), "--n", "20",
             "--attack", "pgd1", "--device", "cpu", "--out", str(tmp_path / "z")]
     bad = runner.invoke(app, [*args, "--data", str(tmp_path / "nodata")])
@@ -148,6 +151,7 @@ def test_a_small_zoo_runs_and_a_corrected_typo_is_not_refused(tmp_path):
     assert res.exit_code == 0, res.output
     df = pd.read_csv(tmp_path / "z" / "zoo.csv")
     assert sorted(df.role) == ["control", "model", "model"] and df.weights_sha256.str.len().eq(64).sum() == 2
+    assert df.arch.nunique() == 1 and "mean=" not in df.arch[0]
     api = chanscope.zoo(str(tmp_path / "m0.pt"), n=20, attack="pgd1", device="cpu", threat_model="Linf")
     mine = df[df.spec == str(tmp_path / "m0.pt")].iloc[0]
     assert api[api.role == "model"].iloc[0]["nr_over"] == pytest.approx(mine.nr_over)
@@ -172,3 +176,14 @@ def test_study_folders_expand_to_their_run_folders(tmp_path):
         (tmp_path / run / "best.pt").write_bytes(b"")
     specs = [m.spec for m in parse_models([str(tmp_path)])]
     assert specs == [str(tmp_path / "seed1/at"), str(tmp_path / "standard")]
+
+
+def test_controls_of_two_architectures_never_share_a_file_and_old_keys_read_plain():
+    from chanscope.workflows.zoo import _control_name, _plain_arch
+
+    a = "resnet18(feature_select=none,in_channels=3,num_classes=10,width=0.125)"
+    b = "resnet18(feature_select=none,in_channels=3,num_classes=10,width=0.25)"
+    assert a[:40] == b[:40] and _control_name(a) != _control_name(b)
+    old = "resnet18(feature_select=none,in_channels=3,mean=[0.48, 0.47, 0.44],num_classes=10,std=[0.2, 0.2, 0.2])"
+    assert _plain_arch(old) == "resnet18(feature_select=none,in_channels=3,num_classes=10)"
+    assert _plain_arch("resnet18(mean=[0.5],std=[0.2])") == "resnet18()"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from chanscope.observe.verdicts import control_validity
 
 __all__ = ["ZooModel", "Protocol", "parse_models", "run_zoo", "ZOO_COLUMNS"]
 
+NORMALISATION_KWARGS = ("mean", "std")
 ZOO_COLUMNS = (["model", "role", "method", "arch", "source", "spec", "weights_sha256", "normalisation", "n",
                 "natural_acc", "robust_acc", "worst_acc", "aa_acc", "control_valid", "control_why"]
                + [f"{s}{e}" for s in STATISTICS for e in ("", "_lo", "_hi")] + ["seconds"])
@@ -305,7 +307,7 @@ def run_zoo(models: list[ZooModel], p: Protocol, out: str | Path, *, device: str
                "spec": m.spec, "weights_sha256": src.get("weights_sha256") or m.sha256(),
                "normalisation": str(src.get("normalisation")), "n": len(y), **row,
                "seconds": round(time.time() - t0, 1)}
-        if arch not in twins and not (out / "models" / f"control-{_safe(arch)}.json").is_file():
+        if arch not in twins and arch not in _controlled(out):
             twins[arch] = _control(net, data, x, y, p, arch, out)
         atomic_write_json(out / "models" / f"{m.key}.json", rec)  # last: a cut model is measured again
         eta = (time.time() - t_start) / (i + 1) * (len(todo) - i - 1)
@@ -316,17 +318,25 @@ def run_zoo(models: list[ZooModel], p: Protocol, out: str | Path, *, device: str
 
 def _arch_key(net: nn.Module, arch: str) -> str:
     """The architecture as the controls and the analysis group by: chanscope's registry name with its options
-    (a CIFS ResNet is not a plain one), else the class name with its parameter count (WRN-28-10 is not
+    (a CIFS ResNet is not a plain one) but not its input normalisation (two seeds' ResNets with their own
+    data means are one architecture), else the class name with its parameter count (WRN-28-10 is not
     WRN-70-16)."""
     kw = getattr(net, "model_kwargs", None)
     if kw is not None:
-        opts = ",".join(f"{k}={v}" for k, v in sorted(kw.items()) if v not in (None, False))
+        opts = ",".join(f"{k}={v}" for k, v in sorted(kw.items())
+                        if v not in (None, False) and k not in NORMALISATION_KWARGS)
         return f"{arch}({opts})" if opts else arch
     return f"{arch}-{sum(t.numel() for t in net.parameters()) / 1e6:.2f}M"
 
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40]
+
+
+def _control_name(arch: str) -> str:
+    """The control's file stem: readable, and apart for every architecture key (two keys that share their
+    first 40 characters must not share a control)."""
+    return f"control-{_safe(arch)}-{hashlib.sha256(arch.encode()).hexdigest()[:8]}"
 
 
 def _control(net: nn.Module, data, x, y, p: Protocol, arch: str, out: Path) -> dict:
@@ -337,15 +347,26 @@ def _control(net: nn.Module, data, x, y, p: Protocol, arch: str, out: Path) -> d
     twin = random_twin(net, data.x_train[idx], data.y_train[idx], seed=p.seed)
     row, ex = _measure(twin, x, y, list(data.classes), p, with_aa=False)
     v = control_validity(ex)
-    rec = {"model": f"control-{_safe(arch)}", "role": "control", "method": "random", "arch": arch,
+    rec = {"model": _control_name(arch), "role": "control", "method": "random", "arch": arch,
            "source": "random twin", "spec": f"random {arch}", "weights_sha256": None, "normalisation": "as the model",
            "n": len(y), **row, "control_valid": v.valid, "control_why": str(v), "seconds": round(time.time() - t0, 1)}
-    atomic_write_json(out / "models" / f"control-{_safe(arch)}.json", rec)
+    atomic_write_json(out / "models" / f"{_control_name(arch)}.json", rec)
     return rec
+
+
+def _plain_arch(arch: str) -> str:
+    """An architecture key without the normalisation options that folders of an earlier chanscope put in it."""
+    return re.sub(r"(,?)(mean|std)=\[[^\]]*\]", "", str(arch)).replace("(,", "(")
+
+
+def _controlled(out: Path) -> set[str]:
+    return {_plain_arch(read_json(f)["arch"]) for f in Path(out, "models").glob("control-*.json")}
 
 
 def read_zoo(out: str | Path) -> pd.DataFrame:
     rows = [read_json(f) for f in sorted(Path(out, "models").glob("*.json"))]
+    for r in rows:
+        r["arch"] = _plain_arch(r["arch"])
     df = pd.DataFrame(rows)
     for c in ZOO_COLUMNS:
         if c not in df:
@@ -375,11 +396,12 @@ def _markdown(df: pd.DataFrame, analysis: pd.DataFrame, p: Protocol) -> str:
              f"{r['data']}, relevance {r['relevance']}, layer {r['layer'] or 'each model penultimate'}; robust "
              "accuracy is the per-image worst case (the adaptive attack included for models with probes).", "",
              "## Does a channel statistic predict robust accuracy beyond natural accuracy?", "",
-             "| statistic | models | Spearman | partial (natural acc) [95%] | p (perm.) | partial (+arch) | verdict |",
-             "|---|---|---|---|---|---|---|"]
+             "| statistic | models | Spearman | partial (natural acc) [95%] | p (perm.) | p (Holm) | partial (+arch) "
+             "| verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for a in analysis.itertuples():
         lines.append(f"| {a.statistic} | {a.n_models} | {a.rho:+.2f} | {a.partial:+.2f} [{a.partial_lo:+.2f}, "
-                     f"{a.partial_hi:+.2f}] | {a.p_perm:.3f} | {a.partial_arch:+.2f} | {a.verdict} |")
+                     f"{a.partial_hi:+.2f}] | {a.p_perm:.3f} | {a.p_holm:.3f} | {a.partial_arch:+.2f} | {a.verdict} |")
     lines += ["", "## Models (sorted by robust accuracy)", "",
               "| model | role | method | arch | natural | worst | " + " | ".join(STATISTICS) + " |",
               "|---|---|---|---|---|---|" + "---|" * len(STATISTICS)]
