@@ -3,26 +3,19 @@
 import os
 from typing import TYPE_CHECKING
 
-# Idle OpenMP threads sleep instead of spinning. OpenMP reads this once, when torch first loads, so it is set
-# before any torch import here (a process that imported torch earlier keeps its setting). On a CPU that other
-# jobs share, spinning threads keep every parallel region waiting for a thread the scheduler has parked
-# (docs/benchmarks.md, "Sharing the CPU"; bench/shared_cpu.py); a variable the user set is left alone.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# numpy's OpenBLAS threads spin the same way; chanscope's numpy work (bootstrap intervals) is small matrices,
-# which one thread does fastest, and many times faster than several threads on a busy CPU
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 from chanscope._version import __version__
 
-__all__ = ["load_model", "study", "evaluate", "sensitivity", "zoo", "save_checkpoint", "create_model", "list_models",
-           "ChanscopeError", "__version__"]
+__all__ = ["share_cpu", "load_model", "study", "evaluate", "sensitivity", "zoo", "save_checkpoint", "create_model",
+           "list_models", "ChanscopeError", "__version__"]
 
 # imported on first use (PEP 562), so that `import chanscope` (and the `chanscope` command's help, version and
 # usage errors) loads no torch: name -> the module that defines it
-_LAZY = {"load_model": "chanscope.models.sources", "save_checkpoint": "chanscope.checkpoint",
-         "create_model": "chanscope.models", "list_models": "chanscope.models", "ChanscopeError": "chanscope.errors"}
+_LAZY = {"share_cpu": "chanscope.accel.threads", "load_model": "chanscope.models.sources",
+         "save_checkpoint": "chanscope.checkpoint", "create_model": "chanscope.models",
+         "list_models": "chanscope.models", "ChanscopeError": "chanscope.errors"}
 
 if TYPE_CHECKING:
+    from chanscope.accel.threads import share_cpu
     from chanscope.checkpoint import save_checkpoint
     from chanscope.errors import ChanscopeError
     from chanscope.models import create_model, list_models

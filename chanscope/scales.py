@@ -29,6 +29,11 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {s.name: s for s in (
+    Scale("micro", "seconds: checks the machinery end to end (tests and CI), not a measurement",
+          {"arch": "resnet10", "width": 0.0625, "subset": 100, "epochs": 2, "batch_size": 50, "steps": 1,
+           "step_size": 8 / 255, "val_n": 100, "eval_n": 20, "eval_steps": 1, "eval_step_size": 2 / 255},
+          eval_attacks="fgsm,pgd2,adaptive2", eval_n=40, aa_n=0, sanity_n=20, act_n=40, act_attack="pgd2",
+          square_queries=20),
     Scale("smoke", "minutes on 2 CPU cores, embedded data: checks the pipeline, not the paper",
           {"width": 0.125, "subset": 1000, "epochs": 3, "batch_size": 64, "steps": 2, "step_size": 4 / 255,
            "val_n": 100, "eval_n": 100, "eval_steps": 3, "eval_step_size": 3 / 255},

@@ -65,6 +65,10 @@ def main() -> None:
     import sys
     import warnings
 
+    from chanscope.accel.threads import share_cpu
+
+    share_cpu()  # before any command loads torch: idle OpenMP threads sleep (a variable the user set is kept)
+
     def one_line(message, category, filename, lineno, file=None, line=None) -> None:  # no source path and code
         print(f"warning: {message}", file=sys.stderr)
 

@@ -1,20 +1,22 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-# as chanscope does before torch loads OpenMP: idle threads sleep, so the suite keeps its pace on a CPU that
-# other jobs share (spinning threads made a small forward-backward 50x slower beside two other jobs)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as chanscope/__init__.py
+from chanscope.accel.threads import share_cpu
+
+# as the chanscope command does before torch loads OpenMP: idle threads sleep, so the suite keeps its pace on a
+# CPU that other jobs share (spinning threads made a small forward-backward 50x slower beside two other jobs)
+share_cpu()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from chanscope.data import load_data
+from chanscope.data import load_data  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -35,3 +37,25 @@ def cifar_batch(embedded):
     x = embedded.x_test[::50][:16].float() / 255
     y = embedded.y_test[::50][:16]
     return x, y
+
+
+@pytest.fixture
+def draws():
+    """`draws(n_boot=, n_perm=)`: fewer bootstrap draws and permutations for the rest of one test, through
+    `verdicts.draws` (the same code, no module global patched)."""
+    from chanscope.observe import verdicts
+
+    with contextlib.ExitStack() as stack:
+        yield lambda n_boot=None, n_perm=None: stack.enter_context(verdicts.draws(n_boot, n_perm))
+
+
+@pytest.fixture(autouse=True)
+def _no_test_changes_the_tables():
+    """The scales and the default draw counts are module state every later test reads: a test that changed
+    them fails here (they are passed, or set for a block by `verdicts.draws`, never patched)."""
+    from chanscope.observe import verdicts
+    from chanscope.scales import SCALES
+
+    before = dict(SCALES), verdicts.N_BOOT, verdicts.N_PERM
+    yield
+    assert (dict(SCALES), verdicts.N_BOOT, verdicts.N_PERM) == before, "a test changed SCALES or N_BOOT/N_PERM"

@@ -7,13 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from _micro import micro_scale  # tests/ is on sys.path (its conftest)
 
 from chanscope.errors import ChanscopeError
-from chanscope.observe import verdicts
 from chanscope.workflows import compare, pipeline
 
-MICRO = micro_scale()
+MICRO = pipeline.SCALES["micro"]  # a built-in scale: nothing to register
 
 
 def test_every_method_gets_the_same_warm_start_rule():
@@ -32,9 +30,8 @@ def test_unknown_methods_are_refused_before_the_folder_is_made(tmp_path):
 
 
 @pytest.mark.slow  # nine micro trainings and their studies
-def test_compare_trains_evaluates_and_writes_one_table_with_intervals(tmp_path, monkeypatch):
-    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
-    monkeypatch.setattr(verdicts, "N_BOOT", 100)
+def test_compare_trains_evaluates_and_writes_one_table_with_intervals(tmp_path, monkeypatch, draws):
+    draws(n_boot=100)
     df, iv = compare.run_compare(tmp_path, "at,fsr", scale="micro", seeds=1)
     assert set(df.method) == {"at", "fsr"} and (df.standard_attack == "pgd2").all()
     # the adaptive worst case is never above the standard attack: it includes it
@@ -56,8 +53,8 @@ def _examples(folder, method, natural, pgd20, adaptive, cw=None, failed=None):
     (folder / method / "sanity" / "eval.json").write_text(json.dumps({"sanity": checks}))
 
 
-def test_intervals_and_the_advantage_rule_read_the_per_image_records(tmp_path, monkeypatch):
-    monkeypatch.setattr(verdicts, "N_BOOT", 300)
+def test_intervals_and_the_advantage_rule_read_the_per_image_records(tmp_path, monkeypatch, draws):
+    draws(n_boot=300)
     n = 400
     ones = [1] * n
     half = [1, 0] * (n // 2)
@@ -100,8 +97,8 @@ def test_an_advantage_the_adaptive_attack_takes_away_is_not_kept():
     assert adv.loc["b", "finding"] == "no advantage: behind under the standard attack, behind under the adaptive attack"
 
 
-def test_the_table_carries_cw_and_the_masking_checks_per_seed(tmp_path, monkeypatch):
-    monkeypatch.setattr(verdicts, "N_BOOT", 100)
+def test_the_table_carries_cw_and_the_masking_checks_per_seed(tmp_path, monkeypatch, draws):
+    draws(n_boot=100)
     n = 200
     ones, half, quarter = [1] * n, [1, 0] * (n // 2), [1, 0, 0, 0] * (n // 4)
     for folder in (tmp_path, tmp_path / "seed1"):

@@ -21,7 +21,6 @@ from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_json
 from chanscope.models import create_model
 from chanscope.models.sources import load_model
-from chanscope.observe import verdicts
 from chanscope.observe.analysis import most_and_least_robust
 from chanscope.train import build_config
 from chanscope.train.config import default_preset
@@ -192,7 +191,7 @@ def _study_run(path, adv_acc):
                                            "relevance": np.tile([-1.0, 0.5, 1.0], (10, 1))})
 
 
-def test_figure_and_report_pick_the_same_classes_from_the_same_images(tmp_path, monkeypatch):
+def test_figure_and_report_pick_the_same_classes_from_the_same_images(tmp_path, monkeypatch, draws):
     adv = [30.0, 20.0, 10.0, 40.0, 53.3, 25.0, 35.0, 45.0, 50.0, 53.3]  # deer and truck tie for most robust
     _study_run(tmp_path / "at", adv)
     assert most_and_least_robust(pd.read_csv(tmp_path / "at" / "classes.csv")) == ("deer", "bird")
@@ -208,8 +207,7 @@ def test_figure_and_report_pick_the_same_classes_from_the_same_images(tmp_path, 
     drawn = plots.class_alignment(tmp_path / "at", tmp_path / "fig")
     assert set(drawn.class_name) == {"deer", "bird"}
     assert titles[0].startswith("deer") and "300 test images, pgd10 (activations)" in titles[-1]
-    monkeypatch.setattr(verdicts, "N_BOOT", 50)
-    monkeypatch.setattr(verdicts, "N_PERM", 50)
+    draws(n_boot=50, n_perm=50)
     obs = report.observations({"at": tmp_path / "at"})
     three = next(o for o in obs if o["observation"].startswith("3."))
     assert "most robust deer (53.3%" in three["numbers"] and "least robust bird" in three["numbers"]
@@ -373,14 +371,20 @@ def test_training_figure_has_whole_epochs_and_a_panel_per_loss(tmp_path, monkeyp
     assert len(fig.legends) == 1
 
 
-@pytest.mark.slow  # long: runs in `pytest -m slow`
 def test_openmp_threads_sleep_when_idle_unless_the_user_says_otherwise():
     """Spinning OpenMP threads made a step 3.9x slower beside another job instead of about 2x (bench/shared_cpu.py):
-    chanscope sets the passive wait policy before torch loads OpenMP, and keeps a policy the user set."""
-    code = "import os, chanscope, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert r.stdout.strip() == "PASSIVE", r.stderr
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
-    assert r.stdout.strip() == "ACTIVE"
+    the chanscope command sets the passive wait policy before torch loads OpenMP and keeps a policy the user set;
+    `import chanscope` sets nothing in the environment, `chanscope.share_cpu()` does what the command does."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS")}
+    show = "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('OPENBLAS_NUM_THREADS'))"
+    command = ("import os, sys; sys.argv = ['chanscope', '--version']; from chanscope.cli.app import main\n"
+               f"try:\n    main()\nexcept SystemExit:\n    pass\n{show}")
+
+    def run(code, **extra):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, **extra})
+        return r.stdout.strip().splitlines()[-1]
+
+    assert run(f"import os, chanscope; {show}") == "None None"
+    assert run(f"import os, chanscope; chanscope.share_cpu(); {show}") == "PASSIVE 1"
+    assert run(command) == "PASSIVE 1"
+    assert run(command, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE 1"

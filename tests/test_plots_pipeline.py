@@ -7,12 +7,11 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from _micro import micro_scale  # tests/ is on sys.path (its conftest)
 
 from chanscope.errors import ChanscopeError
 from chanscope.workflows import pipeline, plots
 
-MICRO = micro_scale(epochs=2, eval_n=40, act_n=40)
+MICRO = pipeline.SCALES["micro"]  # a built-in scale: nothing to register
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +19,8 @@ def study(tmp_path_factory):
     from chanscope.observe import verdicts
 
     out = tmp_path_factory.mktemp("study")
-    old = pipeline.SCALES.get("micro")
-    pipeline.SCALES["micro"] = MICRO
-    boot = verdicts.N_BOOT, verdicts.N_PERM
-    verdicts.N_BOOT, verdicts.N_PERM = 200, 400  # the report's intervals: fewer resamples, the same code
-    try:
+    with verdicts.draws(200, 400):  # the report's intervals: fewer resamples, the same code
         record = pipeline.reproduce(out, "micro", cifs_scratch=False)
-    finally:
-        verdicts.N_BOOT, verdicts.N_PERM = boot
-        pipeline.SCALES.pop("micro")
-        if old:
-            pipeline.SCALES["micro"] = old
     return out, record
 
 
@@ -148,7 +138,6 @@ def test_second_run_skips_finished_stages_and_resumes_a_cut_one(study, monkeypat
         return real_train(cfg, run, resume=resume, **kw)
 
     monkeypatch.setattr(pipeline, "fit", spy)
-    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
     # cut the CIFS stage: its summary is gone, as after a kill in the last epoch; eval outputs too
     (out / "cifs" / "summary.json").unlink()
     metrics_before = pd.read_csv(out / "cifs" / "metrics.csv")
@@ -164,7 +153,6 @@ def test_second_run_skips_finished_stages_and_resumes_a_cut_one(study, monkeypat
 @pytest.mark.slow  # a second micro study
 def test_time_limit_starts_no_new_stage_and_a_rerun_continues(study, monkeypatch):
     out, _ = study
-    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
     (out / "cifs" / "eval.json").unlink()
     (out / "report.md").unlink()
     seen = []
@@ -218,8 +206,6 @@ def test_recorded_commands_rerun_their_stages(study, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     again, first = pd.read_csv(tmp_path / "eval" / "eval.csv"), pd.read_csv(out / "cifs" / "eval.csv")
     pd.testing.assert_frame_equal(again[["attack", "robust_acc"]], first[["attack", "robust_acc"]])
-
-    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)  # the recorded preset
     cmd = shlex.split(stages["train standard"]["command"])
     cmd[cmd.index("--out") + 1] = str(tmp_path / "standard")
     res = CliRunner().invoke(app, cmd[1:])

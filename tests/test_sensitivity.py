@@ -21,9 +21,8 @@ K, C, PER = 10, 16, 30
 
 
 @pytest.fixture(autouse=True)
-def fewer_draws(monkeypatch):
-    monkeypatch.setattr(verdicts, "N_BOOT", 200)
-    monkeypatch.setattr(verdicts, "N_PERM", 200)
+def fewer_draws(draws):
+    draws(n_boot=200, n_perm=200)
 
 
 def _ex(seed: int, nr_shift: float) -> dict[str, np.ndarray]:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from _micro import micro_scale  # tests/ is on sys.path (its conftest)
 
 from chanscope.errors import ChanscopeError
-from chanscope.observe import verdicts
 from chanscope.workflows import pipeline, series
 
-MICRO = micro_scale()
+MICRO = pipeline.SCALES["micro"]  # a built-in scale: nothing to register
 
 
 def test_budgets_parse_and_order_by_compute():
@@ -26,7 +24,6 @@ def test_budgets_parse_and_order_by_compute():
 
 
 def test_summary_only_starts_nothing(tmp_path, monkeypatch):
-    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
     seen = []
     df = series.run_series(tmp_path, "60x1x1", seeds=2, base="micro", summary_only=True,
                            on_stage=lambda n, s, t: seen.append((n, s)))
@@ -48,17 +45,15 @@ def test_cli_names_only_the_files_it_wrote(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series.csv"]
 
 
-def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch):
+def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch, draws):
     import json
 
     import torch
 
     from chanscope.workflows import series_jobs
-
-    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
     monkeypatch.setattr(series_jobs, "cores", lambda: 2)  # each of the two seeds' processes: one thread, as below
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(verdicts, "N_BOOT", 100)
+    draws(n_boot=100)
     with pytest.raises(ChanscopeError, match="jobs"):
         series.run_series(tmp_path / "par", "60x1x1", seeds=2, base="micro", jobs=0)
     assert not (tmp_path / "par").exists()
@@ -130,9 +125,8 @@ def test_jobs_stop_request_and_the_records_of_a_cut_run(tmp_path):
 
 
 @pytest.mark.slow  # 16 micro trainings and 8 evaluations: minutes on 2 cores
-def test_series_trains_evaluates_summarises_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setitem(pipeline.SCALES, "micro", MICRO)
-    monkeypatch.setattr(verdicts, "N_BOOT", 100)
+def test_series_trains_evaluates_summarises_and_resumes(tmp_path, monkeypatch, draws):
+    draws(n_boot=100)
     df = series.run_series(tmp_path, "60x1x1,100x1x2", seeds=2, base="micro")
     assert len(df) == 2 * 2 * 2 and set(df.method) == {"at", "cifs"} and set(df.seed) == {0, 1}
     assert (tmp_path / "100x1x2" / "seed1" / "cifs" / "config.json").is_file()
@@ -181,8 +175,8 @@ def _records(folder, at, cifs):
     # zero, one that drew each budget's images apart (about [-4.2, +1.6]) would not
     ([1] * 116 + [0] * 284, "CIFS gains on AT"),
 ])
-def test_the_trend_of_the_gap_must_leave_zero_to_say_anything(tmp_path, monkeypatch, cifs_large, reading):
-    monkeypatch.setattr(verdicts, "N_BOOT", 300)
+def test_the_trend_of_the_gap_must_leave_zero_to_say_anything(tmp_path, monkeypatch, cifs_large, reading, draws):
+    draws(n_boot=300)
     bs = series.parse_budgets("50x1x1,100x1x1,400x1x1")
     at = [1] * 150 + [0] * 250  # 37.5% at both budgets, on the same 400 test images per seed
     cifs_small = [1] * 110 + [0] * 40 + [0] * 250  # 10 points below AT, on AT's robust images

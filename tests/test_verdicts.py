@@ -51,10 +51,9 @@ K, C, PER = 10, 16, 30
 
 
 @pytest.fixture(autouse=True)
-def fewer_draws(monkeypatch):
+def fewer_draws(draws):
     """400 bootstrap draws and 1000 permutations: the rules are the same, the suite quicker."""
-    monkeypatch.setattr(verdicts, "N_BOOT", 400)
-    monkeypatch.setattr(verdicts, "N_PERM", 1000)
+    draws(n_boot=400, n_perm=1000)
 
 
 def _ex(seed, *, nr_shift=0.0, deform=0.0, align=None, adv_acc=None, nat_acc=None):

@@ -496,7 +496,7 @@ def class_intervals(ex: dict[str, np.ndarray], n_boot: int | None = None, rng: i
     """Per class, 95% bootstrap intervals (over the class's test images) of the classes.csv numbers a verdict
     reads: columns <name>_lo and <name>_hi for each of INTERVAL_COLUMNS."""
     gen = np.random.default_rng(rng)
-    n_boot = n_boot or N_BOOT
+    n_boot = n_boot or _DRAWS.get()[0] or N_BOOT
     k, n = ex["relevance"].shape[0], len(ex["y"])
     draws = np.full((n_boot, len(INTERVAL_COLUMNS), k), np.nan)
     nr = ex["relevance"] < 0

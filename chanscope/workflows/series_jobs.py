@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from chanscope.accel.threads import share_cpu
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_json
 from chanscope.workflows.pipeline import Stage, read_record, run_stages
@@ -88,7 +89,8 @@ class _Worker:
 
 def _run_workers(out: Path, spec: dict, jobs: int, on_stage: OnStage) -> list[_Worker]:
     """Keep `jobs` workers running until every seed has run (or the deadline has passed); the failed ones."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, cores() // jobs))}
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores() // jobs))
+    env = share_cpu({**os.environ, "OMP_NUM_THREADS": threads})
     pending, running, failed = list(range(spec["seeds"])), [], []
     with _stop_signals_interrupt():
         try:

@@ -30,7 +30,9 @@ def worker(spec: dict) -> None:
 
     out, s = Path(spec["out"]), spec["seed"] + spec["index"]
     base = Scale(**spec["scale"])
-    SCALES[base.name] = base  # the scale exactly as the calling process has it (its recipe names it as preset)
+    if SCALES.get(base.name) != base:  # the stages' commands name the scale as preset: it must be this table's
+        raise ChanscopeError(f"scale {base.name!r} of the series is not chanscope's scale of that name; "
+                             "run the series with this chanscope's scales")
     stages = seed_stages(out, parse_budgets(spec["budgets"]), base, spec["seeds"], spec["seed"], spec["index"],
                          data=spec["data"], data_root=spec["data_root"], device=spec["device"], bf16=spec["bf16"],
                          progress=_progress())
