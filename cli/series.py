@@ -10,7 +10,7 @@ import typer
 from chanscope.names import DEFAULT_BUDGETS
 
 from ._console import StageDisplay, console
-from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, TimeLimitOpt
+from ._options import Bf16Opt, DataOpt, DataRootOpt, DeviceOpt, SeedOpt, StudyThreatOpt, TimeLimitOpt
 
 
 def series_command(
@@ -29,6 +29,7 @@ def series_command(
     summary_only: Annotated[bool, typer.Option(
         "--summary-only", help="Start nothing: summarise the finished stages (e.g. while separate processes "
         "still train some seeds) and list the unfinished ones.")] = False,
+    threat_model: StudyThreatOpt = None,
     jobs: Annotated[int, typer.Option(
         help="Train and evaluate this many seeds at once, each in its own process with cores / jobs threads "
         "(logs: <out>/series-seed<s>.log); same folders as one process.")] = 1,
@@ -38,7 +39,8 @@ def series_command(
 
     df = StageDisplay().run(out, run_series, budgets=budgets, seeds=seeds, seed=seed or 0, data=data,
                             data_root=data_root, device=device, bf16=bf16, time_limit=time_limit,
-                            summary_only=summary_only, jobs=jobs)
+                            summary_only=summary_only, jobs=jobs,
+                            threat_model=threat_model)
     if len(df):
         console.print(df[[c for c in SERIES_COLUMNS if c not in ("train_eval_nat_acc",)]].to_string(index=False))
     else:

@@ -246,3 +246,35 @@ def test_the_sensitivity_grid_attacks_under_the_studys_threat_model(tmp_path):
     ckpt = tmp_path / "m.pt"
     ckpt.write_bytes(b"x")
     assert _key(str(ckpt), linf, "pgd20", 0) != _key(str(ckpt), l2, "pgd20", 0, "l2")  # cached walks apart
+
+
+def test_a_series_under_l2_plans_every_stage_under_l2_and_keeps_its_folders_threat_model(tmp_path):
+    from chanscope.scales import SCALES
+    from chanscope.workflows import series
+
+    bs = series.parse_budgets("60x1x1")
+    stages = series.seed_stages(tmp_path, bs, SCALES["micro"], 2, 0, 1, threat_model="l2")
+    trains = [st for st in stages if st.kind == "train"]
+    assert trains and all("--threat-model l2" in st.command for st in trains)
+    measured = [st for st in stages if st.kind in ("eval", "aa")]
+    assert measured and all("--threat-model l2 --eps 0.5" in st.command for st in measured)
+    assert not any("threat-model" in st.command for st in series.seed_stages(tmp_path, bs, SCALES["micro"], 2, 0, 1))
+    # a folder made before threat models were recorded is L-inf: L2 is refused in one line, nothing rewritten
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "series.json").write_text(json.dumps(
+        {"options": {"data": "embedded", "seed": 0, "base": "cpu", "bf16": None}, "stages": {}}))
+    before = (old / "series.json").read_bytes()
+    from chanscope.cli.app import app
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, ["series", "--budgets", "60x1x1", "--out", str(old), "--threat-model", "l2"])
+    assert res.exit_code == 2 and "made with threat_model 'linf' (given 'l2')" in res.output, res.output
+    assert (old / "series.json").read_bytes() == before
+    # an L2 folder continues under L2 when the flag is left out (no stage started: time limit 0)
+    new = tmp_path / "new"
+    series.run_series(new, "60x1x1", base="micro", threat_model="l2", time_limit=0)
+    series.run_series(new, "60x1x1", base="micro", time_limit=0)
+    assert json.loads((new / "series.json").read_text())["options"]["threat_model"] == "l2"
+    with pytest.raises(ChanscopeError, match="threat_model 'l2' \\(given 'linf'\\)"):
+        series.run_series(new, "60x1x1", base="micro", threat_model="linf", time_limit=0)

@@ -4,6 +4,8 @@ RobustBench-layout file), resumed, extended and refused."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -187,3 +189,20 @@ def test_controls_of_two_architectures_never_share_a_file_and_old_keys_read_plai
     old = "resnet18(feature_select=none,in_channels=3,mean=[0.48, 0.47, 0.44],num_classes=10,std=[0.2, 0.2, 0.2])"
     assert _plain_arch(old) == "resnet18(feature_select=none,in_channels=3,num_classes=10)"
     assert _plain_arch("resnet18(mean=[0.5],std=[0.2])") == "resnet18()"
+
+
+def test_the_zoo_under_l2_attacks_in_the_l2_ball_and_refuses_linf_only_attacks(tmp_path):
+    import chanscope
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m.pt", create_model("resnet10", width=0.125), input_shape=[3, 32, 32])
+    res = runner.invoke(app, ["zoo", "--model", str(tmp_path / "m.pt"), "--attack", "fgsm", "--threat-model", "l2",
+                              "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and res.output.count("error:") == 1 and "fgm" in res.output
+    assert not (tmp_path / "z" / "models").exists()  # refused before anything is written
+    common = {"n": 20, "attack": "pgd2", "device": "cpu"}
+    l2 = chanscope.zoo(str(tmp_path / "m.pt"), out=tmp_path / "l2", threat_model="l2", **common)
+    linf = chanscope.zoo(str(tmp_path / "m.pt"), out=tmp_path / "linf", **common)
+    assert json.loads((tmp_path / "l2" / "zoo.json").read_text())["protocol"]["eps"] == pytest.approx(0.5)
+    m2, m8 = (d[d.role == "model"].iloc[0] for d in (l2, linf))
+    assert m2.relgap != pytest.approx(m8.relgap)  # another ball, another attack: other numbers

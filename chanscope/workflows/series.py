@@ -72,12 +72,12 @@ def parse_budgets(text: str) -> list[Budget]:
 
 def _stages(out: Path, budgets: list[Budget], base: Scale, seeds: int, seed: int, data: str | None,
             data_root: str | None, device: str | None, bf16: bool | None,
-            progress: Callable[[str, int, int], None] | None) -> list[Stage]:
+            progress: Callable[[str, int, int], None] | None, threat_model: str = "linf") -> list[Stage]:
     stages = []
     for b in budgets:
         for st in plan(out / b.label, b.scale(base), data=data, data_root=data_root, cifs_scratch=False, seed=seed,
                        seeds=seeds, device=device, eval_models=["at", "cifs"], progress=progress, bf16=bf16,
-                       controls=False):
+                       controls=False, threat_model=threat_model):
             if st.kind in ("train", "eval", "aa"):
                 stages.append(replace(st, name=f"{b.label} {st.name}"))
     return stages
@@ -85,10 +85,12 @@ def _stages(out: Path, budgets: list[Budget], base: Scale, seeds: int, seed: int
 
 def seed_stages(out: str | Path, budgets: list[Budget], base: Scale, seeds: int, seed: int, index: int, *,
                 data: str | None = None, data_root: str | None = None, device: str | None = None,
-                bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None) -> list[Stage]:
+                bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None,
+                threat_model: str = "linf") -> list[Stage]:
     """The stages of seed `seed + index` of the series, in its folders: what a `--jobs` worker runs."""
     prefix = f"seed{seed + index}/"
-    return [st for st in _stages(Path(out), budgets, base, seeds, seed, data, data_root, device, bf16, progress)
+    return [st for st in _stages(Path(out), budgets, base, seeds, seed, data, data_root, device, bf16, progress,
+                                 threat_model)
             if (st.model.startswith(prefix) if index else "/" not in st.model)]
 
 
@@ -100,7 +102,8 @@ def _base_scale(base: str) -> Scale:
 
 def stage_names(budgets: str, seeds: int = 2, seed: int = 0, base: str = "cpu") -> list[str]:
     """The names of the stages a series runs, as its record (series.json) keeps them, e.g. "5000x8x3 train at"
-    and "5000x8x3 eval seed1/cifs": to pick a series' stages out of records made by other processes."""
+    and "5000x8x3 eval seed1/cifs": to pick a series' stages out of records made by other processes (the same
+    under either threat model)."""
     stages = _stages(Path("."), parse_budgets(budgets), _base_scale(base), seeds, seed, None, None, None, None, None)
     return [st.name for st in stages]
 
@@ -109,24 +112,30 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
                data: str | None = None, data_root: str | None = None, base: str = "cpu", device: str | None = None,
                bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None,
                on_stage: Callable[[str, str, float], None] | None = None,
-               time_limit: float | None = None, summary_only: bool = False, jobs: int = 1) -> pd.DataFrame:
+               time_limit: float | None = None, summary_only: bool = False, jobs: int = 1,
+               threat_model: str | None = None) -> pd.DataFrame:
     """Run (or continue) the series into `out`; returns the summary (also series.csv, series.json, series.md,
     figure), with the sentence on how the gap changes in `attrs["trend"]` once two budgets are done.
 
     summary_only: start no stage (each is reported finished or not), only summarise what is finished: safe
     beside the processes still training its seeds, which a normal run would collide with.
     jobs: run the seeds in this many processes at a time (`series_jobs`), each with cores / jobs threads (on a
-    small CPU two one-thread processes train more per hour than one two-thread process); same folders."""
+    small CPU two one-thread processes train more per hour than one two-thread process); same folders.
+    threat_model: linf or l2 (training, attacks at L2 eps 0.5); None: the folder's own (a new folder: linf)."""
+    from chanscope.errors import check_threat_model
+
     bs = parse_budgets(budgets)
     check_positive_int(jobs, "jobs")
     scale = _base_scale(base)
     out = writable_dir(out)
     record_path = out / "series.json"
-    opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16}
+    made = _made_with(read_record(record_path))
+    threat_model = check_threat_model(threat_model or made.get("threat_model") or "linf")
+    opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16, "threat_model": threat_model}
     record = _record(out, opts, summary_only)
     if not summary_only:
         _check_budgets_fit(bs, scale, data, data_root)
-    stages = _stages(out, bs, scale, seeds, seed, data, data_root, device, bf16, progress)
+    stages = _stages(out, bs, scale, seeds, seed, data, data_root, device, bf16, progress, threat_model)
     if summary_only:
         run_stages(stages, record, record_path, on_stage, start=False)
     else:
@@ -137,12 +146,13 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
 
             spec = {"out": str(out), "budgets": ",".join(b.label for b in bs), "scale": asdict(scale),
                     "seeds": seeds, "seed": seed, "data": data, "data_root": data_root, "device": device,
-                    "bf16": bf16, "deadline": None if time_limit is None else time.time() + time_limit}
+                    "bf16": bf16, "threat_model": threat_model,
+                    "deadline": None if time_limit is None else time.time() + time_limit}
             series_jobs.run_in_processes(stages, record, record_path, spec, min(jobs, seeds), on_stage)
         else:
             run_stages(stages, record, record_path, on_stage, time_limit)
         atomic_write_json(record_path, record)
-    df = _write_summary(out, bs, seeds, seed)
+    df = _write_summary(out, bs, seeds, seed, threat_model)
     if not summary_only:
         df.attrs["written"].insert(1, "series.json")
     return df
@@ -170,7 +180,7 @@ def _record(out: Path, opts: dict, summary_only: bool) -> dict:
     if summary_only:
         return record
     series_jobs.merge_seed_records(out, record)
-    made = record.get("options")
+    made = _made_with(record)
     if made and any(made.get(k) != v for k, v in opts.items()):
         diff = ", ".join(f"{k} {made.get(k)!r} (given {v!r})" for k, v in opts.items() if made.get(k) != v)
         raise ChanscopeError(f"this series folder was made with {diff}; rerun with its options, or pick another "
@@ -178,7 +188,14 @@ def _record(out: Path, opts: dict, summary_only: bool) -> dict:
     return record
 
 
-def _write_summary(out: Path, bs: list[Budget], seeds: int, seed: int) -> pd.DataFrame:
+def _made_with(record: dict) -> dict:
+    """The options a series folder was made with ({} for a new one); a folder made before threat models were
+    recorded is L-inf."""
+    made = dict(record.get("options") or {})
+    return {**made, "threat_model": made.get("threat_model", "linf")} if made else {}
+
+
+def _write_summary(out: Path, bs: list[Budget], seeds: int, seed: int, threat_model: str = "linf") -> pd.DataFrame:
     """series.csv, series.md and the figure from the finished stages; the summary (attrs["written"]: the files
     written, relative to `out`)."""
     df = summarise(out, bs, seeds, seed)
@@ -190,7 +207,7 @@ def _write_summary(out: Path, bs: list[Budget], seeds: int, seed: int) -> pd.Dat
 
         g, tr = gaps(out, bs, seeds, seed), trend(out, bs, seeds, seed)
         series_plot(df, g, out / "figures")
-        atomic_write_bytes(out / "series.md", markdown(g, tr, df).encode())
+        atomic_write_bytes(out / "series.md", markdown(g, tr, df, threat_model).encode())
         df.attrs["written"] += ["series.md", "figures/series.png"]
         if tr:
             df.attrs["trend"] = trend_sentence(tr)
@@ -300,12 +317,13 @@ _MEANS = [("natural", "natural"), ("pgd20", "PGD-20"), ("cw20", "CW-20"), ("adap
           ("seconds", "train min (epochs)")]
 
 
-def markdown(g: pd.DataFrame, tr: dict | None, df: pd.DataFrame | None = None) -> str:
+def markdown(g: pd.DataFrame, tr: dict | None, df: pd.DataFrame | None = None, threat_model: str = "linf") -> str:
     """series.md: per budget the worst-case robust accuracy of AT and CIFS and their gap with 95% intervals,
     the change of the gap from the smallest to the largest budget, and (given series.csv's rows) each method's
     accuracies, label leak and training time, means over seeds."""
-    lines = ["Worst-case robust accuracy in % (per image over every attack, the adaptive one through the mask "
-             "included), mean over seeds with 95% intervals (test images and seeds).", "",
+    norm = {"linf": "L-inf, eps 8/255", "l2": "L2, eps 0.5"}[threat_model]
+    lines = [f"Worst-case robust accuracy in % under {norm} (per image over every attack, the adaptive one through "
+             "the mask included), mean over seeds with 95% intervals (test images and seeds).", "",
              "The last column is the gap under PGD-20 alone (CIFS's final logits), as an evaluation without the "
              "adaptive attack would see it.", "",
              "| budget | compute | seeds | AT | CIFS | AT - CIFS | AT - CIFS, PGD-20 only |", "|---" * 7 + "|"]

@@ -35,7 +35,7 @@ def worker(spec: dict) -> None:
                              "run the series with this chanscope's scales")
     stages = seed_stages(out, parse_budgets(spec["budgets"]), base, spec["seeds"], spec["seed"], spec["index"],
                          data=spec["data"], data_root=spec["data_root"], device=spec["device"], bf16=spec["bf16"],
-                         progress=_progress())
+                         progress=_progress(), threat_model=spec.get("threat_model", "linf"))
     path, names = seed_record(out, s), {st.name for st in stages}
     record = {"stages": {n: r for n, r in read_record(out / "series.json")["stages"].items() if n in names}}
     record["stages"].update(read_record(path)["stages"])  # seconds add up over cut runs, as in one process
