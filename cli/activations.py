@@ -65,7 +65,7 @@ def activations_command(
     model_options: ModelOptions | None = None,
 ) -> None:
     """Record per-class channel magnitudes on natural vs adversarial inputs, with channel relevance."""
-    from chanscope.workflows.activations import ActivationOptions, run_activations
+    from chanscope.workflows.activations import run_activations
 
     bar = progress()
     task = {}
@@ -80,12 +80,11 @@ def activations_command(
         task["id"] = bar.add_task("images", total=info["n"], info="")
 
     try:
-        options = ActivationOptions(
-            eps=parse_fraction(eps) if eps is not None else None, threat_model=threat_model,
-            n=n, beta_atk=beta_atk, follow_mask=follow_mask, batch_size=batch_size,
-            seed=seed or 0, device=device, data=data, data_root=data_root, download=bool(download),
-            classes_by=classes_by, out=str(out) if out else None, layers=list(layer) if layer else None,
-            attack=attack, relevance=relevance, relevance_on=relevance_on, threshold=threshold)
+        options = activation_options(
+            layer=layer, attack=attack, relevance=relevance, relevance_on=relevance_on, eps=eps,
+            threat_model=threat_model, n=n, threshold=threshold, beta_atk=beta_atk, follow_mask=follow_mask,
+            batch_size=batch_size, data=data, data_root=data_root, download=download, out=out,
+            classes_by=classes_by, seed=seed, device=device)
         results, meta = run_activations(
             str(model), options, on_ready=on_ready,
             model_options=model_options,
@@ -102,3 +101,16 @@ def activations_command(
         console.print(table)
     console.print(f"wrote {', '.join(meta['files'])} with their channels, examples and activations files in "
                   f"{meta['out']} ({meta['wall_seconds']:.0f}s)")
+
+
+def activation_options(*, layer, attack, relevance, relevance_on, eps, threat_model, n, threshold, beta_atk,
+                       follow_mask, batch_size, data, data_root, download, out, classes_by, seed, device):
+    """The flags of `chanscope activations` (but the model's) as the workflow's ActivationOptions."""
+    from chanscope.workflows.activations import ActivationOptions
+
+    return ActivationOptions(
+        eps=parse_fraction(eps) if eps is not None else None, threat_model=threat_model,
+        n=n, beta_atk=beta_atk, follow_mask=follow_mask, batch_size=batch_size,
+        seed=seed or 0, device=device, data=data, data_root=data_root, download=bool(download),
+        classes_by=classes_by, out=str(out) if out else None, layers=list(layer) if layer else None,
+        attack=attack, relevance=relevance, relevance_on=relevance_on, threshold=threshold)

@@ -63,9 +63,8 @@ def eval_command(
     model_options: ModelOptions | None = None,
 ) -> None:
     """Evaluate robustness per attack and per class; write eval.csv and eval.json."""
-    from chanscope.workflows.evaluate import EvalOptions, run_eval
+    from chanscope.workflows.evaluate import run_eval
 
-    e = parse_fraction(eps) if eps is not None else None
     bar = progress()
     tasks: dict[str, int] = {}
 
@@ -84,14 +83,11 @@ def eval_command(
         bar.update(tasks[name], completed=done)
 
     try:
-        options = EvalOptions(
-            eps=e, threat_model=threat_model,
-            n=n, beta_atk=beta_atk, follow_mask=follow_mask, batch_size=batch_size, seed=seed or 0,
-            device=device, data=data, data_root=data_root, download=bool(download), classes_by=classes_by,
-            out=str(out) if out else None, attacks=attacks,
-            step_size=parse_fraction(step_size) if step_size else None, restarts=restarts,
-            random_start=random_start, square_queries=square_queries, sanity=sanity,
-            surrogate=str(surrogate) if surrogate else None)
+        options = eval_options(
+            attacks=attacks, eps=eps, threat_model=threat_model, n=n, step_size=step_size, restarts=restarts,
+            random_start=random_start, beta_atk=beta_atk, follow_mask=follow_mask, square_queries=square_queries,
+            sanity=sanity, surrogate=surrogate, batch_size=batch_size, data=data, data_root=data_root,
+            download=download, out=out, classes_by=classes_by, seed=seed, device=device)
         result, summary = run_eval(
             str(model), options, on_ready=on_ready, progress=on_progress,
             model_options=model_options)
@@ -105,6 +101,22 @@ def eval_command(
         console.print(f"[yellow]note:[/] replaced {summary['replaced']} (write elsewhere with --out)")
     print_eval(result, summary, str(model))
     console.print(f"wrote {summary['out']}/eval.csv and eval.json in {summary['wall_seconds']:.0f}s")
+
+
+def eval_options(*, attacks, eps, threat_model, n, step_size, restarts, random_start, beta_atk, follow_mask,
+                 square_queries, sanity, surrogate, batch_size, data, data_root, download, out, classes_by, seed,
+                 device):
+    """The flags of `chanscope eval` (but the model's) as the workflow's EvalOptions."""
+    from chanscope.workflows.evaluate import EvalOptions
+
+    return EvalOptions(
+        eps=parse_fraction(eps) if eps is not None else None, threat_model=threat_model,
+        n=n, beta_atk=beta_atk, follow_mask=follow_mask, batch_size=batch_size, seed=seed or 0,
+        device=device, data=data, data_root=data_root, download=bool(download), classes_by=classes_by,
+        out=str(out) if out else None, attacks=attacks,
+        step_size=parse_fraction(step_size) if step_size else None, restarts=restarts,
+        random_start=random_start, square_queries=square_queries, sanity=sanity,
+        surrogate=str(surrogate) if surrogate else None)
 
 
 def print_eval(result, summary: dict, model: str) -> None:

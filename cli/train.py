@@ -81,17 +81,13 @@ def train_command(
     from chanscope.workflows.training import TrainInterrupted, resume_config
     from chanscope.workflows.training import fit as train
 
-    given = {
-        "method": method, "arch": arch, "width": width, "natural": natural, "data": data, "data_root": data_root,
-        "download": download, "subset": subset, "val_n": val_n, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "milestones": parse_int_list(milestones, "--milestones", "75,90") if milestones else None, "eps": eps,
-        "threat_model": threat_model, "step_size": step_size, "steps": steps, "beta": beta,
-        "probes": probes.split(",") if probes else None, "train_label": train_label, "topk": topk, "mask": mask,
-        "select_stages": select_stages.split(",") if select_stages else None, "eval_n": eval_n, "init": init,
-        "tau": tau, "lam_sep": lam_sep, "lam_rec": lam_rec,
-        "bf16": bf16, "layout": layout,
-        "compile": compile, "cuda_graphs": cuda_graphs, "seed": seed, "device": device,
-    }
+    given = train_options(
+        method=method, arch=arch, width=width, natural=natural, data=data, data_root=data_root, download=download,
+        subset=subset, val_n=val_n, epochs=epochs, batch_size=batch_size, lr=lr, milestones=milestones, eps=eps,
+        threat_model=threat_model, step_size=step_size, steps=steps, beta=beta, probes=probes,
+        train_label=train_label, topk=topk, mask=mask, select_stages=select_stages, eval_n=eval_n, init=init,
+        tau=tau, lam_sep=lam_sep, lam_rec=lam_rec, bf16=bf16, layout=layout, compile=compile,
+        cuda_graphs=cuda_graphs, seed=seed, device=device)
     if resume and out is None:
         raise fail("--resume needs --out DIR, the run folder to continue")
     if resume:
@@ -115,6 +111,13 @@ def train_command(
     finally:
         bar.stop()
     _render(result, cfg, out)
+
+
+def train_options(*, milestones, probes, select_stages, **flags) -> dict:
+    """The flags of `chanscope train` (but preset, out and resume) as TrainConfig fields (None: not given)."""
+    return {**flags, "milestones": parse_int_list(milestones, "--milestones", "75,90") if milestones else None,
+            "probes": probes.split(",") if probes else None,
+            "select_stages": select_stages.split(",") if select_stages else None}
 
 
 def _callbacks(cfg, out: Path, bar) -> dict:

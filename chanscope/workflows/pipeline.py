@@ -214,9 +214,11 @@ def _eval_stage(c: _Ctx, name: str, kind: str, title: str, sub: str | None, **op
         opts = {**opts, "attacks": c.attacks(opts["attacks"])}
     kw = {**c.budget(), **opts, "data": c.data, "data_root": c.data_root, "seed": c.seed, "device": c.device,
           "out": str(folder) if sub else None}
+    options = EvalOptions(**kw)
     return Stage(f"{title} {label}", label, kind, lambda: _measured_as(folder / "eval.json", run, kw),
-                 lambda: run_eval(str(run / "best.pt"), EvalOptions(**kw), progress=_per_attack(c, f"{title} {label}")),
-                 command_line("eval", model=str(run / "best.pt"), **kw))
+                 lambda: run_eval(str(run / "best.pt"), options, progress=_per_attack(c, f"{title} {label}")),
+                 command_line("eval", model=str(run / "best.pt"), **kw),
+                 extra={"options": options, "model": str(run / "best.pt")})
 
 
 # the attack each defence's own evaluation reports (CIFS's official scripts: PGD on the joint loss from the
@@ -341,7 +343,8 @@ def _activations_stage(c: _Ctx, name: str, parts: bool = False) -> Stage:
                  lambda: _measured_as(folder / f"activations{layer_suffix(layers[0]) if parts else ''}.json", run,
                                       {**kw, "follow_mask": selects}),
                  lambda: run_activations(str(run / "best.pt"), options, progress=prog, owned=True),
-                 command_line("activations", model=str(run / "best.pt"), **kw))
+                 command_line("activations", model=str(run / "best.pt"), **kw),
+                 extra={"options": options, "model": str(run / "best.pt")})
 
 
 def plan(out: Path, scale: str | Scale, *, data: str | None = None, data_root: str | None = None,
