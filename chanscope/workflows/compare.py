@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json, read_json
 from chanscope.names import DEFAULT_METHODS
 from chanscope.observe.verdicts import Seed, accuracy, interval, nr_over, worst_case
 from chanscope.scales import scale_named
 from chanscope.workflows.activations import read_examples
 from chanscope.workflows.pipeline import SCALES, models_for, own_attack, plan, read_record, run_stages
+from chanscope.workflows.records import made_with, refuse_other_options
 from chanscope.workflows.report import attack_named, overall_accuracy
 from chanscope.workflows.runs import locks_out, writable_dir
 
@@ -241,15 +241,11 @@ def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str =
     out = writable_dir(out)
     record_path = out / "compare.json"
     record = read_record(record_path)
-    made = record.get("options")
-    if made:
-        made = {"threat_model": "linf", **made}  # a comparison made before threat models were recorded: L-inf
-    threat_model = threat_model or (made or {}).get("threat_model", "linf")
+    made = made_with(record)
+    threat_model = threat_model or made.get("threat_model", "linf")
     opts = {"data": data or "embedded", "seed": seed, "scale": scale, "bf16": bf16, "threat_model": threat_model}
-    if made and record.get("stages") and any(made.get(k) != v for k, v in opts.items()):
-        diff = ", ".join(f"{k} {made.get(k)!r} (given {v!r})" for k, v in opts.items() if made.get(k) != v)
-        raise ChanscopeError(f"this comparison folder was made with {diff}; rerun with its options, or pick "
-                             "another `out`")
+    if record.get("stages"):
+        refuse_other_options(made, opts, "comparison")
     record["options"] = {**opts, "methods": ms, "seeds": seeds}
     stages = plan(out, scale, data=data, data_root=data_root, seed=seed, seeds=seeds, device=device,
                   eval_models=ms, progress=progress, bf16=bf16, controls=False, methods=ms,

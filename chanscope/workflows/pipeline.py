@@ -24,6 +24,7 @@ from chanscope.errors import ChanscopeError, check_positive_int
 from chanscope.io import atomic_write_json
 from chanscope.scales import SCALES, Scale, scale_named
 from chanscope.train.config import TrainConfig, build_config
+from chanscope.workflows.records import made_with, refuse_other_options
 from chanscope.workflows.runs import locks_out, writable_dir
 from chanscope.workflows.training import fit
 
@@ -419,23 +420,18 @@ def study_options(record: dict, given: dict[str, Any]) -> dict[str, Any]:
     Raises a one-line error naming every option that differs from the folder's (nothing is written): a
     study's models, evaluations and figures all come from one data set, scale, seed and recipe.
     """
-    made = record.get("options") or {k: record[k] for k in ("scale", "data", "seed", "bf16", "with_cas")
-                                     if k in record}  # records written before options were kept together
+    made = made_with(record, legacy={k: record[k] for k in ("scale", "data", "seed", "bf16", "with_cas")
+                                     if k in record})  # records written before options were kept together
     if "data" in made:
         made["data"] = _data_key(made["data"])
-    if record.get("stages"):
-        made.setdefault("threat_model", "linf")  # a study made before threat models were recorded is L-inf
     if "data" in given and given["data"] is not None:
         given = {**given, "data": _data_key(given["data"])}
-    opts, diff = {}, []
-    for k, default in _STUDY_DEFAULTS.items():
-        g = given.get(k)
-        opts[k] = g if g is not None else made.get(k, default)
-        if g is not None and k in made and g != made[k] and not (k in _ADDITIVE and g):
-            diff.append(f"{k} {made[k]!r} (given {g!r})")
-    if diff and record.get("stages"):
-        raise ChanscopeError("this study folder was made with " + ", ".join(diff) + "; rerun with its options to "
-                             "continue it (or leave them out), or pick another `out` for a new study")
+    opts = {k: given[k] if given.get(k) is not None else made.get(k, default) for k, default in _STUDY_DEFAULTS.items()}
+    if record.get("stages"):
+        asked = {k: g for k, g in given.items() if k in _STUDY_DEFAULTS and g is not None
+                 and not (k in _ADDITIVE and g)}
+        refuse_other_options(made, asked, "study", "rerun with its options to continue it (or leave them out), "
+                             "or pick another `out` for a new study")
     settings = record.get("scale_settings")
     if record.get("stages") and settings is not None and not _same_settings(settings, SCALES[opts["scale"]]):
         raise ChanscopeError(f"scale {opts['scale']!r} has other settings than when this study folder was made "

@@ -24,6 +24,7 @@ from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
 from chanscope.names import DEFAULT_BUDGETS
 from chanscope.observe.verdicts import Interval, Seed, accuracy, interval
 from chanscope.workflows.pipeline import SCALES, Scale, Stage, plan, read_record, run_stages
+from chanscope.workflows.records import made_with, refuse_other_options
 from chanscope.workflows.report import attack_named, overall_accuracy
 from chanscope.workflows.runs import writable_dir
 
@@ -129,7 +130,7 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     scale = _base_scale(base)
     out = writable_dir(out)
     record_path = out / "series.json"
-    made = _made_with(read_record(record_path))
+    made = made_with(read_record(record_path))
     threat_model = check_threat_model(threat_model or made.get("threat_model") or "linf")
     opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16, "threat_model": threat_model}
     record = _record(out, opts, summary_only)
@@ -180,19 +181,8 @@ def _record(out: Path, opts: dict, summary_only: bool) -> dict:
     if summary_only:
         return record
     series_jobs.merge_seed_records(out, record)
-    made = _made_with(record)
-    if made and any(made.get(k) != v for k, v in opts.items()):
-        diff = ", ".join(f"{k} {made.get(k)!r} (given {v!r})" for k, v in opts.items() if made.get(k) != v)
-        raise ChanscopeError(f"this series folder was made with {diff}; rerun with its options, or pick another "
-                             "`out`")
+    refuse_other_options(made_with(record), opts, "series")
     return record
-
-
-def _made_with(record: dict) -> dict:
-    """The options a series folder was made with ({} for a new one); a folder made before threat models were
-    recorded is L-inf."""
-    made = dict(record.get("options") or {})
-    return {**made, "threat_model": made.get("threat_model", "linf")} if made else {}
 
 
 def _write_summary(out: Path, bs: list[Budget], seeds: int, seed: int, threat_model: str = "linf") -> pd.DataFrame:
