@@ -206,3 +206,24 @@ def test_the_zoo_under_l2_attacks_in_the_l2_ball_and_refuses_linf_only_attacks(t
     assert json.loads((tmp_path / "l2" / "zoo.json").read_text())["protocol"]["eps"] == pytest.approx(0.5)
     m2, m8 = (d[d.role == "model"].iloc[0] for d in (l2, linf))
     assert m2.relgap != pytest.approx(m8.relgap)  # another ball, another attack: other numbers
+
+
+def test_a_statistic_that_only_separates_methods_has_no_partial_within_methods():
+    """Between-method differences carry `between` (it is the method's robustness); `within` also tracks the
+    robustness a model has beyond its method's. Only `within` keeps a partial correlation once method is a
+    covariate; the natural-accuracy numbers are those of the same table without a method column."""
+    gen = np.random.default_rng(3)
+    n = 48
+    method = np.repeat(list("abcd"), n // 4)
+    level = pd.Series(method).map({"a": 0.0, "b": 5.0, "c": 10.0, "d": 15.0}).to_numpy()
+    nat = gen.uniform(30, 90, n)
+    own = gen.normal(0, 3, n)
+    rob = 0.3 * nat + level + own
+    df = pd.DataFrame({"natural_acc": nat, "worst_acc": rob, "method": method,
+                       "cosine": level + gen.normal(0, 0.5, n), "relgap": own + gen.normal(0, 0.5, n)})
+    res = across_models(df, target="worst_acc", n_boot=300, n_perm=300).set_index("statistic")
+    between, within = res.loc["cosine"], res.loc["relgap"]
+    assert between.partial_lo > 0 and between.partial_method_lo < 0 < between.partial_method_hi
+    assert within.partial_method_lo > 0.3 and within.p_method < 0.01
+    plain = across_models(df.drop(columns="method"), target="worst_acc", n_boot=300, n_perm=300)
+    assert plain.partial_lo.tolist() == res.partial_lo.tolist() and plain.partial_method.isna().all()

@@ -119,42 +119,61 @@ def _one_hot(groups: pd.Series) -> np.ndarray | None:
     return np.column_stack([(groups.astype(str) == g).to_numpy(float) for g in levels[1:]])
 
 
-def _covariates(df: pd.DataFrame, arch: bool) -> list[np.ndarray]:
+def _covariates(df: pd.DataFrame, group: str | None = None) -> list[np.ndarray]:
+    """Natural accuracy's ranks, and one-hot columns of the categorical column `group` (arch, method)."""
     cov = [_ranks(df["natural_acc"].to_numpy(float))]
-    oh = _one_hot(df["arch"]) if arch and "arch" in df else None
+    oh = _one_hot(df[group]) if group and group in df else None
     return cov + ([oh] if oh is not None else [])
+
+
+def _partial(d: pd.DataFrame, name: str, target: str, group: str | None, gen: np.random.Generator, n_boot: int,
+             n_perm: int) -> tuple[float, float, float, float]:
+    """Partial rank correlation of statistic and target given the covariates, its bootstrap interval over
+    models and its two-sided Freedman-Lane permutation p."""
+    a, r, n = d[name].to_numpy(float), d[target].to_numpy(float), len(d)
+    cov = _covariates(d, group)
+    part = residual_rank_corr(a, r, cov)
+    boots = []
+    for _ in range(n_boot):
+        i = gen.integers(0, n, n)
+        boots.append(residual_rank_corr(a[i], r[i], _covariates(d.iloc[i].reset_index(drop=True), group)))
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5]) if np.isfinite(boots).any() else (np.nan, np.nan)
+    null = _freedman_lane(a, r, cov, gen, n_perm)
+    tol = 1e-12
+    p = float((1 + np.sum(~(np.abs(null) < abs(part) - tol))) / (n_perm + 1)) if np.isfinite(part) else np.nan
+    return part, float(lo), float(hi), p
 
 
 def across_models(df: pd.DataFrame, target: str = "robust_acc", n_boot: int = 1000, n_perm: int = 2000,
                   rng: int = 0, min_models: int = MIN_MODELS) -> pd.DataFrame:
     """Per statistic of STATISTICS present in df (one row per model, with natural_acc, target and optionally
-    arch): rank correlation with the target, partial on natural accuracy (interval over models, permutation
-    p-value, two-sided, Freedman-Lane), the p-values Holm-adjusted over the statistics, partial on natural accuracy
-    and architecture, and the verdict (interval excludes 0 and adjusted p < 0.05)."""
+    arch and method): rank correlation with the target, partial on natural accuracy (interval over models,
+    permutation p-value, two-sided, Freedman-Lane), the p-values Holm-adjusted over the statistics, partial on
+    natural accuracy and architecture, and the verdict (interval excludes 0 and adjusted p < 0.05). With two or
+    more training methods also the partial on natural accuracy and method, with its interval and p
+    (`partial_method*`, `p_method`): whether the statistic predicts robustness within method families, not only
+    between them; reported beside the verdict, not part of it."""
     rows = []
     gen = np.random.default_rng(rng)
+    gen_m = np.random.default_rng([rng, 1])  # its own draws: the natural-accuracy numbers stay as without it
+    methods = "method" in df and df["method"].astype(str).nunique() > 1
+    nan = float("nan")
     for name in [s for s in STATISTICS if s in df]:
         d = df[np.isfinite(df[name].to_numpy(float)) & np.isfinite(df[target].to_numpy(float))].reset_index(drop=True)
         n = len(d)
-        row = {"statistic": name, "what": STATISTICS[name][1], "n_models": n, "rho": float("nan"),
-               "partial": float("nan"), "partial_lo": float("nan"), "partial_hi": float("nan"),
-               "p_perm": float("nan"), "partial_arch": float("nan")}
+        row = {"statistic": name, "what": STATISTICS[name][1], "n_models": n, "rho": nan, "partial": nan,
+               "partial_lo": nan, "partial_hi": nan, "p_perm": nan, "partial_arch": nan, "partial_method": nan,
+               "partial_method_lo": nan, "partial_method_hi": nan, "p_method": nan}
         if n < 3:
             rows.append(row)
             continue
         a, r = d[name].to_numpy(float), d[target].to_numpy(float)
-        cov = _covariates(d, arch=False)
-        part = residual_rank_corr(a, r, cov)
-        boots = []
-        for _ in range(n_boot):
-            i = gen.integers(0, n, n)
-            boots.append(residual_rank_corr(a[i], r[i], _covariates(d.iloc[i].reset_index(drop=True), False)))
-        lo, hi = np.nanpercentile(boots, [2.5, 97.5]) if np.isfinite(boots).any() else (np.nan, np.nan)
-        null = _freedman_lane(a, r, cov, gen, n_perm)
-        tol = 1e-12
-        p = float((1 + np.sum(~(np.abs(null) < abs(part) - tol))) / (n_perm + 1)) if np.isfinite(part) else np.nan
-        row |= {"rho": residual_rank_corr(a, r), "partial": part, "partial_lo": float(lo), "partial_hi": float(hi),
-                "p_perm": p, "partial_arch": residual_rank_corr(a, r, _covariates(d, arch=True))}
+        part, lo, hi, p = _partial(d, name, target, None, gen, n_boot, n_perm)
+        row |= {"rho": residual_rank_corr(a, r), "partial": part, "partial_lo": lo, "partial_hi": hi,
+                "p_perm": p, "partial_arch": residual_rank_corr(a, r, _covariates(d, "arch"))}
+        if methods:
+            pm, lo_m, hi_m, p_m = _partial(d, name, target, "method", gen_m, n_boot, n_perm)
+            row |= {"partial_method": pm, "partial_method_lo": lo_m, "partial_method_hi": hi_m, "p_method": p_m}
         rows.append(row)
     df_out = pd.DataFrame(rows)
     df_out["p_holm"] = holm(df_out["p_perm"].tolist())  # five statistics tested at once

@@ -397,11 +397,17 @@ def _markdown(df: pd.DataFrame, analysis: pd.DataFrame, p: Protocol) -> str:
              "accuracy is the per-image worst case (the adaptive attack included for models with probes).", "",
              "## Does a channel statistic predict robust accuracy beyond natural accuracy?", "",
              "| statistic | models | Spearman | partial (natural acc) [95%] | p (perm.) | p (Holm) | partial (+arch) "
-             "| verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| partial (+method) [95%], p | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for a in analysis.itertuples():
+        within = (f"{a.partial_method:+.2f} [{a.partial_method_lo:+.2f}, {a.partial_method_hi:+.2f}], "
+                  f"{a.p_method:.3f}" if np.isfinite(a.partial_method) else "-")
         lines.append(f"| {a.statistic} | {a.n_models} | {a.rho:+.2f} | {a.partial:+.2f} [{a.partial_lo:+.2f}, "
-                     f"{a.partial_hi:+.2f}] | {a.p_perm:.3f} | {a.p_holm:.3f} | {a.partial_arch:+.2f} | {a.verdict} |")
+                     f"{a.partial_hi:+.2f}] | {a.p_perm:.3f} | {a.p_holm:.3f} | {a.partial_arch:+.2f} | {within} "
+                     f"| {a.verdict} |")
+    lines += ["", "Verdict: the partial correlation on natural accuracy (interval excludes 0, Holm p < 0.05). "
+              "\"+method\": the same with the training method as a covariate, whether the statistic predicts "
+              "robustness within method families; beside the verdict, not part of it."]
     lines += ["", "## Models (sorted by robust accuracy)", "",
               "| model | role | method | arch | natural | worst | " + " | ".join(STATISTICS) + " |",
               "|---|---|---|---|---|---|" + "---|" * len(STATISTICS)]
