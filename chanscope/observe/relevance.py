@@ -16,15 +16,32 @@ from chanscope.attacks.pgd import frozen_eval
 from chanscope.names import RELEVANCE_METHODS
 from chanscope.observe.hooks import resolve_layers, tap
 
-__all__ = ["RELEVANCE_METHODS", "RelevanceAccumulator", "relevance_scores"]
+__all__ = ["RELEVANCE_METHODS", "LayerRelevance", "RelevanceAccumulator", "relevance_scores"]
+
+
+class LayerRelevance:
+    """One relevance definition bound to one layer of one model (the method checked and the layer found once);
+    called on a batch, the (N, C) relevance of each channel to the logit of each image's class y_i."""
+
+    def __init__(self, model: nn.Module, layer: str, method: str = "gradient") -> None:
+        if method not in RELEVANCE_METHODS:
+            raise ValueError(f"unknown relevance {method!r}; known: {', '.join(RELEVANCE_METHODS)}")
+        self.model, self.layer, self.method = model, layer, method
+        self.module = resolve_layers(model, [layer])[layer]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _scores(self.model, self.module, self.layer, x, y, self.method)
 
 
 def relevance_scores(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor,
                      method: str = "gradient") -> torch.Tensor:
-    """(N, C) relevance of each channel of `layer` to the logit of each image's class y_i."""
-    if method not in RELEVANCE_METHODS:
-        raise ValueError(f"unknown relevance {method!r}; known: {', '.join(RELEVANCE_METHODS)}")
-    module = resolve_layers(model, [layer])[layer]
+    """(N, C) relevance of each channel of `layer` to the logit of each image's class y_i (one batch; for many,
+    bind once with LayerRelevance)."""
+    return LayerRelevance(model, layer, method)(x, y)
+
+
+def _scores(model: nn.Module, module: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor,
+            method: str) -> torch.Tensor:
     state: dict = {}
 
     with frozen_eval(model):

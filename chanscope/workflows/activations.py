@@ -17,7 +17,7 @@ from chanscope.attacks.suite import AttackSpec, run_attack
 from chanscope.errors import ChanscopeError
 from chanscope.observe.analysis import channels_table, classes_table, percent
 from chanscope.observe.hooks import ActivationRecorder
-from chanscope.observe.relevance import RelevanceAccumulator, relevance_scores
+from chanscope.observe.relevance import LayerRelevance, RelevanceAccumulator
 from chanscope.workflows.options import ActivationOptions
 
 DEFAULT_N = 1000  # test images when none are asked for: a full test set under PGD-20 is a long wait on a CPU
@@ -131,6 +131,7 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
     was_training = model.training
     model.eval()
     try:
+        scorers = {name: LayerRelevance(model, name, relevance) for name in layers}
         with ActivationRecorder(model, layers, k, threshold) as rec:
             for i in range(0, len(y), batch_size):
                 xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
@@ -146,8 +147,7 @@ def study_activations(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classe
                                 out_adv.argmax(1).cpu(), F.cross_entropy(out_nat, yb, reduction="none").cpu(),
                                 F.cross_entropy(out_adv, yb, reduction="none").cpu()))
                 for name in layers:
-                    rel[name].update(relevance_scores(model, name, xb if relevance_on == "natural" else xa, yb,
-                                                      relevance), yb)
+                    rel[name].update(scorers[name](xb if relevance_on == "natural" else xa, yb), yb)
                 if progress:
                     progress(min(len(y), i + batch_size), len(y))
     finally:

@@ -73,13 +73,13 @@ def default_layers(model: nn.Module) -> list[str]:
 def _relevance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, layer: str, method: str,
                batch_size: int) -> np.ndarray:
     """(classes, channels) mean relevance of `layer` to each class on natural images x."""
-    from chanscope.observe.relevance import RelevanceAccumulator, relevance_scores
+    from chanscope.observe.relevance import LayerRelevance, RelevanceAccumulator
 
     dev = next(model.parameters()).device
-    acc = RelevanceAccumulator(k)
+    acc, scores = RelevanceAccumulator(k), LayerRelevance(model, layer, method)
     for i in range(0, len(y), batch_size):
         xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
-        acc.update(relevance_scores(model, layer, xb, yb, method), yb)
+        acc.update(scores(xb, yb), yb)
     return acc.mean().numpy().astype(np.float32)
 
 
