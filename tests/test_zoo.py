@@ -227,3 +227,19 @@ def test_a_statistic_that_only_separates_methods_has_no_partial_within_methods()
     assert within.partial_method_lo > 0.3 and within.p_method < 0.01
     plain = across_models(df.drop(columns="method"), target="worst_acc", n_boot=300, n_perm=300)
     assert plain.partial_lo.tolist() == res.partial_lo.tolist() and plain.partial_method.isna().all()
+
+
+def test_the_figure_bands_only_valid_controls(tmp_path, monkeypatch):
+    from chanscope.observe.population import STATISTICS
+    from chanscope.workflows import plots
+
+    figs = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, *a: (figs.append(fig), real(fig, *a))[1])
+    row = {f"{s}{e}": v for s in STATISTICS for e, v in (("", 0.5), ("_lo", 0.4), ("_hi", 0.6))}
+    models = [{"role": "model", "method": "at", "worst_acc": 10.0 + i, **row} for i in range(3)]
+    for valid in (True, False):
+        ctrl = {"role": "control", "method": "random", "worst_acc": 0.0, "control_valid": valid, **row}
+        plots.zoo_figure(pd.DataFrame([*models, ctrl]), tmp_path / f"fig-{valid}")
+    banded, plain = (sum(len(ax.patches) for ax in f.axes) for f in figs)
+    assert banded == len(STATISTICS) and plain == 0

@@ -390,11 +390,13 @@ def sensitivity_plot(df: pd.DataFrame, out: str | Path, name: str = "sensitivity
 
 def zoo_figure(df: pd.DataFrame, out: str | Path) -> pd.DataFrame:
     """`chanscope zoo`: each statistic (with its interval over images) against robust accuracy, one point per
-    model coloured by method; the random controls' intervals as a grey band. Writes <out>.png/.pdf/.csv."""
+    model coloured by method; the valid random controls' intervals as a grey band (a control that is not a
+    valid control draws no band). Writes <out>.png/.pdf/.csv."""
     from chanscope.observe.population import STATISTICS
 
     out = Path(out)
-    models, controls = df[df["role"] == "model"], df[df["role"] == "control"]
+    models = df[df["role"] == "model"]
+    controls = df[(df["role"] == "control") & (df["control_valid"] == True)]  # noqa: E712 (NaN: not valid)
     stats = list(STATISTICS)
     fig, axes = plt.subplots(1, len(stats), figsize=(3.2 * len(stats), 3.2), squeeze=False)
     methods = sorted(models["method"].astype(str).unique())
@@ -402,7 +404,7 @@ def zoo_figure(df: pd.DataFrame, out: str | Path) -> pd.DataFrame:
     for ax, s in zip(axes[0], stats):
         if len(controls) and controls[f"{s}_lo"].notna().any():
             ax.axhspan(controls[f"{s}_lo"].min(), controls[f"{s}_hi"].max(), color="0.85", zorder=0,
-                       label="random control")
+                       label="random control (valid)")
         for m in methods:
             d = models[models["method"].astype(str) == m]
             err = np.vstack([d[s] - d[f"{s}_lo"], d[f"{s}_hi"] - d[s]]).clip(min=0)
