@@ -243,3 +243,12 @@ def test_the_figure_bands_only_valid_controls(tmp_path, monkeypatch):
         plots.zoo_figure(pd.DataFrame([*models, ctrl]), tmp_path / f"fig-{valid}")
     banded, plain = (sum(len(ax.patches) for ax in f.axes) for f in figs)
     assert banded == len(STATISTICS) and plain == 0
+
+
+def test_wilson_interval_against_the_textbook_values():
+    from chanscope.workflows.zoo import wilson
+
+    lo, hi = wilson(50.0, 100)  # 50/100: 40.38% to 59.62% (Wilson 1927; e.g. Newcombe 1998, table I)
+    assert lo == pytest.approx(40.38, abs=0.01) and hi == pytest.approx(59.62, abs=0.01)
+    lo, hi = wilson(0.0, 500)  # zero successes: from 0 to about 3.84/(n+3.84)
+    assert lo == pytest.approx(0.0, abs=1e-9) and hi == pytest.approx(100 * 3.8415 / 503.8415, abs=0.01)

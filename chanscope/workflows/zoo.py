@@ -389,6 +389,21 @@ def write_outputs(out: str | Path, p: Protocol) -> tuple[pd.DataFrame, pd.DataFr
     return df, analysis
 
 
+def wilson(pct: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson's 95% score interval (in %) of an accuracy of pct% measured on n images."""
+    if not n or not np.isfinite(pct):
+        return float("nan"), float("nan")
+    q = pct / 100
+    mid = (q + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(q * (1 - q) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * (mid - half), 100 * (mid + half)
+
+
+def _acc_cell(pct: float, n: int) -> str:
+    lo, hi = wilson(pct, n)
+    return f"{pct:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
 def _markdown(df: pd.DataFrame, analysis: pd.DataFrame, p: Protocol) -> str:
     r = p.record()
     lines = [f"# Zoo: {int((df['role'] == 'model').sum())} models", "",
@@ -409,11 +424,12 @@ def _markdown(df: pd.DataFrame, analysis: pd.DataFrame, p: Protocol) -> str:
               "\"+method\": the same with the training method as a covariate, whether the statistic predicts "
               "robustness within method families; beside the verdict, not part of it."]
     lines += ["", "## Models (sorted by robust accuracy)", "",
+              "Accuracies in % with Wilson 95% intervals over the test images; statistics' intervals in zoo.csv.", "",
               "| model | role | method | arch | natural | worst | " + " | ".join(STATISTICS) + " |",
               "|---|---|---|---|---|---|" + "---|" * len(STATISTICS)]
     for r_ in df.sort_values("worst_acc", ascending=False).itertuples():
         stats = " | ".join(f"{getattr(r_, s):.3f}" for s in STATISTICS)
         role = r_.role if r_.role == "model" else f"control ({'valid' if r_.control_valid else 'INVALID'})"
-        lines.append(f"| {r_.model} | {role} | {r_.method} | {r_.arch} | {r_.natural_acc:.1f} | "
-                     f"{r_.worst_acc:.1f} | {stats} |")
+        lines.append(f"| {r_.model} | {role} | {r_.method} | {r_.arch} | {_acc_cell(r_.natural_acc, int(r_.n))} | "
+                     f"{_acc_cell(r_.worst_acc, int(r_.n))} | {stats} |")
     return "\n".join(lines) + "\n"
