@@ -14,12 +14,17 @@ import pandas as pd
 from chanscope.observe.verdicts import Seed, accuracy, interval, worst_case
 from chanscope.workflows.report import markdown_table
 
-ATTACKS = ("natural", "fgsm", "pgd20", "cw20", "adaptive20r2")
+ATTACKS = ("natural", "fgsm", "pgd20", "cw20")
 
 
 def column(model: str, col: str):
     """The statistic for interval(): a seed's accuracy (%) of `model` under one eval column."""
     return lambda s, w: accuracy(s.ev[model][col].to_numpy(), w)
+
+
+def _named(cols, prefix: str) -> str | None:
+    """The eval column of the attack family `prefix` (adaptive20r7, joint20, ...), components left out."""
+    return next((c for c in cols if c.startswith(prefix) and ":" not in c), None)
 
 
 def main(out: Path) -> None:
@@ -28,9 +33,13 @@ def main(out: Path) -> None:
     for m in ("standard", "at", "cifs"):
         ss = [Seed(ev={m: pd.read_csv(f / m / "eval_examples.csv")}) for f in folders]
         aa = [Seed(ev={m: pd.read_csv(f / m / "aa" / "eval_examples.csv")}) for f in folders]
+        cols = list(ss[0].ev[m].columns)
         row = {"model": m}
         for col in ATTACKS:
             row[col] = interval(ss, column(m, col), "ev").pct()
+        ada, own = _named(cols, "adaptive"), _named(cols, "joint")
+        row["adaptive (runs per image)"] = f"{interval(ss, column(m, ada), 'ev').pct()} ({ada})"
+        row["own evaluation"] = f"{interval(ss, column(m, own), 'ev').pct()} ({own})" if own else "-"
         row["worst case"] = interval(ss, lambda s, w, m=m: worst_case(s.ev[m], w), "ev").pct()
         for col in ("aa", "aa-ref"):
             row[f"{col} (100)"] = interval(aa, column(m, col), "ev").pct()
