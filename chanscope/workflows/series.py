@@ -130,10 +130,10 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     scale = _base_scale(base)
     out = writable_dir(out)
     record_path = out / "series.json"
-    made = made_with(read_record(record_path))
-    threat_model = check_threat_model(threat_model or made.get("threat_model") or "linf")
+    record = read_record(record_path)
+    threat_model = check_threat_model(threat_model or made_with(record).get("threat_model") or "linf")
     opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16, "threat_model": threat_model}
-    record = _record(out, opts, summary_only)
+    _continue(out, record, opts, summary_only)
     if not summary_only:
         _check_budgets_fit(bs, scale, data, data_root)
     stages = _stages(out, bs, scale, seeds, seed, data, data_root, device, bf16, progress, threat_model)
@@ -172,17 +172,15 @@ def _check_budgets_fit(bs: list[Budget], scale, data: str | None, data_root: str
                              "`budgets` or larger `data` (e.g. the CIFAR-10 archive)")
 
 
-def _record(out: Path, opts: dict, summary_only: bool) -> dict:
-    """The series' record (series.json) with the seed records a cut `jobs` run left merged in; refuses other
-    options than the folder was made with (summary_only: read as it is, nothing checked or written)."""
+def _continue(out: Path, record: dict, opts: dict, summary_only: bool) -> None:
+    """Merge into the series' record (series.json, as read) the seed records a cut `jobs` run left, and refuse
+    other options than the folder was made with (summary_only: the record as it is, nothing checked)."""
     from chanscope.workflows import series_jobs
 
-    record = read_record(out / "series.json")
     if summary_only:
-        return record
+        return
     series_jobs.merge_seed_records(out, record)
     refuse_other_options(made_with(record), opts, "series")
-    return record
 
 
 def _write_summary(out: Path, bs: list[Budget], seeds: int, seed: int, threat_model: str = "linf") -> pd.DataFrame:

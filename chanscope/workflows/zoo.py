@@ -294,7 +294,7 @@ def run_zoo(models: list[ZooModel], p: Protocol, out: str | Path, *, device: str
     todo = [m for m in models if not _measured(out, m)]
     say(f"zoo: {len(models)} models, {len(models) - len(todo)} measured before, {len(todo)} to measure "
         f"({p.attack} at eps {p.budget():.4g} {p.threat_model}, {len(y)} images)")
-    t_start, twins = time.time(), {}
+    t_start, controlled = time.time(), _controlled(out)
     for i, m in enumerate(todo):
         t0 = time.time()
         net = load_model(m.spec, device, **m.options(p.model_options))
@@ -307,8 +307,9 @@ def run_zoo(models: list[ZooModel], p: Protocol, out: str | Path, *, device: str
                "spec": m.spec, "weights_sha256": src.get("weights_sha256") or m.sha256(),
                "normalisation": str(src.get("normalisation")), "n": len(y), **row,
                "seconds": round(time.time() - t0, 1)}
-        if arch not in twins and arch not in _controlled(out):
-            twins[arch] = _control(net, data, x, y, p, arch, out)
+        if arch not in controlled:  # one random control per architecture, made with its first model
+            _control(net, data, x, y, p, arch, out)
+            controlled.add(arch)
         atomic_write_json(out / "models" / f"{m.key}.json", rec)  # last: a cut model is measured again
         eta = (time.time() - t_start) / (i + 1) * (len(todo) - i - 1)
         say(f"[{i + 1}/{len(todo)}] {m.spec}: natural {rec['natural_acc']:.1f}%, {p.attack} "
