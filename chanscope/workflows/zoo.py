@@ -60,7 +60,7 @@ class ZooModel:
                 Path(self.spec.rstrip("/")).name.split(":")[-1]) or "model"
         where = f if f is not None and Path(self.spec).exists() else self.spec
         ident = f"{where}|{self.weights}|{self.mean}|{self.std}"
-        return f"{_safe(tail)}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+        return _stem(tail, ident)
 
     def sha256(self) -> str | None:
         f = self.file()
@@ -330,14 +330,16 @@ def _arch_key(net: nn.Module, arch: str) -> str:
     return f"{arch}-{sum(t.numel() for t in net.parameters()) / 1e6:.2f}M"
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40]
+def _stem(name: str, ident: str) -> str:
+    """A file stem: `name` made safe and cut to 40 characters, then a hash of `ident`, so that two identities
+    whose names share their first 40 characters never share a file."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40]
+    return f"{safe}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
 
 
 def _control_name(arch: str) -> str:
-    """The control's file stem: readable, and apart for every architecture key (two keys that share their
-    first 40 characters must not share a control)."""
-    return f"control-{_safe(arch)}-{hashlib.sha256(arch.encode()).hexdigest()[:8]}"
+    """The control's file stem: readable, and apart for every architecture key."""
+    return f"control-{_stem(arch, arch)}"
 
 
 def _control(net: nn.Module, data, x, y, p: Protocol, arch: str, out: Path) -> dict:
