@@ -4,10 +4,13 @@ defaults); the other fields say how the study evaluates a model at that budget."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["Scale", "SCALES", "scale_named"]
+from chanscope.errors import ChanscopeError
+
+__all__ = ["Scale", "SCALES", "scale_named", "Budget", "parse_budgets"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +66,38 @@ def scale_named(name: str, what: str = "scale") -> Scale:
     if name not in SCALES:
         raise ChanscopeError(f"unknown {what} {name!r}; known: {', '.join(SCALES)}")
     return SCALES[name]
+
+
+@dataclass(frozen=True)
+class Budget:
+    images: int
+    epochs: int
+    steps: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.images}x{self.epochs}x{self.steps}"
+
+    @property
+    def compute(self) -> int:
+        """Training compute in image passes: images x epochs x (attack steps + 1)."""
+        return self.images * self.epochs * (self.steps + 1)
+
+    def scale(self, base: Scale) -> Scale:
+        # the cpu scale's step (3/255) at PGD-3; 2/255 (the cpu preset's) for longer attacks
+        step = base.train.get("step_size", 2 / 255) if self.steps <= 3 else 2 / 255
+        return replace(base, train={**base.train, "subset": self.images, "epochs": self.epochs, "steps": self.steps,
+                                    "step_size": step})
+
+
+def parse_budgets(text: str) -> list[Budget]:
+    out = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        m = re.fullmatch(r"(\d+)x(\d+)x(\d+)", item)
+        if not m or min(int(v) for v in m.groups()) < 1:
+            raise ChanscopeError(f"budget {item!r}: write IMAGESxEPOCHSxSTEPS with whole numbers from 1, "
+                                 "e.g. 5000x8x3")
+        out.append(Budget(*(int(v) for v in m.groups())))
+    if not out:
+        raise ChanscopeError("no budget given; e.g. 5000x8x3,10000x16x5")
+    return sorted(set(out), key=lambda b: b.compute)

@@ -34,7 +34,7 @@ def ablate_command(
     grid = parse_vary(vary)
     df = run_ablation(base, grid, out, seeds=seeds, scale=scale, data=data, attack=attack, n=n, aa_n=aa_n,
                       baseline=baseline, baseline_init=baseline_init, device=device,
-                      on_cell=lambda s, seed, what: console.print(f"{s} seed {seed}: {what}", highlight=False))
+                      on_stage=lambda name, status, secs: console.print(f"{name}: {status}", highlight=False))
     summary = df.groupby("setting", sort=False).agg(natural=("natural_acc", "mean"), robust=("robust_acc", "mean"),
                                                     spread=("robust_acc", lambda v: v.max() - v.min()),
                                                     seeds=("seed", "count")).reset_index()

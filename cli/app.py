@@ -17,12 +17,13 @@ from .plot import report_command
 from .reproduce import reproduce_command
 from .sensitivity import sensitivity_command
 from .series import series_command
-from .train import train_command
+from .train import control_command, train_command
 from .zoo import zoo_command
 
 app = typer.Typer(name="chanscope", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Channel-wise activation studies of adversarially trained CNNs (CIFS, ICML 2021).")
 app.command("train")(handle_errors(train_command))
+app.command("control")(handle_errors(control_command))
 app.command("eval")(handle_errors(eval_command))
 app.command("activations")(handle_errors(activations_command))
 app.command("layers")(handle_errors(layers_command))

@@ -29,7 +29,8 @@ def compare_command(
     threat_model: StudyThreatOpt = None,
 ) -> None:
     """Train and evaluate the defences under one protocol: compare.csv, intervals, a figure; resumable."""
-    from chanscope.workflows.compare import NR_OVER, advantage, run_compare
+    from chanscope.workflows.compare import run_compare
+    from chanscope.workflows.compare_tables import NR_OVER, advantage
 
     df, iv = StageDisplay().run(out, run_compare, methods=methods, scale=scale, seeds=seeds, seed=seed or 0,
                                 data=data, data_root=data_root, device=device, bf16=bf16, time_limit=time_limit,

@@ -165,3 +165,25 @@ def _render(result, cfg, out: Path) -> None:
     console.print(f"best epoch {result.best_epoch} ({result.best_metric:.1f}% on the "
                   f"{'validation split' if cfg.val_n else 'test subset'}), {result.seconds:.0f}s; "
                   f"files in {out}: config.json metrics.csv last.pt best.pt")
+
+
+def control_command(
+    like: Annotated[Path, typer.Option(help="A trained run folder: the control takes its architecture, data and "
+                                       "seed.")],
+    out: Annotated[Path, typer.Option(help="The control's run folder (a study's: random/).")],
+) -> None:
+    """Make a random control: a trained run's architecture as its seed initialises it, the convolutions never
+    trained, BatchNorm statistics and a linear read-out fitted on training images."""
+    from chanscope.io import read_json
+    from chanscope.workflows.jobs import ControlJob
+    from chanscope.workflows.training import load_run_config
+
+    made = read_json(out / "config.json").get("config", {}).get("method")
+    if made not in (None, "random"):
+        raise fail(f"--out {out} holds a trained {made} run; give the control a folder of its own")
+    job = ControlJob(like, load_run_config(like), out)
+    if job.done():
+        console.print(f"{out}: the control is made already (delete the folder to make it again)")
+        return
+    job.run("control")
+    console.print(f"random control of {like} -> {out}: {read_json(out / 'config.json').get('control', '')}")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from chanscope.observe.verdicts import relgap
-from chanscope.workflows.report import load_seeds, markdown_table, observations, overall_accuracy
+from chanscope.workflows.collect import load_seeds, overall_accuracy
+from chanscope.workflows.report import markdown_table, observations
 
 
 def main(study: str, *ablations: str) -> None:

@@ -14,7 +14,9 @@ import json
 from pathlib import Path
 
 from chanscope.io import atomic_write_json
-from chanscope.workflows.pipeline import plan, read_record, run_stages
+from chanscope.workflows.jobs import TrainJob
+from chanscope.workflows.pipeline import plan
+from chanscope.workflows.study import read_record, run_stages
 
 
 def main() -> None:
@@ -24,6 +26,7 @@ def main() -> None:
     ap.add_argument("--scale", default="cpu")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--data", default=None)
+    ap.add_argument("--threat-model", default="linf")
     ap.add_argument("--merge", action="store_true")
     a = ap.parse_args()
     if a.merge:
@@ -34,10 +37,9 @@ def main() -> None:
         atomic_write_json(main_path, record)
         print(f"{main_path}: {len(record['stages'])} stages")
         return
-    prefix = "" if a.index == 0 else f"seed{a.index}/"
-    stages = [st for st in plan(a.out, a.scale, data=a.data, cifs_scratch=False, seeds=a.seeds)
-              if (st.model.startswith(prefix) if prefix else "/" not in st.model)
-              and not st.name.startswith("train ")]
+    stages = [st for st in plan(a.out, a.scale, data=a.data, cifs_scratch=False, seeds=a.seeds,
+                                threat_model=a.threat_model)
+              if st.id.index == a.index and not isinstance(st.job, TrainJob)]
     path = a.out / f"pipeline-seed{a.index}.json"
     run_stages(stages, read_record(path), path, lambda n, s, t: print(f"{n}: {s} {t:.0f}s", flush=True))
 

@@ -3,16 +3,17 @@
 # records them (its pipeline.json commands), as a one-thread process, so two seeds train side by side on two
 # cores; `chanscope reproduce` on the same folder then finds them trained and evaluates. Resumable: a cut
 # training continues from its last.pt.
-# usage: scripts/train_study_seed.sh STUDY_DIR SEED DATA
+# usage: scripts/train_study_seed.sh STUDY_DIR SEED DATA [THREAT_MODEL]   (linf, the default, or l2)
 set -euo pipefail
-out=$1; seed=$2; data=$3
+out=$1; seed=$2; data=$3; threat=${4:-linf}
 dir=$out; [ "$seed" -gt 0 ] && dir=$out/seed$seed
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 run() {  # name, then train flags
   local name=$1; shift
   if [ -f "$dir/$name/summary.json" ]; then echo "$name: trained"; return; fi
   local resume=(); [ -f "$dir/$name/last.pt" ] && resume=(--resume)
-  chanscope train "$@" --preset cpu --data "$data" --seed "$seed" --out "$dir/$name" "${resume[@]}"
+  local tm=(); [ "$threat" != linf ] && tm=(--threat-model "$threat")
+  chanscope train "$@" --preset cpu "${tm[@]}" --data "$data" --seed "$seed" --out "$dir/$name" "${resume[@]}"
 }
 run standard --method standard
 run at --method at --init "$dir/standard/last.pt"

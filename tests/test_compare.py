@@ -10,6 +10,7 @@ import pytest
 
 from chanscope.errors import ChanscopeError
 from chanscope.workflows import compare, pipeline
+from chanscope.workflows import compare_tables as tables
 
 MICRO = pipeline.SCALES["micro"]  # a built-in scale: nothing to register
 
@@ -66,18 +67,18 @@ def test_intervals_and_the_advantage_rule_read_the_per_image_records(tmp_path, m
         _examples(folder, "masked", ones, ones, quarter)
         _examples(folder, "better", ones, ones, [1, 1, 1, 0] * (n // 4))
         _examples(folder, "same", ones, half, half)
-    iv = compare.intervals(tmp_path, ["at", "masked", "better", "same"], "cpu", seeds=2)
+    iv = tables.intervals(tmp_path, ["at", "masked", "better", "same"], "cpu", seeds=2)
     got = iv.set_index(["method", "under"]).value
     assert got["at", "natural"] == 100 and got["at", "standard attack"] == 50
     assert got["masked", "standard attack"] == 100
     # the worst case is per image over every attack (components aside): min(pgd20, adaptive20)
     assert got["masked", "adaptive worst case"] == 25 and got["better", "adaptive worst case"] == 75
     assert got["masked - at", "adaptive worst case"] == -25 and got["same - at", "standard attack"] == 0
-    advantage = compare.advantage(iv).set_index("method")
+    advantage = tables.advantage(iv).set_index("method")
     assert advantage.loc["better", "finding"] == "keeps its advantage under the adaptive attack"
     assert advantage.loc["masked", "finding"] == "ahead under the standard attack, behind under the adaptive attack"
     assert advantage.loc["same", "finding"].startswith("no advantage: level")
-    md = compare.markdown(pd.DataFrame({"method": ["at", "at"], "autoattack": [49.0, float("nan")]}), iv, "pgd20")
+    md = tables.markdown(pd.DataFrame({"method": ["at", "at"], "autoattack": [49.0, float("nan")]}), iv, "pgd20")
     assert "| MASKED | +50.0 [" in md and "| AT | 100.0 [100.0, 100.0] | 50.0 [" in md and "| 49.0 / - |" in md
     assert len(advantage) == 3
 
@@ -90,7 +91,7 @@ def test_an_advantage_the_adaptive_attack_takes_away_is_not_kept():
                  "lo": adp[0], "hi": adp[1]}]
     iv = pd.DataFrame(rows("a", (1, 3), (-1, 2)) + rows("b", (-3, -1), (-4, -2)) + rows("c", (-1, 1), (1, 2))
                       + rows("d", (1, 2), (float("nan"), float("nan"))))
-    adv = compare.advantage(iv).set_index("method")
+    adv = tables.advantage(iv).set_index("method")
     assert adv.loc["c", "finding"] == "ahead under the adaptive attack only (level under the standard attack)"
     assert adv.loc["d", "finding"] == "ahead under the standard attack, unknown under the adaptive attack"
     assert adv.loc["a", "finding"] == "ahead under the standard attack only: the adaptive attack removes it"
@@ -106,11 +107,11 @@ def test_the_table_carries_cw_and_the_masking_checks_per_seed(tmp_path, monkeypa
         _examples(folder, "masked", ones, ones, quarter, cw=half, failed=folder.name == "seed1" or None)
         for m in ("at", "masked"):
             (folder / m / "eval.csv").write_text("class,attack,robust_acc,natural_acc,n\nall,pgd20,50,100,200\n")
-    iv = compare.intervals(tmp_path, ["at", "masked"], "cpu", seeds=2).set_index(["method", "under"])
+    iv = tables.intervals(tmp_path, ["at", "masked"], "cpu", seeds=2).set_index(["method", "under"])
     assert iv.value["at", "cw"] == 25 and iv.value["masked - at", "cw"] == 25
-    df = compare.summarise(tmp_path, ["at", "masked"], "cpu", seeds=2)
+    df = tables.summarise(tmp_path, ["at", "masked"], "cpu", seeds=2)
     assert list(df.masking_checks) == ["pass", "pass", "pass", "FAIL: more PGD steps never raise accuracy"]
-    md = compare.markdown(df, iv.reset_index(), "pgd20")
+    md = tables.markdown(df, iv.reset_index(), "pgd20")
     assert "| AT | 100.0 [100.0, 100.0] | 50.0 [" in md and "| 25.0 [" in md
     assert "| pass / FAIL: more PGD steps never raise accuracy |" in md
     assert "| pass / FAIL: more PGD steps never raise accuracy | - |" in md  # no activation study yet
@@ -126,13 +127,13 @@ def test_the_table_carries_cw_and_the_masking_checks_per_seed(tmp_path, monkeypa
             np.savez(folder / m / "examples.npz", y=np.zeros(50, dtype=np.int64),
                      relevance=np.array([[-1.0, -2.0, 3.0]]), mag_nat=np.ones((50, 3)),
                      mag_adv=np.stack([over, over, np.ones(50)], axis=1))
-    iv = compare.intervals(tmp_path, ["at", "masked"], "cpu", seeds=2)
-    nr = iv[iv.under == compare.NR_OVER].set_index("method")
+    iv = tables.intervals(tmp_path, ["at", "masked"], "cpu", seeds=2)
+    nr = iv[iv.under == tables.NR_OVER].set_index("method")
     assert nr.value["at"] == pytest.approx(0.5) and nr.value["masked - at"] == pytest.approx(-0.3)
     assert nr.hi["at"] - nr.lo["at"] > 0.05  # the images differ, so AT's own interval has a width
-    assert "| -0.300 [-0.300, -0.300] |" in compare.markdown(df, iv, "pgd20")
+    assert "| -0.300 [-0.300, -0.300] |" in tables.markdown(df, iv, "pgd20")
     # a model without a CW record leaves the column out rather than guess
     (tmp_path / "at" / "eval_examples.csv").write_text(
         pd.read_csv(tmp_path / "at" / "eval_examples.csv").drop(columns="cw20").to_csv(index=False))
-    iv = compare.intervals(tmp_path, ["at", "masked"], "cpu", seeds=2)
+    iv = tables.intervals(tmp_path, ["at", "masked"], "cpu", seeds=2)
     assert "cw" not in set(iv.under)

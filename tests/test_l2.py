@@ -169,7 +169,10 @@ def test_a_study_records_an_l2_training_as_a_command_that_retrains_it(tmp_path):
     import shlex
 
     from chanscope.train import build_config
-    from chanscope.workflows.pipeline import train_command
+    from chanscope.workflows.jobs import TrainJob
+
+    def train_command(cfg, out):
+        return TrainJob(cfg, out).argv()
 
     cfg = build_config("cpu", method="at", threat_model="l2", eps="1.0")
     cmd = shlex.split(train_command(cfg, tmp_path / "at"))
@@ -182,13 +185,14 @@ def test_a_study_records_an_l2_training_as_a_command_that_retrains_it(tmp_path):
 
 
 def test_a_study_under_l2_plans_every_stage_under_l2(tmp_path):
+    from chanscope.workflows.jobs import TrainJob
     from chanscope.workflows.pipeline import plan, study_options
 
     stages = plan(tmp_path, "smoke", seeds=2, threat_model="l2")
-    trains = [st for st in stages if st.kind == "train" and "config" in st.extra]
-    assert trains and all(st.extra["config"].threat_model == "l2" for st in trains)
+    trains = [st for st in stages if isinstance(st.job, TrainJob)]
+    assert trains and all(st.job.config.threat_model == "l2" for st in trains)
     assert all("--threat-model l2" in st.command for st in trains)
-    at = next(st.extra["config"] for st in trains if st.model == "at")
+    at = next(st.job.config for st in trains if st.model == "at")
     assert at.eps == pytest.approx(0.5) and at.step_size == pytest.approx(4 / 255 * 0.5 / (8 / 255))
     measured = [st for st in stages if st.kind in ("eval", "activations", "aa")]
     assert measured and all("--threat-model l2 --eps 0.5" in st.command for st in measured), \

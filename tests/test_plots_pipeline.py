@@ -10,6 +10,7 @@ import pytest
 
 from chanscope.errors import ChanscopeError
 from chanscope.workflows import pipeline, plots
+from chanscope.workflows.jobs import TrainJob
 
 MICRO = pipeline.SCALES["micro"]  # a built-in scale: nothing to register
 
@@ -131,13 +132,15 @@ def test_reproduce_bad_out_or_record_is_one_line(tmp_path):
 def test_second_run_skips_finished_stages_and_resumes_a_cut_one(study, monkeypatch):
     out, _ = study
     calls = []
-    real_train = pipeline.fit
+    from chanscope.workflows import training
+
+    real_train = training.fit
 
     def spy(cfg, run, resume=False, **kw):
         calls.append((run.name, resume))
         return real_train(cfg, run, resume=resume, **kw)
 
-    monkeypatch.setattr(pipeline, "fit", spy)
+    monkeypatch.setattr(training, "fit", spy)
     # cut the CIFS stage: its summary is gone, as after a kill in the last epoch; eval outputs too
     (out / "cifs" / "summary.json").unlink()
     metrics_before = pd.read_csv(out / "cifs" / "metrics.csv")
@@ -167,8 +170,8 @@ def test_time_limit_starts_no_new_stage_and_a_rerun_continues(study, monkeypatch
 def test_plan_passes_bf16_to_every_training_stage(tmp_path):
     """`reproduce --bf16` trains every model with bf16 autocast (also on CPU) and records it in the command."""
     def cfgs(**kw):
-        trains = [s for s in pipeline.plan(tmp_path, "smoke", **kw) if s.kind == "train" and "config" in s.extra]
-        return trains, [s.extra["config"] for s in trains]
+        trains = [s for s in pipeline.plan(tmp_path, "smoke", **kw) if isinstance(s.job, TrainJob)]
+        return trains, [s.job.config for s in trains]
 
     trains, on = cfgs(bf16=True)
     assert len(trains) == 5 and all(c.uses_bf16("cpu") for c in on) and all("--bf16" in s.command for s in trains)
@@ -178,7 +181,7 @@ def test_plan_passes_bf16_to_every_training_stage(tmp_path):
 
 def test_plan_runs_every_seed_in_its_own_folder_with_its_own_control(tmp_path):
     stages = pipeline.plan(tmp_path, "smoke", seed=3, seeds=2)
-    cfgs = {s.model: s.extra["config"] for s in stages if "config" in s.extra}
+    cfgs = {s.model: s.job.config for s in stages if isinstance(s.job, TrainJob)}
     assert cfgs["at"].seed == 3 and cfgs["seed4/at"].seed == 4
     assert cfgs["seed4/at"].init == str(tmp_path / "seed4" / "standard" / "last.pt")  # its own warm start
     names = {s.name for s in stages}
@@ -213,4 +216,17 @@ def test_recorded_commands_rerun_their_stages(study, tmp_path, monkeypatch):
     again, first = pd.read_csv(tmp_path / "standard" / "metrics.csv"), pd.read_csv(out / "standard" / "metrics.csv")
     pd.testing.assert_frame_equal(again.drop(columns="seconds"), first.drop(columns="seconds"))
     control = shlex.split(stages["control random"]["command"])
-    assert control[:2] == ["python", "-c"] and "random_control(load_run_config(" in control[2]
+    assert control[:2] == ["chanscope", "control"]
+    control[control.index("--out") + 1] = str(tmp_path / "random")
+    res = CliRunner().invoke(app, control[1:])
+    assert res.exit_code == 0, res.output
+    import torch
+
+    a = torch.load(tmp_path / "random" / "best.pt", weights_only=False)
+    b = torch.load(out / "random" / "best.pt", weights_only=False)
+    sa, sb = a["state_dict"], b["state_dict"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert stages["control random"]["run"] == "random" and stages["eval cifs"]["seed"] == 0
+    res = CliRunner().invoke(app, ["control", "--like", str(out / "at"), "--out", str(out / "cifs")])
+    assert res.exit_code == 2 and "holds a trained cifs run" in res.output
+    assert (out / "cifs" / "best.pt").is_file()

@@ -37,21 +37,38 @@ def test_every_recorded_command_parses_back_into_the_stage(tmp_path, threat_mode
     stages = plan(tmp_path, "micro", seeds=2, threat_model=threat_model)
     kinds = set()
     for st in stages:
-        if not st.command.startswith("chanscope "):
-            continue  # the random control's `python -c` line and the report
         cmd, p = parse(st.command)
         kinds.add(cmd)
         if cmd == "train":
             given = train_options(**_only(p, {"preset", "out", "resume"}))
-            assert build_config(p["preset"], **given) == st.extra["config"], st.command
-            assert Path(p["out"]) == st.extra["run"]
+            assert build_config(p["preset"], **given) == st.job.config, st.command
+            assert Path(p["out"]) == st.job.out
+        elif cmd == "control":
+            assert (Path(p["like"]), Path(p["out"])) == (st.job.like, st.job.out)
         elif cmd == "eval":
-            assert p["model"] == st.extra["model"]
-            assert eval_options(**_keys_of(eval_options, p)) == st.extra["options"], st.command
+            assert p["model"] == st.job.model
+            assert eval_options(**_keys_of(eval_options, p)) == st.job.options, st.command
         elif cmd == "activations":
-            assert p["model"] == st.extra["model"]
-            assert activation_options(**_keys_of(activation_options, p)) == st.extra["options"], st.command
-    assert kinds == {"train", "eval", "activations"}
+            assert p["model"] == st.job.model
+            assert activation_options(**_keys_of(activation_options, p)) == st.job.options, st.command
+    assert kinds == {"train", "control", "eval", "activations"}
+
+
+def test_every_option_field_has_a_flag_of_its_name():
+    """A job's command is derived from its fields: each field of the options must be a flag of the command
+    (field name = flag, FLAG_OF the exceptions), and each training option a study records a flag of train."""
+    from dataclasses import fields
+
+    from chanscope.workflows.jobs import _TRAIN_OWN, FLAG_OF, TRAIN_FLAGS
+    from chanscope.workflows.options import ActivationOptions, EvalOptions
+
+    def params(cmd: str) -> set[str]:
+        return {p.name for p in COMMANDS[cmd].params}
+
+    for cmd, opts in (("eval", EvalOptions), ("activations", ActivationOptions)):
+        missing = {FLAG_OF.get(f.name, f.name) for f in fields(opts)} - params(cmd)
+        assert not missing, (cmd, missing)
+    assert set(TRAIN_FLAGS) | set(_TRAIN_OWN) <= params("train")
 
 
 def _keys_of(f, p: dict) -> dict:
@@ -62,6 +79,10 @@ def _keys_of(f, p: dict) -> dict:
 
 def test_a_changed_option_does_not_parse_back_equal(tmp_path):
     """The check above can fail: a command with one value changed gives another config."""
-    st = next(s for s in plan(tmp_path, "micro") if s.kind == "train" and "config" in s.extra)
+    stages = plan(tmp_path, "micro")
+    st = next(s for s in stages if s.kind == "train")
     _, p = parse(st.command.replace("--seed 0", "--seed 5"))
-    assert build_config(p["preset"], **train_options(**_only(p, {"preset", "out", "resume"}))) != st.extra["config"]
+    assert build_config(p["preset"], **train_options(**_only(p, {"preset", "out", "resume"}))) != st.job.config
+    ev = next(s for s in stages if s.kind == "eval")
+    _, p = parse(ev.command.replace("--n ", "--n 1"))
+    assert eval_options(**_keys_of(eval_options, p)) != ev.job.options

@@ -124,25 +124,26 @@ def test_a_study_stage_knows_its_outputs_by_options(tmp_path):
     runs again; the same options and a record newer than the model are."""
     import json
 
-    from chanscope.workflows.pipeline import _measured_as
+    from chanscope.workflows.jobs import EvalJob
+    from chanscope.workflows.options import EvalOptions
 
     run = tmp_path / "at"
     run.mkdir()
     (run / "best.pt").write_bytes(b"x")
     time.sleep(0.01)
-    kw = {"attacks": "fgsm,pgd20", "n": 200, "seed": 0, "follow_mask": True}
+    job = EvalJob(run, EvalOptions(attacks="fgsm,pgd20", n=200, seed=0, follow_mask=True))
     rec = {"attacks": [{"name": "fgsm", "kind": "fgsm", "follow_mask": False},
                        {"name": "pgd20", "kind": "pgd", "follow_mask": False}], "seed": 0, "data": {"n_eval": 200}}
     (run / "eval.json").write_text(json.dumps(rec))
-    assert _measured_as(run / "eval.json", run, kw)
+    assert job.done()
     (run / "eval.json").write_text(json.dumps({**rec, "data": {"n_eval": 50}}))  # `chanscope eval --n 50` into it
-    assert not _measured_as(run / "eval.json", run, kw)
+    assert not job.done()
     (run / "eval.json").write_text(json.dumps({**rec, "attacks": rec["attacks"][:1]}))
-    assert not _measured_as(run / "eval.json", run, kw)
+    assert not job.done()
     (run / "eval.json").write_text(json.dumps(rec))
     time.sleep(0.01)
     (run / "best.pt").write_bytes(b"retrained")  # the model changed after it was measured
-    assert not _measured_as(run / "eval.json", run, kw)
+    assert not job.done()
 
 
 def test_different_image_counts_name_the_models_and_the_fix():
@@ -208,8 +209,8 @@ def test_smoke_report_says_what_its_scale_shows_and_flags_models_at_chance(tmp_p
                                           "relevance": np.ones((10, 4), np.float32)})
     flags = model_flags({"cifs": run})
     assert any("at chance" in f for f in flags["cifs"]) and any("1 class" in f for f in flags["cifs"])
-    obs = [{"observation": "4. CIFS beats AT", "verdict": "holds", "rule": "r", "numbers": "n", "control": "c",
-            "what it shows": "w"}]
+    obs = [{"id": "4", "observation": "4. CIFS beats AT", "verdict": "holds", "rule": "r", "numbers": "n",
+            "control": "c", "what it shows": "w"}]
     text = "\n".join(_observation_lines(obs, 2, flags, _scale_note({"scale": "smoke"})))
     assert "**Warning**: cifs is at chance" in text and "say nothing about the paper" in text
     assert "Warning" not in "\n".join(_observation_lines(obs, 2, {}, None))
@@ -349,14 +350,16 @@ def test_stage_records_compare_the_images_asked_for(tmp_path):
     """n not divisible by the classes: the subset is smaller than asked, and the stage is still done."""
     import json
 
-    from chanscope.workflows.pipeline import _measured_as
+    from chanscope.workflows.jobs import ActivationJob
+    from chanscope.workflows.options import ActivationOptions
 
     run = tmp_path / "at"
     run.mkdir()
     rec = {"attack": {"name": "pgd10", "kind": "pgd", "follow_mask": False}, "seed": 0,
            "data": {"n_used": 294, "n_requested": 300}}
     (run / "activations.json").write_text(json.dumps(rec))
-    assert _measured_as(run / "activations.json", run, {"attack": "pgd10", "n": 300, "seed": 0})
+    assert ActivationJob(run, ActivationOptions(attack="pgd10", n=300, seed=0)).done()
+    assert not ActivationJob(run, ActivationOptions(attack="pgd10", n=200, seed=0)).done()
 
 
 def test_a_study_stage_rewrites_its_own_files_whatever_attack_they_held(small_run):

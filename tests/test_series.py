@@ -99,8 +99,12 @@ def test_jobs_stop_request_and_the_records_of_a_cut_run(tmp_path):
     from chanscope.workflows import series_jobs, series_worker
     from chanscope.workflows.train_state import sigint_flag
 
-    ran = []
-    stage = series_worker._unless_stopped(lambda: ran.append(1))
+    said = []
+
+    def stage():  # what run_stages tells the worker before a stage runs
+        series_worker._say_unless_stopped("a stage", "running", 0.0)
+        said.append(1)
+
     stage()
     try:
         with sigint_flag() as flag:  # a stop request in a training: its Ctrl-C (it saves at the next batch)
@@ -110,7 +114,7 @@ def test_jobs_stop_request_and_the_records_of_a_cut_run(tmp_path):
             series_worker._on_stop()
         with pytest.raises(KeyboardInterrupt, match="before this stage"):  # and no further stage
             stage()
-        assert ran == [1]
+        assert said == [1]
     finally:
         series_worker._stop_asked.clear()
     # a cut --jobs run: its options in series.json, a finished stage only in a seed's record; another --seed

@@ -119,10 +119,25 @@ def test_metrics_record_training_accuracy_as_test_sees_it(tmp_path):
     assert 0 <= m.train_eval_pgd_acc[0] <= m.train_eval_nat_acc[0] <= 100
 
 
+def test_ablate_refuses_a_grid_it_could_not_record_as_commands(tmp_path):
+    """Every cell's training is recorded as a `chanscope train` command: an option without a flag is refused,
+    in `vary` and in the base run, before anything is written."""
+    import json
+
+    with pytest.raises(ChanscopeError, match="unknown key 'weight_decay'"):
+        parse_vary(["weight_decay=0,1e-4"])
+    base = tmp_path / "base"
+    base.mkdir()
+    cfg = build_config("smoke", method="cifs", eval_steps=1)  # eval_steps: no flag of `chanscope train`
+    (base / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    with pytest.raises(ChanscopeError, match=r"\['eval_steps'\] have no `chanscope train` flag"):
+        run_ablation(base, parse_vary(["cifs.topk=1,2"]), tmp_path / "abl", attack="pgd2", n=20)
+    assert not (tmp_path / "abl").exists()
+
+
 @pytest.mark.slow  # ten micro trainings
 def test_ablate_skips_finished_cells_and_writes_one_row_per_cell_and_seed(tmp_path, monkeypatch):
-    cfg = build_config("smoke", method="cifs", arch="resnet10", width=0.0625, subset=100, eval_n=20, epochs=1,
-                       batch_size=50, steps=1, eval_steps=1)
+    cfg = build_config("micro", method="cifs", epochs=1)
     train(cfg, tmp_path / "base")
     grid = parse_vary(["cifs.train_label=true,pred", "cifs.topk=1,2"])
     assert grid == {"train_label": ["true", "pred"], "topk": [1, 2]}
@@ -131,11 +146,16 @@ def test_ablate_skips_finished_cells_and_writes_one_row_per_cell_and_seed(tmp_pa
     assert len(df) == (4 + 1) * 2 and set(df.seed) == {0, 1}
     assert pd.read_csv(out / "ablation.csv").shape[0] == 10 and (out / "ablation.png").stat().st_size > 5000
     import chanscope.workflows.ablate as ab
+    from chanscope.workflows import training
 
     calls = []
-    monkeypatch.setattr(ab, "fit", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(a))
     df2 = run_ablation(tmp_path / "base", grid, out, seeds=2, attack="pgd2", n=20)
     assert calls == [] and df2.robust_acc.tolist() == df.robust_acc.tolist()
+    import json
+
+    record = json.loads((out / "ablation.json").read_text())["stages"]
+    assert len(record) == 20 and record["train train_label=pred_topk=1-s1"]["command"].startswith("chanscope train")
     cell = chanscope.load_model(out / "train_label=pred_topk=1-s1" / "best.pt", "cpu")
     assert cell.model_kwargs["train_label"] == "pred" and cell.model_kwargs["topk"] == 1
     with pytest.raises(ChanscopeError, match="unknown key"):

@@ -51,7 +51,7 @@ def cell_rows(cell: Cell, seeds: list[Seed]) -> list[dict]:
     0), and the observation's verdict in this cell."""
     rows = []
     valid, _ = verdicts.controls_valid(seeds) if verdicts._need(seeds, ("random",)) else (False, "")
-    found = {o["observation"].split(".")[0]: o for o in verdicts.observations(seeds)}
+    found = {o["id"]: o for o in verdicts.observations(seeds)}
     for obs, (what, stat, model, control) in STATISTICS.items():
         need = (model, control) + (("standard",) if obs == "1" else ())
         if not verdicts._need(seeds, need):

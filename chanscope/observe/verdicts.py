@@ -279,8 +279,10 @@ def _need(seeds: list[Seed], models: tuple[str, ...], source: str = "act") -> bo
     return bool(seeds) and all(m in (s.act if source == "act" else s.ev) for s in seeds for m in models)
 
 
-def _row(obs: str, verdict: str, rule: str, numbers: str, control: str, shows: str) -> dict:
-    return {"observation": obs, "verdict": verdict, "rule": rule, "numbers": numbers, "control": control,
+def _row(number: str, title: str, verdict: str, rule: str, numbers: str, control: str, shows: str) -> dict:
+    """An observation's verdict; `id` is its number (1, 2, 3, 3', 4), `observation` number and title."""
+    return {"id": number, "observation": f"{number}. {title}", "verdict": verdict, "rule": rule, "numbers": numbers,
+            "control": control,
             "what it shows": shows}
 
 
@@ -307,7 +309,7 @@ def observation_1(seeds: list[Seed]) -> dict | None:
         ctl = (f"; random network ({'valid' if ok else 'control invalid'}): relative gap "
                f"{interval(seeds, lambda s, w: relgap(s.act['random'], w))}, cosine "
                f"{interval(seeds, lambda s, w: cosine(s.act['random'], w))}")
-    return _row("1. AT aligns adversarial with natural activations", verdict,
+    return _row("1", "AT aligns adversarial with natural activations", verdict,
                 "AT - standard relative gap |adv - nat| / nat: interval below 0 (the cosine, near 1 for every model, "
                 "is reported, not decisive)",
                 f"relative gap standard {gap['standard']}, AT {gap['at']}, AT - standard {d_gap}; cosine standard "
@@ -363,7 +365,7 @@ def observation_2(seeds: list[Seed]) -> dict | None:
         verdict = ("holds" if v["at"].lo > 0 and d_sel.lo > 0 else
                    "does not hold" if d_sel.hi < 0 else "unclear")
     std = f"; standard model {v['standard']}, selectivity {sel['standard']}" if "standard" in v else ""
-    return _row("2. Under AT, NR channels are still over-activated by adversarial data", verdict,
+    return _row("2", "Under AT, NR channels are still over-activated by adversarial data", verdict,
                 "AT's NR over-activation interval above 0 and AT - random NR selectivity (NR over-activation / the "
                 "mean relative change of all channels) interval above 0, with the random network a valid control",
                 f"NR over-activation (relative to natural) AT {v['at']}, AT - random {diff}; NR selectivity AT "
@@ -423,7 +425,7 @@ def observation_3(seeds: list[Seed], model: str = "at") -> list[dict] | None:
     shows = ("with 10 classes a permutation p-value is coarse, and the halves are chosen on the same images; "
              "seeds' p-values are combined by Fisher's method (independent seeds), never averaged")
     return [
-        _row("3. Robust classes align magnitude with relevance, non-robust ones do not", verdict(p_rho),
+        _row("3", "Robust classes align magnitude with relevance, non-robust ones do not", verdict(p_rho),
              "robust half's alignment interval above 0, robust - non-robust interval above 0, and the rank "
              "correlation of alignment with robust accuracy over classes has combined permutation p < 0.05",
              f"alignment = Spearman(adversarial magnitude, relevance) over channels, {model}: {halves}; rank corr. "
@@ -431,7 +433,7 @@ def observation_3(seeds: list[Seed], model: str = "at") -> list[dict] | None:
              f"{_per_seed(rhos, p_rhos)}",
              "none beyond the halves (the paper's claim)", "whether alignment tracks robustness over classes; "
              + shows),
-        _row("3'. ... beyond natural accuracy (stricter than the paper)", verdict(p_part),
+        _row("3'", "... beyond natural accuracy (stricter than the paper)", verdict(p_part),
              "as 3, with the partial rank correlation (natural accuracy controlled) in place of the rank correlation",
              f"{model}: {halves}; rank corr. with natural accuracy {rho_nat:+.2f}; partial (natural controlled) "
              f"{float(np.mean(parts)):+.2f}, Fisher p = {p_part:.4f}; per seed {_per_seed(parts, p_parts)}",
@@ -467,7 +469,7 @@ def observation_4(seeds: list[Seed]) -> dict | None:
     verdict = ("holds" if suppress == beats == "holds" else
                "does not hold" if "does not hold" in (suppress, beats) else "unclear")
     atk = seeds[0].act_attack
-    return _row("4. CIFS suppresses NR channels and beats AT at the same budget", verdict,
+    return _row("4", "CIFS suppresses NR channels and beats AT at the same budget", verdict,
                 "CIFS - AT NR over-activation interval below 0 (both under the same attack objective) and CIFS - AT "
                 "worst-case "
                 "robust accuracy interval above 0 (paired images)",

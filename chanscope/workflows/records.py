@@ -4,11 +4,14 @@ that differs. Nothing is written before the check."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from chanscope.errors import ChanscopeError
+from chanscope.scales import SCALES, Scale
 
-__all__ = ["made_with", "refuse_other_options"]
+__all__ = ["made_with", "refuse_other_options", "study_options"]
 
 # options that records of older versions did not keep, with the value those versions always used
 _BEFORE_RECORDED = {"threat_model": "linf"}
@@ -28,3 +31,48 @@ def refuse_other_options(made: dict[str, Any], given: dict[str, Any], what: str,
     diff = [f"{k} {made[k]!r} (given {v!r})" for k, v in given.items() if k in made and made[k] != v]
     if diff:
         raise ChanscopeError(f"this {what} folder was made with {', '.join(diff)}; {fix}")
+
+
+_STUDY_DEFAULTS = {"scale": "smoke", "data": "embedded", "seed": 0, "bf16": None, "with_cas": False,
+                   "cifs_scratch": True, "seeds": 1, "threat_model": "linf"}
+_ADDITIVE = ("with_cas", "cifs_scratch", "seeds")  # may change later: they add models (or leave some out)
+
+
+def _data_key(data: str | None) -> str:
+    """The data as recorded: a path resolved (a study may be continued from another folder), a name as is."""
+    if not data:
+        return "embedded"
+    p = Path(data).expanduser()
+    return str(p.resolve()) if p.exists() else data
+
+
+def study_options(record: dict, given: dict[str, Any]) -> dict[str, Any]:
+    """The options a study runs with: those given, else those the folder was made with, else the defaults.
+
+    Raises a one-line error naming every option that differs from the folder's (nothing is written): a
+    study's models, evaluations and figures all come from one data set, scale, seed and recipe.
+    """
+    made = made_with(record, legacy={k: record[k] for k in ("scale", "data", "seed", "bf16", "with_cas")
+                                     if k in record})  # records written before options were kept together
+    if "data" in made:
+        made["data"] = _data_key(made["data"])
+    if "data" in given and given["data"] is not None:
+        given = {**given, "data": _data_key(given["data"])}
+    opts = {k: given[k] if given.get(k) is not None else made.get(k, default) for k, default in _STUDY_DEFAULTS.items()}
+    if record.get("stages"):
+        asked = {k: g for k, g in given.items() if k in _STUDY_DEFAULTS and g is not None
+                 and not (k in _ADDITIVE and g)}
+        refuse_other_options(made, asked, "study", "rerun with its options to continue it (or leave them out), "
+                             "or pick another `out` for a new study")
+    settings = record.get("scale_settings")
+    if record.get("stages") and settings is not None and not _same_settings(settings, SCALES[opts["scale"]]):
+        raise ChanscopeError(f"scale {opts['scale']!r} has other settings than when this study folder was made "
+                             "(another chanscope version); pick another `out` for a new study")
+    return opts
+
+
+def _same_settings(recorded: dict[str, Any], scale: Scale) -> bool:
+    """Whether a study folder's recorded scale settings are this scale's (records of older versions also
+    named a preset; the training recipe itself is compared run by run)."""
+    now = json.loads(json.dumps(scale.settings()))
+    return all(recorded[k] == now[k] for k in now if k in recorded)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import pandas as pd
 from chanscope.io import atomic_write_bytes, atomic_write_csv, read_json
 from chanscope.observe import verdicts
 from chanscope.observe.analysis import most_and_least_robust
-from chanscope.observe.verdicts import Seed
 from chanscope.workflows.activations import read_examples
+from chanscope.workflows.collect import Runs, accuracy_table, as_ids, load_seeds
+from chanscope.workflows.jobs import RunId
 from chanscope.workflows.plots import (
     class_alignment,
     class_robustness,
@@ -24,8 +26,7 @@ from chanscope.workflows.plots import (
     training_curves,
 )
 
-__all__ = ["observations", "write_report", "write_outputs", "load_seeds", "overall_accuracy", "attack_named",
-           "markdown_table"]
+__all__ = ["observations", "write_report", "write_outputs", "markdown_table", "model_flags"]
 
 
 def _fmt(v, nd: int = 1) -> str:
@@ -47,54 +48,19 @@ def markdown_table(df: pd.DataFrame, nd: int = 1) -> str:
     return "\n".join([head, sep, *rows])
 
 
-def attack_named(names, prefix: str) -> str | None:
-    """The first attack among `names` (eval columns or overall_accuracy keys) whose name starts with `prefix`
-    ('cw' finds cw20), components such as 'adaptive20:final' aside; None if there is none."""
-    return next((k for k in names if k.startswith(prefix) and ":" not in k), None)
-
-
-def overall_accuracy(run: Path) -> dict[str, float]:
-    """attack -> robust accuracy (all classes) of a run's eval.csv and aa/eval.csv, with "natural" and
-    "n:<attack>" (images)."""
-    out: dict[str, float] = {}
-    for sub in ("", "aa"):
-        p = run / sub / "eval.csv"
-        if p.is_file():
-            ev = pd.read_csv(p)
-            ev = ev[ev["class"] == "all"]
-            for r in ev.itertuples():
-                out[r.attack] = r.robust_acc
-                out.setdefault("natural", r.natural_acc)
-                out.setdefault(f"n:{r.attack}", r.n)
-    return out
-
-
-def load_seeds(runs: dict[str, Path]) -> list[Seed]:
-    """The per-image records of named runs ('at', 'seed1/at', ...), grouped by seed (the part before '/')."""
-    groups: dict[str, Seed] = {}
-    for name, run in runs.items():
-        prefix, model = name.rsplit("/", 1) if "/" in name else ("", name)
-        seed = groups.setdefault(prefix, Seed())
-        if (run / "examples.npz").is_file():
-            seed.act[model] = read_examples(run / "examples.npz")
-            seed.act_attack[model] = read_json(run / "activations.json").get("attack", {}).get("name", "?")
-        if (run / "eval_examples.csv").is_file():
-            seed.ev[model] = pd.read_csv(run / "eval_examples.csv")
-    return [groups[k] for k in sorted(groups)]
-
-
-def observations(runs: dict[str, Path]) -> list[dict]:
-    """Verdicts on the paper's observations 1-4 (chanscope.observe.verdicts) from runs named standard, at, cifs,
-    random (and seed<s>/<name> for further seeds); the most and least robust AT class come from classes.csv,
-    as in the class-alignment figure."""
-    obs = verdicts.observations(load_seeds(runs))
-    at = runs.get("at")
+def observations(runs: Runs) -> list[dict]:
+    """Verdicts on the paper's observations 1-4 (chanscope.observe.verdicts) from runs of models named standard,
+    at, cifs, random (of one or several seeds); the most and least robust AT class come from the first seed's
+    classes.csv, as in the class-alignment figure."""
+    ids = as_ids(runs)
+    obs = verdicts.observations(load_seeds(ids))
+    at = ids.get(RunId(0, "at"))
     if at is not None and (at / "classes.csv").is_file():
         ca = pd.read_csv(at / "classes.csv")
         hi, lo = most_and_least_robust(ca)
         best, worst = ca[ca.class_name == hi].iloc[0], ca[ca.class_name == lo].iloc[0]
         for o in obs:
-            if o["observation"].startswith("3."):
+            if o["id"] == "3":
                 o["numbers"] += (f"; most robust {best.class_name} ({best.adv_acc:.1f}%, alignment "
                                  f"{best.spearman_adv:+.2f}), least robust {worst.class_name} ({worst.adv_acc:.1f}%, "
                                  f"{worst.spearman_adv:+.2f}) ({images_used(at)})")
@@ -104,13 +70,13 @@ def observations(runs: dict[str, Path]) -> list[dict]:
 READS = {"1": ("standard", "at"), "2": ("at", "random"), "3": ("at",), "4": ("at", "cifs")}  # models a verdict reads
 
 
-def model_flags(runs: dict[str, Path]) -> dict[str, list[str]]:
+def model_flags(runs: Runs) -> dict[str, list[str]]:
     """Per model name (seeds merged), what makes a verdict that reads it weak: natural accuracy within 5 points
     of chance, predictions on one or two classes, gradient-masking checks that fail. Controls are judged by
     their validity instead (the Controls section)."""
     flags: dict[str, list[str]] = {}
-    for name, r in runs.items():
-        model = name.rsplit("/", 1)[-1]
+    for rid, r in as_ids(runs).items():
+        model, name = rid.name, rid.label
         if model == "random" or not (r / "examples.npz").is_file():
             continue
         ex = read_examples(r / "examples.npz")
@@ -134,7 +100,7 @@ def _observation_lines(obs: list[dict], n_seeds: int, flags: dict[str, list[str]
     lines += [f"Each rule is stated so that it can fail; [a, b] are 95% intervals (bootstrap over test images, "
               f"paired between models of a seed, and over {n_seeds} seed{'s' if n_seeds != 1 else ''}).", ""]
     for o in obs:
-        weak = [f for m in READS.get(o["observation"][0], ()) for f in (flags or {}).get(m, [])]
+        weak = [f for m in READS.get(o["id"].rstrip("'"), ()) for f in (flags or {}).get(m, [])]
         care = " (read with care: see the warning)" if weak else ""
         lines += [f"### {o['observation']}: **{o['verdict']}**{care}", ""]
         if weak:
@@ -144,7 +110,7 @@ def _observation_lines(obs: list[dict], n_seeds: int, flags: dict[str, list[str]
     return lines
 
 
-def _models_lines(runs: dict[str, Path]) -> list[str]:
+def _models_lines(runs: dict[str, Path]) -> list[str]:  # runs by label, here and below
     rows = []
     for name, r in runs.items():
         cfg = read_json(r / "config.json")
@@ -168,19 +134,18 @@ def _models_lines(runs: dict[str, Path]) -> list[str]:
     return lines
 
 
-def _eval_lines(runs: dict[str, Path]) -> list[str]:
-    ev_rows, lines = [], []
-    overall = {name: overall_accuracy(r) for name, r in runs.items()}  # each run's eval.csv read once
-    for name, o in overall.items():
-        if o:
-            ev_rows.append({"model": name, "natural": o.get("natural"),
-                            **{k: v for k, v in o.items() if not k.startswith("n:") and k != "natural"}})
-    if ev_rows:
-        lines += ["## Robust accuracy (%, all classes)", "", markdown_table(pd.DataFrame(ev_rows)), ""]
-        ns = {k.split(":", 1)[1]: int(v) for o in overall.values() for k, v in o.items() if k.startswith("n:")}
-        lines += ["Test images per attack: " + ", ".join(f"{k} {v}" for k, v in ns.items()), ""]
+def _eval_lines(runs: dict[RunId, Path]) -> list[str]:
+    lines = []
+    acc = accuracy_table(runs)  # each run's eval.csv read once
+    if len(acc):
+        wide = acc.pivot_table(index="model", columns="attack", values="robust_acc", sort=False)
+        nat = acc.groupby("model", sort=False).natural_acc.first().rename("natural")
+        table = pd.concat([nat, wide], axis=1).rename_axis("model").reset_index()
+        lines += ["## Robust accuracy (%, all classes)", "", markdown_table(table), ""]
+        ns = acc.groupby("attack", sort=False).n.last()
+        lines += ["Test images per attack: " + ", ".join(f"{k} {int(v)}" for k, v in ns.items()), ""]
     san = []
-    for name, r in runs.items():
+    for name, r in ((rid.label, r) for rid, r in runs.items()):
         j = read_json(r / "sanity" / "eval.json")
         for c in j.get("sanity") or []:
             san.append({"model": name, "check": c["check"], "result": "pass" if c["passed"] else "FAIL",
@@ -212,13 +177,14 @@ def _alignment_lines(runs: dict[str, Path]) -> list[str]:
             markdown_table(pd.concat(al, ignore_index=True), 3), ""]
 
 
-def _control_lines(runs: dict[str, Path]) -> list[str]:
+def _control_lines(runs: dict[RunId, Path]) -> list[str]:
     """Each random control's validity (chanscope.observe.verdicts.control_validity): a verdict reads a control
     only where it is valid in every seed."""
     rows = []
-    for name, r in runs.items():
-        if name.rsplit("/", 1)[-1] != "random" or not (r / "examples.npz").is_file():
+    for rid, r in runs.items():
+        if rid.name != "random" or not (r / "examples.npz").is_file():
             continue
+        name = rid.label
         v = verdicts.control_validity(read_examples(r / "examples.npz"))
         how = read_json(r / "config.json").get("control", "")
         rows.append({"control": name, "valid": "yes" if v.valid else "NO", "prediction entropy": v.entropy,
@@ -250,16 +216,16 @@ def _scale_note(record: dict | None) -> str | None:
     return note
 
 
-def write_report(runs: list[Path], out: Path, figures: Path | None = None, record: dict | None = None,
-                 names: list[str] | None = None) -> str:
-    """Write the markdown report to `out` and return it. names: how the runs are called (default their
-    folder names; a study passes 'at', 'seed1/at', ...)."""
-    byname = dict(zip(names or [Path(r).name for r in runs], (Path(r) for r in runs)))
-    lines = ["# chanscope report", "", *_models_lines(byname), *_eval_lines(byname), *_alignment_lines(byname)]
-    lines += _control_lines(byname)
-    obs = observations(byname)
+def write_report(runs: list[Path] | Runs, out: Path, figures: Path | None = None, record: dict | None = None) -> str:
+    """Write the markdown report to `out` and return it. runs: run folders (each called by its folder name, one
+    seed) or a study's {RunId: folder}."""
+    ids = as_ids(runs if isinstance(runs, Mapping) else {Path(r).name: r for r in runs})
+    byname = {rid.label: r for rid, r in ids.items()}
+    lines = ["# chanscope report", "", *_models_lines(byname), *_eval_lines(ids), *_alignment_lines(byname)]
+    lines += _control_lines(ids)
+    obs = observations(ids)
     if obs:
-        lines += _observation_lines(obs, len(load_seeds(byname)), model_flags(byname), _scale_note(record))
+        lines += _observation_lines(obs, len(load_seeds(ids)), model_flags(ids), _scale_note(record))
     if figures is not None and figures.is_dir():
         lines += ["## Figures", ""]
         for png in sorted(figures.glob("*.png")):
@@ -275,27 +241,28 @@ def write_report(runs: list[Path], out: Path, figures: Path | None = None, recor
     return text
 
 
-def write_outputs(out: Path, record: dict, models: list[str]) -> None:
-    """Figures (first seed), results CSVs and report.md of a reproduction folder; models are paths relative
-    to it ('at', 'seed1/at', 'random')."""
+def write_outputs(out: Path, record: dict, runs: list[RunId]) -> None:
+    """Figures (first seed), results CSVs and report.md of a study folder `out`, of its runs `runs`."""
     out = Path(out)
     figs = out / "figures"
-    studied = [m for m in dict.fromkeys(models) if (out / m / "channels.csv").is_file()]
-    trained = [m for m in dict.fromkeys(models) if (out / m / "config.json").is_file()]
-    main = [m for m in ("standard", "at", "cifs", "random") if m in studied]
+    runs = list(dict.fromkeys(runs))
+    studied = [r for r in runs if (r.folder(out) / "channels.csv").is_file()]
+    trained = [r for r in runs if (r.folder(out) / "config.json").is_file()]
+    first = {r.name: r.folder(out) for r in studied if r.index == 0}
+    main = [first[m] for m in ("standard", "at", "cifs", "random") if m in first]
     if main:
-        nr_channels([out / m for m in main], figs)
-    evaluated = [out / m for m in studied if "/" not in m and (out / m / "eval.csv").is_file()]
+        nr_channels(main, figs)
+    evaluated = [f for f in first.values() if (f / "eval.csv").is_file()]
     if evaluated:
         class_robustness(evaluated, figs)
     for m in ("at", "cifs"):
-        if m in studied:
-            class_alignment(out / m, figs, name=f"class_alignment_{m}")
-    curves = [out / m for m in trained if "/" not in m and (out / m / "metrics.csv").is_file()]
+        if m in first:
+            class_alignment(first[m], figs, name=f"class_alignment_{m}")
+    curves = [r.folder(out) for r in trained if r.index == 0 and (r.folder(out) / "metrics.csv").is_file()]
     if curves:
         training_curves(curves, figs)
-    for m in studied:
+    for r in studied:
         for f in ("eval.csv", "classes.csv", "metrics.csv"):
-            if (out / m / f).is_file():
-                atomic_write_csv(out / "results" / f"{m.replace('/', '_')}_{f}", read_run_csv(out / m, f))
-    write_report([out / m for m in trained], out / "report.md", figs, record, names=trained)
+            if (r.folder(out) / f).is_file():
+                atomic_write_csv(out / "results" / f"{r.label.replace('/', '_')}_{f}", read_run_csv(r.folder(out), f))
+    write_report({r: r.folder(out) for r in trained}, out / "report.md", figs, record)

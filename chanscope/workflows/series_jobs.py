@@ -26,7 +26,7 @@ from pathlib import Path
 from chanscope.accel.threads import share_cpu
 from chanscope.errors import ChanscopeError
 from chanscope.io import atomic_write_json
-from chanscope.workflows.pipeline import Stage, read_record, run_stages
+from chanscope.workflows.study import Stage, read_record, run_stages
 
 OnStage = Callable[[str, str, float], None] | None
 STOP = getattr(signal, "SIGUSR1", None)  # the request to a worker: stop as after Ctrl-C, start no other stage

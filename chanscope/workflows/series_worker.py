@@ -11,13 +11,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from chanscope.errors import ChanscopeError
-from chanscope.workflows.pipeline import SCALES, Scale, read_record, run_stages
+from chanscope.scales import SCALES, Scale
 from chanscope.workflows.series import parse_budgets, seed_stages
 from chanscope.workflows.series_jobs import _PASSED_ON, STOP, seed_record
+from chanscope.workflows.study import read_record, run_stages
 
 
 def worker(spec: dict) -> None:
@@ -41,9 +41,7 @@ def worker(spec: dict) -> None:
     record["stages"].update(read_record(path)["stages"])  # seconds add up over cut runs, as in one process
     limit = None if spec["deadline"] is None else max(0.0, spec["deadline"] - time.time())
     print(f"seed {s}: {len(stages)} stages, {torch.get_num_threads()} thread(s)", flush=True)
-    stages = [replace(st, run=_unless_stopped(st.run)) for st in stages]
-    run_stages(stages, record, path, lambda n, st, t: print(f"{n}: {st}" + (f" ({t:.0f}s)" if t else ""),
-                                                            flush=True), limit)
+    run_stages(stages, record, path, _say_unless_stopped, limit)
 
 
 _stop_asked = threading.Event()
@@ -56,12 +54,11 @@ def _on_stop(signum=None, frame=None) -> None:  # noqa: ARG001
     signal.raise_signal(signal.SIGINT)
 
 
-def _unless_stopped(run: Callable[[], None]) -> Callable[[], None]:
-    def go() -> None:
-        if _stop_asked.is_set():
-            raise KeyboardInterrupt("asked to stop before this stage")
-        run()
-    return go
+def _say_unless_stopped(name: str, status: str, secs: float) -> None:
+    """A stage's event on stdout; a stage about to run stops instead once a stop was asked for."""
+    if status == "running" and _stop_asked.is_set():
+        raise KeyboardInterrupt("asked to stop before this stage")
+    print(f"{name}: {status}" + (f" ({secs:.0f}s)" if secs else ""), flush=True)
 
 
 def _progress() -> Callable[[str, int, int], None]:

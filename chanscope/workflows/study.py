@@ -1,0 +1,116 @@
+"""Running a study: its stages (a name, the run it is of, a typed job), the record of what ran (pipeline.json,
+series.json, compare.json: each stage's command, kind, run and seconds) and the one runner every study uses.
+
+A planner (`reproduce`, `compare`, `series`) returns stages; `run_stages` runs the ones not yet done, in order,
+and writes each finished one into the record at once, so a cut study continues where it stopped. A seed run in
+a process of its own is `run_stages` on that seed's stages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chanscope.errors import ChanscopeError
+from chanscope.io import atomic_write_json
+from chanscope.workflows.jobs import Job, RunId, TrainJob
+
+__all__ = ["Stage", "read_record", "run_stages", "check_runs"]
+
+OnStage = Callable[[str, str, float], None] | None
+
+
+@dataclass
+class Stage:
+    name: str  # e.g. "train at", "eval seed1/cifs"
+    id: RunId  # the run it trains or measures
+    kind: str  # train | eval | sanity | aa | activations
+    job: Job
+    progress: Callable[[str, int, int], None] | None = None
+
+    @property
+    def model(self) -> str:
+        """The run's label ('at', 'seed1/at'), as the record names it."""
+        return self.id.label
+
+    @property
+    def command(self) -> str:
+        return self.job.argv()
+
+    def done(self) -> bool:
+        return self.job.done()
+
+    def run(self) -> None:
+        self.job.run(self.name, self.progress)
+
+
+def read_record(path: Path) -> dict:
+    """A study's record of its stages (pipeline.json, series.json, compare.json), or a new one."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ChanscopeError(f"{path} is not valid JSON; delete it and run again (finished stages are found "
+                             "again from their run folders)") from None
+
+
+def run_stages(stages: list[Stage], record: dict, record_path: Path, on_stage: OnStage = None,
+               time_limit: float | None = None, start: bool = True) -> None:
+    """Run the stages not yet done, in order; each finished one is added to the record, written at once.
+
+    on_stage(name, status, seconds): told before ("running") and after each stage; it may raise to stop.
+    time_limit: seconds after which no new stage starts (the finished ones are still reported as skipped).
+    start: False reports each stage finished or not and starts none (the record is left as it is)."""
+    def say(name: str, status: str, secs: float = 0.0) -> None:
+        if on_stage:
+            on_stage(name, status, secs)
+
+    started = time.time()
+    for st in stages:
+        if not start:
+            say(st.name, "finished" if st.done() else "not finished")
+            continue
+        if time_limit is not None and time.time() - started > time_limit and not st.done():
+            say(st.name, "not started (time limit; run again to continue)")
+            continue
+        if st.done():
+            if st.name in record["stages"]:  # records of older versions: the command and run as this one writes
+                record["stages"][st.name].update(_entry(st))
+            say(st.name, "skipped (complete)")
+            continue
+        t0 = time.time()
+        say(st.name, "running")
+        st.run()
+        secs = time.time() - t0
+        prev = record["stages"].get(st.name, {}).get("seconds", 0.0)
+        record["stages"][st.name] = {"seconds": round(prev + secs, 1), **_entry(st)}
+        atomic_write_json(record_path, record)
+        say(st.name, "done", secs)
+
+
+def _entry(st: Stage) -> dict:
+    """What the record keeps of a stage besides its seconds: the command, the kind, the run as its label and
+    as columns (name and seed), so that readers of the record never parse the label."""
+    return {"command": st.command, "kind": st.kind, "model": st.model, "run": st.id.name, "seed": st.id.seed}
+
+
+# options a study may run with on any machine: they change how fast, not what, a run trains
+FREE_IN_STUDY = {"device", "preset", "download", "data_root", "init", "layout", "cuda_graphs"}
+
+
+def check_runs(stages: list[Stage]) -> None:
+    """Refuse a study folder whose trained runs were made with another recipe (e.g. another scale)."""
+    from chanscope.train.config import config_diff
+    from chanscope.workflows.training import load_run_config
+
+    for st in stages:
+        job = st.job
+        if not isinstance(job, TrainJob) or not (job.out / "config.json").is_file():
+            continue
+        diff = config_diff(load_run_config(job.out), job.config, set(job.config.to_dict()) - FREE_IN_STUDY)
+        if diff:
+            raise ChanscopeError(f"{job.out} was trained with other options than this study asks for "
+                                 f"({'; '.join(diff[:3])}); rerun with the options it was made with, or pick "
+                                 "another `out`")
