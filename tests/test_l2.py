@@ -122,8 +122,8 @@ def test_training_under_l2_scales_the_recipe_and_crafts_l2_examples(cifar_batch)
 
 def test_cli_l2_train_then_eval_defaults_to_the_runs_threat_model(tmp_path):
     run = tmp_path / "at-l2"
-    r = _cli("train", "--method", "at", "--threat-model", "l2", "--preset", "smoke", "--epochs", "1",
-             "--subset", "200", "--val-n", "50", "--eval-n", "50", "--out", str(run), "--device", "cpu")
+    r = _cli("train", "--method", "at", "--threat-model", "l2", "--preset", "micro", "--epochs", "1",
+             "--out", str(run), "--device", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((run / "config.json").read_text())["config"]["threat_model"] == "l2"
     r = _cli("eval", "--model", str(run / "best.pt"), "--attacks", "fgm,pgd5,cw5", "--n", "40", "--device", "cpu")
