@@ -35,7 +35,8 @@ def main(out: Path) -> None:
         aa = [Seed(ev={m: pd.read_csv(f / m / "aa" / "eval_examples.csv")}) for f in folders]
         cols = list(ss[0].ev[m].columns)
         row = {"model": m}
-        for col in ATTACKS:
+        for col in ATTACKS:  # L2 studies: the single step is fgm
+            col = col if col in cols else {"fgsm": "fgm"}.get(col, col)
             row[col] = interval(ss, column(m, col), "ev").pct()
         ada, own = _named(cols, "adaptive"), _named(cols, "joint")
         row["adaptive (runs per image)"] = f"{interval(ss, column(m, ada), 'ev').pct()} ({ada})"
