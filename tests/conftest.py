@@ -20,7 +20,10 @@ from chanscope.data import load_data  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-torch.set_num_threads(2)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)  # two workers: a core each
+# the commands' output is read as whole lines: a wide console, as off a terminal (pytest-xdist's workers get
+# COLUMNS=80, which wraps long paths)
+os.environ["COLUMNS"] = "200"
 # decoded-archive cache of the test session: never the user's ~/.cache, and removed at exit
 os.environ["CHANSCOPE_CACHE"] = tempfile.mkdtemp(prefix="chanscope-cache-")
 atexit.register(shutil.rmtree, os.environ["CHANSCOPE_CACHE"], True)
