@@ -76,3 +76,22 @@ def test_the_cycle_finder_finds_a_cycle():
     assert len(g) > 50 and "chanscope.models.sources" in g["chanscope.workflows.zoo"]
     g["chanscope.errors"] = g["chanscope.errors"] | {"chanscope.workflows.zoo"}  # zoo imports errors
     assert any("chanscope.errors" in c and "chanscope.workflows.zoo" in c for c in cycles(g))
+
+
+CORE = ("chanscope.models", "chanscope.attacks", "chanscope.observe", "chanscope.train", "chanscope.losses",
+        "chanscope.data", "chanscope.sharding")
+OUTER = ("chanscope.accel", "chanscope.workflows", "chanscope.cli")
+
+
+def outward_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Core modules that import the speed layer, the workflows or the CLI."""
+    return {m: sorted(d for d in deps if d.startswith(OUTER)) for m, deps in graph.items()
+            if m.startswith(CORE) and any(d.startswith(OUTER) for d in deps)}
+
+
+def test_the_core_never_imports_the_speed_layer_the_workflows_or_the_cli():
+    g = import_graph()
+    assert "chanscope.attacks.evaluation" in g and "chanscope.observe.study" in g  # the evaluation and study
+    assert outward_imports(g) == {}
+    g["chanscope.observe.study"] = g["chanscope.observe.study"] | {"chanscope.accel.distributed"}
+    assert outward_imports(g) == {"chanscope.observe.study": ["chanscope.accel.distributed"]}

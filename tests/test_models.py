@@ -44,17 +44,15 @@ def test_cifs_mask_matches_hand_formula_and_is_a_distribution():
     feat = torch.rand(6, 16, 4, 4)
     y = torch.tensor([0, 1, 2, 3, 4, 0])
     cifs.train()
-    cifs.label = y
-    out = cifs(feat)
-    mask = cifs.last_mask
+    out, heads = cifs(feat, y)
+    mask = heads.mask
     assert (mask >= 0).all() and torch.allclose(mask.sum(1), torch.ones(6), atol=1e-6)
     assert torch.allclose(mask, _independent_mask(cifs, feat, y), atol=1e-6)
     assert torch.allclose(out, feat * mask[:, :, None, None])
     cifs.eval()
-    cifs.label = y  # must be ignored in eval mode
-    cifs(feat)
+    _, heads = cifs(feat, y)  # the label must be ignored in eval mode
     pred = cifs.probe(feat).argmax(1)
-    assert torch.allclose(cifs.last_mask, _independent_mask(cifs, feat, pred), atol=1e-6)
+    assert torch.allclose(heads.mask, _independent_mask(cifs, feat, pred), atol=1e-6)
 
 
 def test_eval_mode_never_reads_the_label():
@@ -105,11 +103,10 @@ def test_cas_mask_is_class_weight_row():
     torch.manual_seed(0)
     cas = CAS(8, 3).train()
     feat = torch.rand(2, 8, 3, 3)
-    cas.label = torch.tensor([2, 0])
-    out = cas(feat)
+    out, _ = cas(feat, torch.tensor([2, 0]))
     assert torch.allclose(out[0], feat[0] * cas.fc.weight[2][:, None, None])
     cas.eval()
-    out = cas(feat)
+    out, _ = cas(feat, torch.tensor([2, 0]))
     pred = cas.fc(feat.mean((2, 3))).argmax(1)
     assert torch.allclose(out[1], feat[1] * cas.fc.weight[pred[1]][:, None, None])
 

@@ -319,13 +319,13 @@ def test_adaptive_attack_follows_the_cifs_mask_as_a_hand_computed_gradient():
         assert sel.end_to_end
     assert not sel.end_to_end  # restored
     sel.end_to_end = True
-    (g_model,) = torch.autograd.grad((sel(feat) * target).sum(), feat)
+    (g_model,) = torch.autograd.grad((sel(feat)[0] * target).sum(), feat)
     (g_hand,) = torch.autograd.grad((by_hand(feat) * target).sum(), feat)
     assert torch.allclose(g_model, g_hand, atol=1e-6)
     sel.end_to_end = False
-    (g_stop,) = torch.autograd.grad((sel(feat) * target).sum(), feat)
+    (g_stop,) = torch.autograd.grad((sel(feat)[0] * target).sum(), feat)
     assert not torch.allclose(g_stop, g_hand, atol=1e-4)  # stopping at the mask drops a real term
-    assert torch.allclose(sel(feat), by_hand(feat), atol=1e-6)  # the forward is the same either way
+    assert torch.allclose(sel(feat)[0], by_hand(feat), atol=1e-6)  # the forward is the same either way
 
 
 def test_follow_mask_attack_runs_and_is_recorded(tmp_path):

@@ -56,10 +56,6 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 def _build_twin(model: CifarResNet) -> tuple[nn.Module, Pairs]:
     memo: dict[int, object] = {id(t): t for t in _tensors(model)}
-    for _, sel in model.selectors:  # per-forward state is not copied (a graph-holding tensor cannot be)
-        for attr in ("label", "last_logits", "last_mask", "last_nr_logits"):
-            if getattr(sel, attr, None) is not None:
-                memo[id(getattr(sel, attr))] = None
     twin = copy.deepcopy(model, memo=memo)  # new modules, the same parameter and buffer tensors
     pairs: Pairs = []
 

@@ -2,7 +2,9 @@
 
 One class serves every variant; the registry functions only choose depths, widths and block type.
 Inputs are images in [0, 1]; the first module normalises them, so attacks work in pixel units.
-`model(x)` returns final logits only; `model(x, y, return_aux=True)` also returns the probe logits.
+`model(x)` returns final logits only; `model(x, y, return_aux=True)` also returns the probe logits, and
+`return_heads=True` each selector's `Heads`. A defence is a factory from the registry in
+`chanscope.models.select`: the network asks it for the selector after each block of a selected stage.
 Blocks rectify and add in place, on tensors no backward reads (three fewer activation-sized allocations per
 block, the same arithmetic): a forward hook that keeps a BatchNorm's output, or returns it, without copying
 it sees it rectified afterwards (`chanscope.observe.hooks` reduces outputs at once).
@@ -17,11 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from chanscope.models._registry import register_model
-from chanscope.models.select import CAS, CIFS, FSR, PROBES, SelectBlock, _Selector
+from chanscope.models.select import DEFENCES, PROBES, Heads, SelectBlock, SelectStage, _Selector
 
 __all__ = ["CifarResNet", "Normalize", "BasicBlock", "PreActBlock", "WideBlock", "FEATURE_SELECT"]
 
-FEATURE_SELECT = ("none", "cifs", "cas", "fsr")
+FEATURE_SELECT = ("none", *DEFENCES)  # the built-in ones
 
 
 class Normalize(nn.Module):
@@ -111,8 +113,8 @@ class CifarResNet(nn.Module):
                  probe_hidden: int = 128, topk: int = 2, train_label: str = "true",
                  mask: str = "softmax", tau: float = 0.1) -> None:
         super().__init__()
-        if feature_select not in FEATURE_SELECT:
-            raise ValueError(f"unknown feature_select {feature_select!r}; known: {', '.join(FEATURE_SELECT)}")
+        if feature_select != "none" and feature_select not in DEFENCES:  # the registry now, defences added later too
+            raise ValueError(f"unknown feature_select {feature_select!r}; known: none, {', '.join(DEFENCES)}")
         bad = [p for p in probes if p not in PROBES]
         if bad or not probes:
             raise ValueError(f"unknown probe kinds {bad}; known: {', '.join(PROBES)}")
@@ -129,24 +131,20 @@ class CifarResNet(nn.Module):
             selected = []
         self.stage_names = stage_names
         self.stage_strides = {name: 1 if si == 0 else 2 for si, name in enumerate(stage_names)}
+        options = dict(probes=tuple(probes), probe_hidden=probe_hidden, topk=topk, train_label=train_label,
+                       mask=mask, tau=tau)
         cin = stem
         for si, (name, depth, cout) in enumerate(zip(stage_names, depths, widths)):
             blocks: list[nn.Module] = []
             for bi in range(depth):
                 stride = 1 if (si == 0 or bi > 0) else 2
                 blk = (PreActBlock if self.preact else BasicBlock)(cin, cout, stride)
-                if name in selected and (feature_select != "fsr" or bi == depth - 1):  # FSR: after the stage
-                    if feature_select == "cifs":
-                        kind = probes[min(bi, len(probes) - 1)]
-                        sel: _Selector = CIFS(cout, num_classes, kind, probe_hidden, topk, train_label, mask)
-                    elif feature_select == "fsr":
-                        sel = FSR(cout, num_classes, tau)
-                    else:
-                        sel = CAS(cout, num_classes)
-                    blk = SelectBlock(blk, sel)
-                blocks.append(blk)
+                sel = (DEFENCES[feature_select](cout, num_classes, block_index=bi, depth=depth, **options)
+                       if name in selected else None)
+                blocks.append(blk if sel is None else SelectBlock(blk, sel))
                 cin = cout
-            self.add_module(name, nn.Sequential(*blocks))
+            stage = SelectStage if any(isinstance(b, SelectBlock) for b in blocks) else nn.Sequential
+            self.add_module(name, stage(*blocks))
         self.bn_final = nn.BatchNorm2d(cin) if self.preact else nn.Identity()
         self.linear = nn.Linear(cin, num_classes)
         self.num_classes, self.in_channels = num_classes, in_channels
@@ -160,29 +158,41 @@ class CifarResNet(nn.Module):
         """Name of the module whose output is the penultimate feature map (before pooling)."""
         return "bn_final" if self.preact else self.stage_names[-1]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _features(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, list[Heads]]:
         out = self.bn1(self.conv1(self.normalize(x)))
         out = out if self.preact else F.relu(out, inplace=True)
+        heads: list[Heads] = []
         for name in self.stage_names:
-            out = getattr(self, name)(out)
+            stage = getattr(self, name)
+            if isinstance(stage, SelectStage):
+                out, h = stage(out, y)
+                heads += h
+            else:
+                out = stage(out)
         out = self.bn_final(out)
-        return F.relu(out, inplace=True) if self.preact else out
+        return (F.relu(out, inplace=True) if self.preact else out), heads
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, return_aux: bool = False):
-        """Final logits; with return_aux, also the list of probe logits (one per selector block).
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate feature map (before pooling)."""
+        return self._features(x, None)[0]
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, return_aux: bool = False,
+                return_heads: bool = False):
+        """Final logits; with return_aux, also the list of probe logits (every selector's, in order); with
+        return_heads, each selector's `Heads` instead.
 
         y drives the training-time CIFS/CAS mask; it is ignored in eval mode (never the label at test).
         """
-        sels = [m for _, m in self.selectors]
-        for m in sels:
-            m.label = y if self.training else None
-        try:
-            logits = self.linear(self.forward_features(x).mean(dim=(2, 3)))
-            aux = [t for m in sels for t in (m.last_logits if isinstance(m.last_logits, list) else [m.last_logits])]
-        finally:
-            for m in sels:
-                m.label, m.last_logits = None, None
-        return (logits, aux) if return_aux else logits
+        features, heads = self._features(x, y if self.training else None)
+        logits = self.forward_head(features)
+        if return_heads:
+            return logits, heads
+        if return_aux:
+            return logits, [t for h in heads for t in h.logits]
+        return logits
 
 
 def _scale(channels: Sequence[int], width: float) -> list[int]:

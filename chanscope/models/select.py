@@ -1,18 +1,27 @@
 """Channel selection modules: CIFS (Yan et al., ICML 2021), CAS (Bai et al., ICLR 2021) and FSR (Kim et al.,
 CVPR 2023).
 
-Both take a block's output features (N, C, H, W), return the features multiplied by a per-sample channel
-mask, and keep their auxiliary ("probe") logits in `last_logits` for the joint loss. The label that
-drives the training-time mask is set by the owning model for one forward only (`label`).
+Each is a module `select(features, label=None) -> (features', Heads)`: it takes a block's output features
+(N, C, H, W) and the label that drives a training-time mask (ignored in eval mode, never the label at test),
+and returns the selected features with its `Heads` (the auxiliary "probe" logits of the joint loss and the
+adaptive attacks, the mask, FSR's non-robust head). Nothing is kept on the module between forwards.
+
+A defence is a factory registered by name (`register_defence`): given a block's place and the network's
+options it returns the selector that follows that block, or None. The network asks the registry for every
+block, so adding a defence is its module, its factory and the registration.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CIFS", "CAS", "FSR", "SelectBlock", "PROBES", "TRAIN_LABELS"]
+__all__ = ["CIFS", "CAS", "FSR", "SelectBlock", "SelectStage", "Heads", "DEFENCES", "register_defence",
+           "PROBES", "TRAIN_LABELS"]
 
 PROBES = ("nonlinear", "linear")
 TRAIN_LABELS = ("true", "pred", "mix:<p>")
@@ -69,12 +78,19 @@ def make_probe(kind: str, channels: int, num_classes: int, hidden: int = 128) ->
     raise ValueError(f"unknown probe kind {kind!r}; known: {', '.join(PROBES)}")
 
 
+@dataclass
+class Heads:
+    """What a selector returns beside the features: `logits`, the auxiliary heads a joint loss trains and an
+    adaptive attacker attacks (one per selector; FSR: robust and recalibrated); `mask`, detached; `nonrobust`,
+    FSR's non-robust head (trained toward a wrong class, never attacked)."""
+
+    logits: list[torch.Tensor]
+    mask: torch.Tensor
+    nonrobust: torch.Tensor | None = None
+
+
 class _Selector(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.label: torch.Tensor | None = None  # set by the model for one training forward
-        self.last_logits: torch.Tensor | None = None
-        self.last_mask: torch.Tensor | None = None
+    n_heads = 1  # entries of Heads.logits
 
 
 class CIFS(_Selector):
@@ -123,19 +139,18 @@ class CIFS(_Selector):
             (grad,) = torch.autograd.grad(score, f, create_graph=create_graph or attached)
         return grad.sum(dim=(2, 3))
 
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        label, use = None, None
-        if self.training and self.label is not None and self.p_true > 0:
-            label = self.label
+    def forward(self, feat: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, Heads]:
+        use = None
+        if not (self.training and self.p_true > 0):
+            label = None
+        if label is not None:
             if self.p_true < 1:  # mix:p, per sample, from the global RNG (saved on resume)
                 use = torch.rand(feat.shape[0], device=feat.device) < self.p_true
         attached = self.end_to_end and torch.is_grad_enabled() and feat.requires_grad
         g = self.relevance(feat, label, create_graph=torch.is_grad_enabled() and self.training, use_label=use,
                            attached=attached)
         mask = self.mask_fn(g)
-        self.last_mask = mask.detach()
-        self.last_logits = self.probe(feat)
-        return feat * mask[:, :, None, None]
+        return feat * mask[:, :, None, None], Heads([self.probe(feat)], mask.detach())
 
 
 class CAS(_Selector):
@@ -146,13 +161,11 @@ class CAS(_Selector):
         super().__init__()
         self.fc = nn.Linear(channels, num_classes)
 
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+    def forward(self, feat: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, Heads]:
         logits = self.fc(feat.mean(dim=(2, 3)))
-        cls = self.label if (self.training and self.label is not None) else logits.argmax(1)
+        cls = label if (self.training and label is not None) else logits.argmax(1)
         mask = self.fc.weight[cls]
-        self.last_mask = mask.detach()
-        self.last_logits = logits
-        return feat * mask[:, :, None, None]
+        return feat * mask[:, :, None, None], Heads([logits], mask.detach())
 
 
 def _conv_net(channels: int, hidden: int) -> nn.Sequential:
@@ -182,9 +195,9 @@ class FSR(_Selector):
     deterministic sigmoid(z / tau) otherwise) splits the features f into robust r = m f and non-robust
     nr = (1 - m) f; the recalibration network turns nr into rec = nr + (1 - m) Rec(nr); the block returns
     r + rec. One auxiliary linear classifier, shared, predicts from the pooled r, nr and rec: r and rec are
-    trained toward the label, nr toward the highest-scoring wrong class. `last_logits` holds [r, rec] (the
-    heads an adaptive attacker also attacks), `last_nr_logits` the non-robust head. The parts are exposed to
-    hooks as the identity modules `robust`, `nonrobust` and `recalibrated`.
+    trained toward the label, nr toward the highest-scoring wrong class. Its Heads' logits are [r, rec] (the
+    heads an adaptive attacker also attacks), `nonrobust` the non-robust head. The parts are exposed to hooks
+    as the identity modules `robust`, `nonrobust` and `recalibrated`.
     """
 
     n_heads = 2
@@ -196,27 +209,72 @@ class FSR(_Selector):
         self.rec_net = _conv_net(channels, hidden)
         self.aux = nn.Linear(channels, num_classes)
         self.robust, self.nonrobust, self.recalibrated = nn.Identity(), nn.Identity(), nn.Identity()
-        self.last_nr_logits: torch.Tensor | None = None
 
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+    def forward(self, feat: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, Heads]:
         mask = gumbel_sigmoid_mask(self.sep_net(feat), self.tau, stochastic=self.training)
         r = self.robust(feat * mask)
         nr = self.nonrobust(feat * (1 - mask))
         rec = self.recalibrated(nr + self.rec_net(nr) * (1 - mask))
-        self.last_mask = mask.detach()
-        self.last_logits = [self.aux(r.mean(dim=(2, 3))), self.aux(rec.mean(dim=(2, 3)))]
-        self.last_nr_logits = self.aux(nr.mean(dim=(2, 3)))
-        return r + rec
+        heads = [self.aux(r.mean(dim=(2, 3))), self.aux(rec.mean(dim=(2, 3)))]
+        return r + rec, Heads(heads, mask.detach(), self.aux(nr.mean(dim=(2, 3))))
 
 
 class SelectBlock(nn.Module):
-    """A residual block followed by a channel selector: hooks on `.block` see unmasked features,
-    hooks on the SelectBlock itself see masked ones."""
+    """A residual block followed by a channel selector: `(x, label) -> (features, Heads)`. Hooks on `.block`
+    see unmasked features, hooks on the SelectBlock (or its stage) the masked ones (`chanscope.observe.hooks`
+    takes a tuple output's first entry)."""
 
     def __init__(self, block: nn.Module, select: _Selector) -> None:
         super().__init__()
         self.block = block
         self.select = select
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.select(self.block(x))
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, Heads]:
+        return self.select(self.block(x), label)
+
+
+class SelectStage(nn.Sequential):
+    """A stage holding selectors: `(x, label) -> (features, [Heads of each selector, in order])`."""
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, list[Heads]]:
+        heads = []
+        for blk in self:
+            if isinstance(blk, SelectBlock):
+                x, h = blk(x, label)
+                heads.append(h)
+            else:
+                x = blk(x)
+        return x, heads
+
+
+# name -> factory(channels, num_classes, block_index, depth, **network options) -> a selector or None
+DEFENCES: dict[str, Callable[..., _Selector | None]] = {}
+
+
+def register_defence(name: str):
+    """Register `factory(channels, num_classes, *, block_index, depth, **options)` as defence `name` (a
+    `feature_select` value); options it does not use it takes as **kwargs."""
+    def deco(factory):
+        DEFENCES[name] = factory
+        return factory
+    return deco
+
+
+@register_defence("cifs")
+def _cifs(channels: int, num_classes: int, *, block_index: int, depth: int, probes=("nonlinear", "linear"),
+          probe_hidden: int = 128, topk: int = 2, train_label: str = "true", mask: str = "softmax", **_) -> CIFS:
+    """After every block of a selected stage; probe kinds per block (the paper: nonlinear, then linear)."""
+    return CIFS(channels, num_classes, probes[min(block_index, len(probes) - 1)], probe_hidden, topk, train_label,
+                mask)
+
+
+@register_defence("cas")
+def _cas(channels: int, num_classes: int, **_) -> CAS:
+    """After every block of a selected stage."""
+    return CAS(channels, num_classes)
+
+
+@register_defence("fsr")
+def _fsr(channels: int, num_classes: int, *, block_index: int, depth: int, tau: float = 0.1, **_) -> FSR | None:
+    """After the stage's last block, as the official code puts it after layer4."""
+    return FSR(channels, num_classes, tau) if block_index == depth - 1 else None

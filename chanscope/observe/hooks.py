@@ -114,7 +114,10 @@ def tap(module: nn.Module, name: str, fn):
         return module.register_forward_pre_hook(pre)
 
     def post(m, inputs, output):
-        return fn(output[0] if isinstance(output, (tuple, list)) else output)
+        if isinstance(output, (tuple, list)):  # e.g. a selector block's (features, heads): the features
+            new = fn(output[0])
+            return None if new is None else type(output)((new, *output[1:]))
+        return fn(output)
     return module.register_forward_hook(post)
 
 

@@ -111,8 +111,8 @@ class FSRLoss(Method):
 
     def loss(self, net, x_in, x, y, autocast):
         with autocast():
-            logits, aux = net(x_in, y, return_aux=True)
-        nr = next(s.last_nr_logits for _, s in getattr(net, "module", net).selectors)
+            logits, heads = net(x_in, y, return_heads=True)
+        aux, nr = heads[0].logits, heads[0].nonrobust
         c = self.cfg
         ce = F.cross_entropy
         loss = (ce(logits.float(), y) + c.lam_sep * (ce(aux[0].float(), y) + ce(nr.float(), wrong_class(logits, y)))
