@@ -10,13 +10,11 @@ on OUT finds every stage done and writes the report with each stage's command an
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from chanscope.io import atomic_write_json
 from chanscope.workflows.jobs import TrainJob
 from chanscope.workflows.pipeline import plan
-from chanscope.workflows.study import read_record, run_stages
+from chanscope.workflows.study import StudyRecord, run_stages
 
 
 def main() -> None:
@@ -30,18 +28,17 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true")
     a = ap.parse_args()
     if a.merge:
-        main_path = a.out / "pipeline.json"
-        record = read_record(main_path)
+        record = StudyRecord.load(a.out / "pipeline.json")
         for p in sorted(a.out.glob("pipeline-seed*.json")):
-            record["stages"].update(json.loads(p.read_text())["stages"])
-        atomic_write_json(main_path, record)
-        print(f"{main_path}: {len(record['stages'])} stages")
+            record.stages.update(StudyRecord.load(p).stages)
+        record.save()
+        print(f"{record.path}: {len(record.stages)} stages")
         return
     stages = [st for st in plan(a.out, a.scale, data=a.data, cifs_scratch=False, seeds=a.seeds,
                                 threat_model=a.threat_model)
               if st.id.index == a.index and not isinstance(st.job, TrainJob)]
-    path = a.out / f"pipeline-seed{a.index}.json"
-    run_stages(stages, read_record(path), path, lambda n, s, t: print(f"{n}: {s} {t:.0f}s", flush=True))
+    record = StudyRecord.load(a.out / f"pipeline-seed{a.index}.json")
+    run_stages(stages, record, lambda n, s, t: print(f"{n}: {s} {t:.0f}s", flush=True))
 
 
 if __name__ == "__main__":

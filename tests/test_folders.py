@@ -25,6 +25,7 @@ from chanscope.train import build_config
 from chanscope.workflows import pipeline
 from chanscope.workflows.activations import ActivationOptions, run_activations
 from chanscope.workflows.evaluate import EvalOptions, run_eval
+from chanscope.workflows.records import StudyRecord
 from chanscope.workflows.training import fit as train
 
 runner = CliRunner()
@@ -86,12 +87,12 @@ def test_a_study_folder_refuses_options_it_was_not_made_with(tmp_path):
         assert (tmp_path / "s" / "pipeline.json").read_bytes() == before  # nothing rewritten
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["pipeline.json"]
     # options left out are the folder's; turning on more models is allowed
-    opts = pipeline.study_options(json.loads(before), {"seed": None, "with_cas": True})
+    opts = pipeline.study_options(StudyRecord.from_dict(json.loads(before)), {"seed": None, "with_cas": True})
     assert opts == {**made, "with_cas": True, "seeds": 1, "threat_model": "linf"}  # recorded before: L-inf
     # an archive given by another path to the same file is the same data
     arch = tmp_path / "d.tar.gz"
     arch.write_bytes(b"x")
-    rec = {"stages": {"x": {}}, "options": {**made, "data": str(arch)}}
+    rec = StudyRecord.from_dict({"stages": {"x": {}}, "options": {**made, "data": str(arch)}})
     cwd = os.getcwd()
     try:
         os.chdir(tmp_path)
@@ -280,3 +281,26 @@ def test_eval_says_what_it_replaced(small_run):
     _, other = run_eval(str(small_run / "best.pt"), EvalOptions(attacks="pgd2", n=10))
     assert "made with attacks fgsm on 20 images (seed 0)" in other["replaced"]
 
+
+
+def test_a_study_record_keeps_what_it_does_not_know_and_reads_older_layouts(tmp_path):
+    """StudyRecord round-trips a record: stages, options and every other key as written; a record of the
+    layout before options were kept together gives its top-level keys as the options it was made with."""
+    path = tmp_path / "pipeline.json"
+    old = {"stages": {"train at": {"seconds": 3.0, "command": "chanscope train ..."}}, "scale": "cpu",
+           "seed": 1, "data": "embedded", "versions": {"torch": "x"}}
+    path.write_text(json.dumps(old))
+    rec = StudyRecord.load(path)
+    assert rec.stages == old["stages"] and rec.options == {}
+    assert rec.made_with(("scale", "seed", "data")) == {"threat_model": "linf", "scale": "cpu", "seed": 1,
+                                                          "data": "embedded"}
+    assert rec.made_with() == {}  # without the legacy keys: nothing recorded
+    rec.options = {"scale": "cpu", "seed": 1}
+    rec.stages["eval at"] = {"seconds": 1.0}
+    rec.save()
+    back = json.loads(path.read_text())
+    assert back == {**old, "stages": {**old["stages"], "eval at": {"seconds": 1.0}}, "options": rec.options}
+    assert StudyRecord.load(tmp_path / "new.json").to_dict() == {"stages": {}}
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ChanscopeError, match="bad.json is not valid JSON; delete it and run again"):
+        StudyRecord.load(tmp_path / "bad.json")

@@ -187,6 +187,7 @@ def test_a_study_records_an_l2_training_as_a_command_that_retrains_it(tmp_path):
 def test_a_study_under_l2_plans_every_stage_under_l2(tmp_path):
     from chanscope.workflows.jobs import TrainJob
     from chanscope.workflows.pipeline import plan, study_options
+    from chanscope.workflows.records import StudyRecord
 
     stages = plan(tmp_path, "smoke", seeds=2, threat_model="l2")
     trains = [st for st in stages if isinstance(st.job, TrainJob)]
@@ -201,7 +202,8 @@ def test_a_study_under_l2_plans_every_stage_under_l2(tmp_path):
     linf = plan(tmp_path, "smoke", seeds=1)
     assert not any("threat-model" in st.command for st in linf)
     with pytest.raises(ChanscopeError, match="threat_model 'l2' \\(given 'linf'\\)"):
-        study_options({"options": {"threat_model": "l2"}, "stages": {"x": {}}}, {"threat_model": "linf"})
+        study_options(StudyRecord.from_dict({"options": {"threat_model": "l2"}, "stages": {"x": {}}}),
+                      {"threat_model": "linf"})
 
 
 def test_a_comparison_folder_keeps_its_threat_model(tmp_path):

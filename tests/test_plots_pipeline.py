@@ -53,6 +53,18 @@ def test_pipeline_writes_everything(study):
     assert json.loads((out / "cifs" / "config.json").read_text())["config"]["init"].endswith("cifs-nat/last.pt")
 
 
+def test_the_study_writes_the_files_and_columns_it_always_wrote(study):
+    """Against the layout the code before the studies-as-data redesign wrote (tests/fixtures/README.md)."""
+    from pathlib import Path
+
+    out, _ = study
+    want = json.loads((Path(__file__).parent / "fixtures" / "micro_study_layout.json").read_text())
+    have = {str(p.relative_to(out)): list(pd.read_csv(p, nrows=1).columns) if p.suffix == ".csv" else None
+            for p in sorted(out.rglob("*")) if p.is_file() and not p.name.endswith((".pt", ".log", ".lock"))}
+    assert sorted(have) == sorted(want)
+    assert {k: v for k, v in have.items() if v != want[k]} == {}
+
+
 def test_plots_draw_exactly_the_input_statistics(study, tmp_path):
     out, _ = study
     runs = [out / m for m in ("standard", "at", "cifs")]

@@ -121,6 +121,7 @@ def test_smoke_report_says_what_its_scale_shows_and_flags_models_at_chance(tmp_p
     import numpy as np
 
     from chanscope.workflows.activations import write_examples
+    from chanscope.workflows.records import StudyRecord
     from chanscope.workflows.report import _observation_lines, _scale_note, model_flags
 
     run = tmp_path / "cifs"
@@ -134,7 +135,7 @@ def test_smoke_report_says_what_its_scale_shows_and_flags_models_at_chance(tmp_p
     assert any("at chance" in f for f in flags["cifs"]) and any("1 class" in f for f in flags["cifs"])
     obs = [{"id": "4", "observation": "4. CIFS beats AT", "verdict": "holds", "rule": "r", "numbers": "n",
             "control": "c", "what it shows": "w"}]
-    text = "\n".join(_observation_lines(obs, 2, flags, _scale_note({"scale": "smoke"})))
+    text = "\n".join(_observation_lines(obs, 2, flags, _scale_note(StudyRecord.from_dict({"scale": "smoke"}))))
     assert "**Warning**: cifs is at chance" in text and "say nothing about the paper" in text
     assert "Warning" not in "\n".join(_observation_lines(obs, 2, {}, None))
 

@@ -21,7 +21,7 @@ from chanscope.train.config import TrainConfig, validate
 from chanscope.workflows.jobs import TRAIN_FLAGS, EvalJob, RunId, TrainJob
 from chanscope.workflows.options import EvalOptions
 from chanscope.workflows.runs import writable_dir
-from chanscope.workflows.study import Stage, read_record, run_stages
+from chanscope.workflows.study import Stage, StudyRecord, run_stages
 
 __all__ = ["parse_vary", "run_ablation", "ABLATION_COLUMNS"]
 
@@ -162,9 +162,9 @@ def run_ablation(base: str | Path, vary: dict[str, list[Any]], out: str | Path, 
     planned = plan_ablation(cfg0, grid_cells(cfg0, vary, baseline, baseline_init), out, seeds, attack, n, aa_n,
                             device)
     out = writable_dir(out)
-    record, rows = read_record(out / "ablation.json"), []
+    record, rows = StudyRecord.load(out / "ablation.json"), []
     for setting, run, stages in planned:
-        run_stages(stages, record, out / "ablation.json", on_stage)
+        run_stages(stages, record, on_stage)
         rows.append(_row(setting, run, stages[0].id.seed, attack))
         atomic_write_csv(out / "ablation.csv", pd.DataFrame(rows, columns=ABLATION_COLUMNS))
     df = pd.DataFrame(rows, columns=ABLATION_COLUMNS)

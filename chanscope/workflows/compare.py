@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from chanscope.io import atomic_write_bytes, atomic_write_csv
 from chanscope.names import DEFAULT_METHODS
 from chanscope.scales import scale_named
 from chanscope.workflows.compare_tables import intervals, markdown, own_attacks, summarise
 from chanscope.workflows.pipeline import plan
 from chanscope.workflows.protocol import models_for
-from chanscope.workflows.records import made_with, refuse_other_options
+from chanscope.workflows.records import StudyRecord, refuse_other_options
 from chanscope.workflows.runs import locks_out, writable_dir
-from chanscope.workflows.study import read_record, run_stages
+from chanscope.workflows.study import run_stages
 
 __all__ = ["run_compare", "DEFAULT_METHODS"]
 
@@ -51,25 +51,24 @@ def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str =
     scale_named(scale)
     models_for(ms)  # unknown methods are refused before the folder is made
     out = writable_dir(out)
-    record_path = out / "compare.json"
-    record = read_record(record_path)
-    made = made_with(record)
+    record = StudyRecord.load(out / "compare.json")
+    made = record.made_with()
     threat_model = threat_model or made.get("threat_model", "linf")
     opts = {"data": data or "embedded", "seed": seed, "scale": scale, "bf16": bf16, "threat_model": threat_model}
-    if record.get("stages"):
+    if record.stages:
         refuse_other_options(made, opts, "comparison")
-    record["options"] = {**opts, "methods": ms, "seeds": seeds}
+    record.options = {**opts, "methods": ms, "seeds": seeds}
     stages = plan(out, scale, data=data, data_root=data_root, seed=seed, seeds=seeds, device=device,
                   eval_models=ms, progress=progress, bf16=bf16, controls=False, methods=ms,
                   threat_model=threat_model)
-    run_stages(stages, record, record_path, on_stage, time_limit)
+    run_stages(stages, record, on_stage, time_limit)
     df, iv = summarise(out, ms, scale, seeds, seed), intervals(out, ms, scale, seeds, seed)
     atomic_write_csv(out / "compare.csv", df)
     atomic_write_csv(out / "compare_intervals.csv", iv)
     (out / "compare.md").unlink(missing_ok=True)  # never a table of an earlier state beside these CSVs
     if len(iv):
         atomic_write_bytes(out / "compare.md", markdown(df, iv, own_attacks(scale, ms)).encode())
-    atomic_write_json(record_path, record)
+    record.save()
     if len(iv):
         from chanscope.workflows.plots import compare_plot
 

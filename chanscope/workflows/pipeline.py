@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from chanscope.errors import ChanscopeError, check_positive_int
-from chanscope.io import atomic_write_json
 from chanscope.scales import SCALES, Scale, scale_named
 from chanscope.train.config import build_config
 from chanscope.workflows.jobs import ActivationJob, ControlJob, EvalJob, RunId, TrainJob
@@ -21,9 +20,9 @@ from chanscope.workflows.options import ActivationOptions, EvalOptions
 from chanscope.workflows.protocol import SELECTING, fsr_module, models_for, paper_models, study_attacks
 from chanscope.workflows.records import study_options
 from chanscope.workflows.runs import locks_out, writable_dir
-from chanscope.workflows.study import Stage, check_runs, read_record, run_stages
+from chanscope.workflows.study import Stage, StudyRecord, check_runs, run_stages
 
-__all__ = ["SCALES", "Scale", "plan", "reproduce", "Stage", "read_record", "run_stages"]
+__all__ = ["SCALES", "Scale", "plan", "reproduce", "Stage", "StudyRecord", "run_stages"]
 
 
 @dataclass
@@ -203,8 +202,7 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     if only not in (None, "train"):
         raise ChanscopeError(f"only={only!r}: give 'train' (train every model and control, nothing else) or none")
     out = writable_dir(out)
-    record_path = out / "pipeline.json"
-    record = read_record(record_path)
+    record = StudyRecord.load(out / "pipeline.json")
     opts = study_options(record, {"scale": scale, "data": data, "seed": seed, "bf16": bf16, "with_cas": with_cas,
                                   "cifs_scratch": cifs_scratch, "seeds": seeds, "threat_model": threat_model})
     scale, seed, bf16 = opts["scale"], opts["seed"], opts["bf16"]
@@ -215,15 +213,15 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     if only == "train":
         stages = [st for st in stages if st.kind == "train"]
     check_runs(stages)
-    record.update({"scale": scale, "scale_settings": SCALES[scale].settings(), "data": opts["data"],
-                   "with_cas": opts["with_cas"], "seed": seed, "bf16": bf16, "options": opts})
     from chanscope.io import versions
 
-    record["versions"] = versions()
-    run_stages(stages, record, record_path, on_stage, time_limit)
+    record.notes.update({"scale": scale, "scale_settings": SCALES[scale].settings(), "data": opts["data"],
+                         "with_cas": opts["with_cas"], "seed": seed, "bf16": bf16, "versions": versions()})
+    record.options = opts
+    run_stages(stages, record, on_stage, time_limit)
     if only is None:
         from chanscope.workflows.report import write_outputs
 
         write_outputs(out, record, runs=[s.id for s in stages if s.kind in ("eval", "activations")])
-    atomic_write_json(record_path, record)
-    return record
+    record.save()
+    return record.to_dict()

@@ -25,6 +25,7 @@ from chanscope.workflows.plots import (
     read_run_csv,
     training_curves,
 )
+from chanscope.workflows.records import StudyRecord
 
 __all__ = ["observations", "write_report", "write_outputs", "markdown_table", "model_flags"]
 
@@ -200,15 +201,15 @@ def _control_lines(runs: dict[RunId, Path]) -> list[str]:
             markdown_table(pd.DataFrame(rows), 2), ""]
 
 
-def _scale_note(record: dict | None) -> str | None:
+def _scale_note(record: StudyRecord | None) -> str | None:
     """What the study's scale can show, from its record (reproduce: the scale's own description)."""
     from chanscope.scales import SCALES
 
-    name = (record or {}).get("scale")
+    name = record.options.get("scale", record.notes.get("scale")) if record else None
     if name not in SCALES:
         return None
     sc = SCALES[name]
-    threat = ((record or {}).get("options") or {}).get("threat_model", "linf")
+    threat = record.options.get("threat_model", "linf")
     note = f"Scale `{name}`: {sc.about}. Threat model: {'L2, eps 0.5' if threat == 'l2' else 'L-inf, eps 8/255'}."
     if name == "smoke":
         note += (" **These verdicts check that the pipeline runs end to end; at this scale the models are barely "
@@ -216,7 +217,8 @@ def _scale_note(record: dict | None) -> str | None:
     return note
 
 
-def write_report(runs: list[Path] | Runs, out: Path, figures: Path | None = None, record: dict | None = None) -> str:
+def write_report(runs: list[Path] | Runs, out: Path, figures: Path | None = None,
+                 record: StudyRecord | None = None) -> str:
     """Write the markdown report to `out` and return it. runs: run folders (each called by its folder name, one
     seed) or a study's {RunId: folder}."""
     ids = as_ids(runs if isinstance(runs, Mapping) else {Path(r).name: r for r in runs})
@@ -231,17 +233,18 @@ def write_report(runs: list[Path] | Runs, out: Path, figures: Path | None = None
         for png in sorted(figures.glob("*.png")):
             rel = png.relative_to(out.parent) if png.is_relative_to(out.parent) else png
             lines += [f"![{png.stem}]({rel})", ""]
-    if record and record.get("stages"):
+    if record and record.stages:
         st = pd.DataFrame([{"stage": k, "seconds": v["seconds"], "command": f"`{v['command']}`"}
-                           for k, v in record["stages"].items()])
+                           for k, v in record.stages.items()])
+        versions = json.dumps(record.notes.get("versions", {}))
         lines += ["## Commands and wall times", "", markdown_table(st, 0), "",
-                  f"Total {st.seconds.sum() / 60:.1f} min; versions: {json.dumps(record.get('versions', {}))}", ""]
+                  f"Total {st.seconds.sum() / 60:.1f} min; versions: {versions}", ""]
     text = "\n".join(lines)
     atomic_write_bytes(out, text.encode())
     return text
 
 
-def write_outputs(out: Path, record: dict, runs: list[RunId]) -> None:
+def write_outputs(out: Path, record: StudyRecord, runs: list[RunId]) -> None:
     """Figures (first seed), results CSVs and report.md of a study folder `out`, of its runs `runs`."""
     out = Path(out)
     figs = out / "figures"

@@ -18,14 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from chanscope.errors import ChanscopeError, check_positive_int
-from chanscope.io import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from chanscope.io import atomic_write_bytes, atomic_write_csv
 from chanscope.names import DEFAULT_BUDGETS
 from chanscope.scales import SCALES, Budget, Scale, parse_budgets
 from chanscope.workflows.pipeline import plan
-from chanscope.workflows.records import made_with, refuse_other_options
+from chanscope.workflows.records import StudyRecord, refuse_other_options
 from chanscope.workflows.runs import writable_dir
 from chanscope.workflows.series_tables import SERIES_COLUMNS, gaps, markdown, summarise, trend, trend_sentence
-from chanscope.workflows.study import Stage, read_record, run_stages
+from chanscope.workflows.study import Stage, run_stages
 
 __all__ = ["Budget", "parse_budgets", "run_series", "summarise", "gaps", "trend", "trend_sentence", "markdown",
            "SERIES_COLUMNS", "DEFAULT_BUDGETS"]
@@ -86,19 +86,18 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     check_positive_int(jobs, "jobs")
     scale = _base_scale(base)
     out = writable_dir(out)
-    record_path = out / "series.json"
-    record = read_record(record_path)
-    threat_model = check_threat_model(threat_model or made_with(record).get("threat_model") or "linf")
+    record = StudyRecord.load(out / "series.json")
+    threat_model = check_threat_model(threat_model or record.made_with().get("threat_model") or "linf")
     opts = {"data": data or "embedded", "seed": seed, "base": base, "bf16": bf16, "threat_model": threat_model}
     _continue(out, record, opts, summary_only)
     if not summary_only:
         _check_budgets_fit(bs, scale, data, data_root)
     stages = _stages(out, bs, scale, seeds, seed, data, data_root, device, bf16, progress, threat_model)
     if summary_only:
-        run_stages(stages, record, record_path, on_stage, start=False)
+        run_stages(stages, record, on_stage, start=False)
     else:
-        record["options"] = opts
-        atomic_write_json(record_path, record)  # before any stage: a cut training is of these options
+        record.options = opts
+        record.save()  # before any stage: a cut training is of these options
         if jobs > 1 and seeds > 1:
             from chanscope.workflows import series_jobs
 
@@ -106,10 +105,10 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
                     "seeds": seeds, "seed": seed, "data": data, "data_root": data_root, "device": device,
                     "bf16": bf16, "threat_model": threat_model,
                     "deadline": None if time_limit is None else time.time() + time_limit}
-            series_jobs.run_in_processes(stages, record, record_path, spec, min(jobs, seeds), on_stage)
+            series_jobs.run_in_processes(stages, record, spec, min(jobs, seeds), on_stage)
         else:
-            run_stages(stages, record, record_path, on_stage, time_limit)
-        atomic_write_json(record_path, record)
+            run_stages(stages, record, on_stage, time_limit)
+        record.save()
     df = _write_summary(out, bs, seeds, seed, threat_model)
     if not summary_only:
         df.attrs["written"].insert(1, "series.json")
@@ -129,15 +128,15 @@ def _check_budgets_fit(bs: list[Budget], scale, data: str | None, data_root: str
                              "`budgets` or larger `data` (e.g. the CIFAR-10 archive)")
 
 
-def _continue(out: Path, record: dict, opts: dict, summary_only: bool) -> None:
+def _continue(out: Path, record: StudyRecord, opts: dict, summary_only: bool) -> None:
     """Merge into the series' record (series.json, as read) the seed records a cut `jobs` run left, and refuse
     other options than the folder was made with (summary_only: the record as it is, nothing checked)."""
     from chanscope.workflows import series_jobs
 
     if summary_only:
         return
-    series_jobs.merge_seed_records(out, record)
-    refuse_other_options(made_with(record), opts, "series")
+    series_jobs.merge_seed_records(record)
+    refuse_other_options(record.made_with(), opts, "series")
 
 
 def _write_summary(out: Path, bs: list[Budget], seeds: int, seed: int, threat_model: str = "linf") -> pd.DataFrame:

@@ -25,8 +25,7 @@ from pathlib import Path
 
 from chanscope.accel.threads import share_cpu
 from chanscope.errors import ChanscopeError
-from chanscope.io import atomic_write_json
-from chanscope.workflows.study import Stage, read_record, run_stages
+from chanscope.workflows.study import Stage, StudyRecord, run_stages
 
 OnStage = Callable[[str, str, float], None] | None
 STOP = getattr(signal, "SIGUSR1", None)  # the request to a worker: stop as after Ctrl-C, start no other stage
@@ -45,26 +44,25 @@ def seed_record(out: str | Path, s: int) -> Path:
     return Path(out) / f"series-seed{s}.json"
 
 
-def merge_seed_records(out: Path, record: dict) -> None:
-    """Move every worker's stage records in `out` into the series' record (series.json, written before each
+def merge_seed_records(record: StudyRecord) -> None:
+    """Move every worker's stage records beside the series' record (series.json) into it (saved before each
     worker's file is removed)."""
-    for path in sorted(out.glob("series-seed*.json")):
-        record["stages"].update(read_record(path)["stages"])
-        atomic_write_json(out / "series.json", record)
+    for path in sorted(record.path.parent.glob("series-seed*.json")):
+        record.stages.update(StudyRecord.load(path).stages)
+        record.save()
         path.unlink()
 
 
-def run_in_processes(stages: list[Stage], record: dict, record_path: Path, spec: dict, jobs: int,
-                     on_stage: OnStage) -> None:
+def run_in_processes(stages: list[Stage], record: StudyRecord, spec: dict, jobs: int, on_stage: OnStage) -> None:
     """Run the series' seeds in workers, merge their records, report every stage finished or not."""
     from chanscope.data import load_data
 
     if STOP is None:
         raise ChanscopeError("--jobs needs POSIX signals (Linux, macOS); run the seeds without it")
     load_data(spec["data"], spec["data_root"])  # bad data: one error here; an archive decoded once for all seeds
-    failed = _run_workers(record_path.parent, {**spec, "parent": os.getpid()}, jobs, on_stage)
-    merge_seed_records(record_path.parent, record)
-    run_stages(stages, record, record_path, on_stage, start=False)
+    failed = _run_workers(record.path.parent, {**spec, "parent": os.getpid()}, jobs, on_stage)
+    merge_seed_records(record)
+    run_stages(stages, record, on_stage, start=False)
     if failed:
         said = "; ".join(f"seed {w.seed}: {w.error()} (log {w.log})" for w in sorted(failed, key=lambda w: w.seed))
         raise ChanscopeError(f"{said}; the other seeds' finished stages are kept: mend it and run the same "

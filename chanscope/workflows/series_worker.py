@@ -17,7 +17,7 @@ from chanscope.errors import ChanscopeError
 from chanscope.scales import SCALES, Scale
 from chanscope.workflows.series import parse_budgets, seed_stages
 from chanscope.workflows.series_jobs import _PASSED_ON, STOP, seed_record
-from chanscope.workflows.study import read_record, run_stages
+from chanscope.workflows.study import StudyRecord, run_stages
 
 
 def worker(spec: dict) -> None:
@@ -36,12 +36,14 @@ def worker(spec: dict) -> None:
     stages = seed_stages(out, parse_budgets(spec["budgets"]), base, spec["seeds"], spec["seed"], spec["index"],
                          data=spec["data"], data_root=spec["data_root"], device=spec["device"], bf16=spec["bf16"],
                          progress=_progress(), threat_model=spec.get("threat_model", "linf"))
-    path, names = seed_record(out, s), {st.name for st in stages}
-    record = {"stages": {n: r for n, r in read_record(out / "series.json")["stages"].items() if n in names}}
-    record["stages"].update(read_record(path)["stages"])  # seconds add up over cut runs, as in one process
+    names = {st.name for st in stages}
+    record = StudyRecord.load(seed_record(out, s))
+    series = StudyRecord.load(out / "series.json").stages
+    # seconds add up over cut runs, as in one process
+    record.stages = {**{n: r for n, r in series.items() if n in names}, **record.stages}
     limit = None if spec["deadline"] is None else max(0.0, spec["deadline"] - time.time())
     print(f"seed {s}: {len(stages)} stages, {torch.get_num_threads()} thread(s)", flush=True)
-    run_stages(stages, record, path, _say_unless_stopped, limit)
+    run_stages(stages, record, _say_unless_stopped, limit)
 
 
 _stop_asked = threading.Event()

@@ -8,17 +8,15 @@ a process of its own is `run_stages` on that seed's stages.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from chanscope.errors import ChanscopeError
-from chanscope.io import atomic_write_json
 from chanscope.workflows.jobs import Job, RunId, TrainJob
+from chanscope.workflows.records import StudyRecord
 
-__all__ = ["Stage", "read_record", "run_stages", "check_runs"]
+__all__ = ["Stage", "StudyRecord", "run_stages", "check_runs"]
 
 OnStage = Callable[[str, str, float], None] | None
 
@@ -47,18 +45,9 @@ class Stage:
         self.job.run(self.name, self.progress)
 
 
-def read_record(path: Path) -> dict:
-    """A study's record of its stages (pipeline.json, series.json, compare.json), or a new one."""
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ChanscopeError(f"{path} is not valid JSON; delete it and run again (finished stages are found "
-                             "again from their run folders)") from None
-
-
-def run_stages(stages: list[Stage], record: dict, record_path: Path, on_stage: OnStage = None,
+def run_stages(stages: list[Stage], record: StudyRecord, on_stage: OnStage = None,
                time_limit: float | None = None, start: bool = True) -> None:
-    """Run the stages not yet done, in order; each finished one is added to the record, written at once.
+    """Run the stages not yet done, in order; each finished one is added to the record, saved at once.
 
     on_stage(name, status, seconds): told before ("running") and after each stage; it may raise to stop.
     time_limit: seconds after which no new stage starts (the finished ones are still reported as skipped).
@@ -76,17 +65,17 @@ def run_stages(stages: list[Stage], record: dict, record_path: Path, on_stage: O
             say(st.name, "not started (time limit; run again to continue)")
             continue
         if st.done():
-            if st.name in record["stages"]:  # records of older versions: the command and run as this one writes
-                record["stages"][st.name].update(_entry(st))
+            if st.name in record.stages:  # records of older versions: the command and run as this one writes
+                record.stages[st.name].update(_entry(st))
             say(st.name, "skipped (complete)")
             continue
         t0 = time.time()
         say(st.name, "running")
         st.run()
         secs = time.time() - t0
-        prev = record["stages"].get(st.name, {}).get("seconds", 0.0)
-        record["stages"][st.name] = {"seconds": round(prev + secs, 1), **_entry(st)}
-        atomic_write_json(record_path, record)
+        prev = record.stages.get(st.name, {}).get("seconds", 0.0)
+        record.stages[st.name] = {"seconds": round(prev + secs, 1), **_entry(st)}
+        record.save()
         say(st.name, "done", secs)
 
 
