@@ -14,7 +14,7 @@ from pathlib import Path
 
 from chanscope.workflows.jobs import TrainJob
 from chanscope.workflows.pipeline import plan
-from chanscope.workflows.study import StudyRecord, run_stages
+from chanscope.workflows.study import Study, StudyRecord, run_study
 
 
 def main() -> None:
@@ -34,11 +34,11 @@ def main() -> None:
         record.save()
         print(f"{record.path}: {len(record.stages)} stages")
         return
-    stages = [st for st in plan(a.out, a.scale, data=a.data, cifs_scratch=False, seeds=a.seeds,
-                                threat_model=a.threat_model)
-              if st.id.index == a.index and not isinstance(st.job, TrainJob)]
-    record = StudyRecord.load(a.out / f"pipeline-seed{a.index}.json")
-    run_stages(stages, record, lambda n, s, t: print(f"{n}: {s} {t:.0f}s", flush=True))
+    measured = [st for st in plan(a.out, a.scale, data=a.data, cifs_scratch=False, seeds=a.seeds,
+                                  threat_model=a.threat_model) if not isinstance(st.job, TrainJob)]
+    study = Study(StudyRecord.load(a.out / "pipeline.json"), measured)
+    part = study.part(a.index, StudyRecord.load(a.out / f"pipeline-seed{a.index}.json"))
+    run_study(part, lambda n, s, t: print(f"{n}: {s} {t:.0f}s", flush=True))
 
 
 if __name__ == "__main__":

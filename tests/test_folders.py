@@ -304,3 +304,18 @@ def test_a_study_record_keeps_what_it_does_not_know_and_reads_older_layouts(tmp_
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ChanscopeError, match="bad.json is not valid JSON; delete it and run again"):
         StudyRecord.load(tmp_path / "bad.json")
+
+
+def test_a_seed_part_of_a_study_is_that_seeds_stages_into_its_own_record(tmp_path):
+    from chanscope.workflows.study import Study, run_study
+
+    stages = pipeline.plan(tmp_path, "micro", seeds=2, cifs_scratch=False)
+    study = Study(StudyRecord.load(tmp_path / "pipeline.json"), stages)
+    part = study.part(1, StudyRecord.load(tmp_path / "pipeline-seed1.json"))
+    assert part.stages and {st.id.seed for st in part.stages} == {1}
+    assert len(part.stages) + len(study.part(0).stages) == len(stages)
+    assert part.record.path.name == "pipeline-seed1.json"
+    said = []
+    run_study(part, lambda name, status, secs: said.append((name, status)), start=False)  # reports, starts none
+    assert [n for n, _ in said] == [st.name for st in part.stages] and {s for _, s in said} == {"not finished"}
+    assert not (tmp_path / "pipeline-seed1.json").exists()

@@ -21,7 +21,7 @@ from chanscope.train.config import TrainConfig, validate
 from chanscope.workflows.jobs import TRAIN_FLAGS, EvalJob, RunId, TrainJob
 from chanscope.workflows.options import EvalOptions
 from chanscope.workflows.runs import writable_dir
-from chanscope.workflows.study import Stage, StudyRecord, run_stages
+from chanscope.workflows.study import Stage, Study, StudyRecord, run_study
 
 __all__ = ["parse_vary", "run_ablation", "ABLATION_COLUMNS"]
 
@@ -164,7 +164,7 @@ def run_ablation(base: str | Path, vary: dict[str, list[Any]], out: str | Path, 
     out = writable_dir(out)
     record, rows = StudyRecord.load(out / "ablation.json"), []
     for setting, run, stages in planned:
-        run_stages(stages, record, on_stage)
+        run_study(Study(record, stages), on_stage)
         rows.append(_row(setting, run, stages[0].id.seed, attack))
         atomic_write_csv(out / "ablation.csv", pd.DataFrame(rows, columns=ABLATION_COLUMNS))
     df = pd.DataFrame(rows, columns=ABLATION_COLUMNS)

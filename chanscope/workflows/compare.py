@@ -29,7 +29,7 @@ from chanscope.workflows.pipeline import plan
 from chanscope.workflows.protocol import models_for
 from chanscope.workflows.records import StudyRecord, refuse_other_options
 from chanscope.workflows.runs import locks_out, writable_dir
-from chanscope.workflows.study import run_stages
+from chanscope.workflows.study import Study, run_study
 
 __all__ = ["run_compare", "DEFAULT_METHODS"]
 
@@ -61,7 +61,7 @@ def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str =
     stages = plan(out, scale, data=data, data_root=data_root, seed=seed, seeds=seeds, device=device,
                   eval_models=ms, progress=progress, bf16=bf16, controls=False, methods=ms,
                   threat_model=threat_model)
-    run_stages(stages, record, on_stage, time_limit)
+    run_study(Study(record, stages), on_stage, time_limit)
     df, iv = summarise(out, ms, scale, seeds, seed), intervals(out, ms, scale, seeds, seed)
     atomic_write_csv(out / "compare.csv", df)
     atomic_write_csv(out / "compare_intervals.csv", iv)

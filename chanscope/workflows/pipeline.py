@@ -1,7 +1,7 @@
 """`chanscope reproduce`: train standard, AT, CIFS (and CAS), evaluate, record activations, plot, report.
 
 `plan` is the planner every study uses (reproduce, compare, series): per seed, the typed jobs of the protocol
-(`protocol`) as stages; `study.run_stages` runs them, skipping finished ones and resuming a cut training, so a
+(`protocol`) as a `Study`; `study.run_study` runs it, skipping finished ones and resuming a cut training, so a
 stopped reproduction continues where it stopped.
 """
 
@@ -20,9 +20,9 @@ from chanscope.workflows.options import ActivationOptions, EvalOptions
 from chanscope.workflows.protocol import SELECTING, fsr_module, models_for, paper_models, study_attacks
 from chanscope.workflows.records import study_options
 from chanscope.workflows.runs import locks_out, writable_dir
-from chanscope.workflows.study import Stage, StudyRecord, check_runs, run_stages
+from chanscope.workflows.study import Stage, Study, StudyRecord, check_runs, run_stages, run_study
 
-__all__ = ["SCALES", "Scale", "plan", "reproduce", "Stage", "StudyRecord", "run_stages"]
+__all__ = ["SCALES", "Scale", "plan", "reproduce", "Stage", "Study", "StudyRecord", "run_study", "run_stages"]
 
 
 @dataclass
@@ -218,7 +218,7 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     record.notes.update({"scale": scale, "scale_settings": SCALES[scale].settings(), "data": opts["data"],
                          "with_cas": opts["with_cas"], "seed": seed, "bf16": bf16, "versions": versions()})
     record.options = opts
-    run_stages(stages, record, on_stage, time_limit)
+    run_study(Study(record, stages), on_stage, time_limit)
     if only is None:
         from chanscope.workflows.report import write_outputs
 

@@ -25,7 +25,7 @@ from chanscope.workflows.pipeline import plan
 from chanscope.workflows.records import StudyRecord, refuse_other_options
 from chanscope.workflows.runs import writable_dir
 from chanscope.workflows.series_tables import SERIES_COLUMNS, gaps, markdown, summarise, trend, trend_sentence
-from chanscope.workflows.study import Stage, run_stages
+from chanscope.workflows.study import Stage, Study, run_study
 
 __all__ = ["Budget", "parse_budgets", "run_series", "summarise", "gaps", "trend", "trend_sentence", "markdown",
            "SERIES_COLUMNS", "DEFAULT_BUDGETS"]
@@ -47,9 +47,10 @@ def seed_stages(out: str | Path, budgets: list[Budget], base: Scale, seeds: int,
                 data: str | None = None, data_root: str | None = None, device: str | None = None,
                 bf16: bool | None = None, progress: Callable[[str, int, int], None] | None = None,
                 threat_model: str = "linf") -> list[Stage]:
-    """The stages of seed `seed + index` of the series, in its folders: what a `--jobs` worker runs."""
-    return [st for st in _stages(Path(out), budgets, base, seeds, seed, data, data_root, device, bf16, progress,
-                                 threat_model) if st.id.index == index]
+    """The stages of seed `seed + index` of the series, in its folders: what a `--jobs` worker runs (its part
+    of the series' study)."""
+    stages = _stages(Path(out), budgets, base, seeds, seed, data, data_root, device, bf16, progress, threat_model)
+    return Study(StudyRecord(Path(out) / "series.json"), stages).part(index).stages
 
 
 def _base_scale(base: str) -> Scale:
@@ -94,7 +95,7 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         _check_budgets_fit(bs, scale, data, data_root)
     stages = _stages(out, bs, scale, seeds, seed, data, data_root, device, bf16, progress, threat_model)
     if summary_only:
-        run_stages(stages, record, on_stage, start=False)
+        run_study(Study(record, stages), on_stage, start=False)
     else:
         record.options = opts
         record.save()  # before any stage: a cut training is of these options
@@ -105,9 +106,9 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
                     "seeds": seeds, "seed": seed, "data": data, "data_root": data_root, "device": device,
                     "bf16": bf16, "threat_model": threat_model,
                     "deadline": None if time_limit is None else time.time() + time_limit}
-            series_jobs.run_in_processes(stages, record, spec, min(jobs, seeds), on_stage)
+            series_jobs.run_in_processes(Study(record, stages), spec, min(jobs, seeds), on_stage)
         else:
-            run_stages(stages, record, on_stage, time_limit)
+            run_study(Study(record, stages), on_stage, time_limit)
         record.save()
     df = _write_summary(out, bs, seeds, seed, threat_model)
     if not summary_only:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from chanscope.accel.threads import share_cpu
 from chanscope.errors import ChanscopeError
-from chanscope.workflows.study import Stage, StudyRecord, run_stages
+from chanscope.workflows.study import Study, StudyRecord, run_study
 
 OnStage = Callable[[str, str, float], None] | None
 STOP = getattr(signal, "SIGUSR1", None)  # the request to a worker: stop as after Ctrl-C, start no other stage
@@ -53,16 +53,16 @@ def merge_seed_records(record: StudyRecord) -> None:
         path.unlink()
 
 
-def run_in_processes(stages: list[Stage], record: StudyRecord, spec: dict, jobs: int, on_stage: OnStage) -> None:
+def run_in_processes(study: Study, spec: dict, jobs: int, on_stage: OnStage) -> None:
     """Run the series' seeds in workers, merge their records, report every stage finished or not."""
     from chanscope.data import load_data
 
     if STOP is None:
         raise ChanscopeError("--jobs needs POSIX signals (Linux, macOS); run the seeds without it")
     load_data(spec["data"], spec["data_root"])  # bad data: one error here; an archive decoded once for all seeds
-    failed = _run_workers(record.path.parent, {**spec, "parent": os.getpid()}, jobs, on_stage)
-    merge_seed_records(record)
-    run_stages(stages, record, on_stage, start=False)
+    failed = _run_workers(study.record.path.parent, {**spec, "parent": os.getpid()}, jobs, on_stage)
+    merge_seed_records(study.record)
+    run_study(study, on_stage, start=False)
     if failed:
         said = "; ".join(f"seed {w.seed}: {w.error()} (log {w.log})" for w in sorted(failed, key=lambda w: w.seed))
         raise ChanscopeError(f"{said}; the other seeds' finished stages are kept: mend it and run the same "

@@ -17,7 +17,7 @@ from chanscope.errors import ChanscopeError
 from chanscope.scales import SCALES, Scale
 from chanscope.workflows.series import parse_budgets, seed_stages
 from chanscope.workflows.series_jobs import _PASSED_ON, STOP, seed_record
-from chanscope.workflows.study import StudyRecord, run_stages
+from chanscope.workflows.study import Study, StudyRecord, run_study
 
 
 def worker(spec: dict) -> None:
@@ -43,7 +43,7 @@ def worker(spec: dict) -> None:
     record.stages = {**{n: r for n, r in series.items() if n in names}, **record.stages}
     limit = None if spec["deadline"] is None else max(0.0, spec["deadline"] - time.time())
     print(f"seed {s}: {len(stages)} stages, {torch.get_num_threads()} thread(s)", flush=True)
-    run_stages(stages, record, _say_unless_stopped, limit)
+    run_study(Study(record, stages), _say_unless_stopped, limit)
 
 
 _stop_asked = threading.Event()

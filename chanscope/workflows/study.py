@@ -1,9 +1,10 @@
 """Running a study: its stages (a name, the run it is of, a typed job), the record of what ran (pipeline.json,
 series.json, compare.json: each stage's command, kind, run and seconds) and the one runner every study uses.
 
-A planner (`reproduce`, `compare`, `series`) returns stages; `run_stages` runs the ones not yet done, in order,
-and writes each finished one into the record at once, so a cut study continues where it stopped. A seed run in
-a process of its own is `run_stages` on that seed's stages.
+A planner (`reproduce`, `compare`, `series`, `ablate`) makes a `Study`: its record and its stages; `run_study`
+runs the stages not yet done, in order, and saves each finished one into the record at once, so a cut study
+continues where it stopped. A seed run in a process of its own is `run_study` on that seed's `part` of the
+same study, into a record of its own.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from chanscope.errors import ChanscopeError
 from chanscope.workflows.jobs import Job, RunId, TrainJob
 from chanscope.workflows.records import StudyRecord
 
-__all__ = ["Stage", "StudyRecord", "run_stages", "check_runs"]
+__all__ = ["Stage", "Study", "StudyRecord", "run_study", "run_stages", "check_runs"]
 
 OnStage = Callable[[str, str, float], None] | None
 
@@ -43,6 +44,23 @@ class Stage:
 
     def run(self) -> None:
         self.job.run(self.name, self.progress)
+
+
+@dataclass
+class Study:
+    """A planned study: the record it is kept in (and the options it is made with) and its stages, in order."""
+
+    record: StudyRecord
+    stages: list[Stage]
+
+    def part(self, index: int, record: StudyRecord | None = None) -> Study:
+        """The stages of the study's seed `index` (its `index`-th seed), into `record` (default: the study's)."""
+        return Study(record or self.record, [st for st in self.stages if st.id.index == index])
+
+
+def run_study(study: Study, on_stage: OnStage = None, time_limit: float | None = None, start: bool = True) -> None:
+    """`run_stages` on the study's stages and record."""
+    run_stages(study.stages, study.record, on_stage, time_limit, start)
 
 
 def run_stages(stages: list[Stage], record: StudyRecord, on_stage: OnStage = None,
