@@ -27,6 +27,9 @@ def compare_command(
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     threat_model: StudyThreatOpt = None,
+    jobs: Annotated[int, typer.Option(
+        help="Train and evaluate this many seeds at once, each in its own process with cores / jobs threads "
+        "(logs: <out>/compare-seed<s>.log); same folders as one process.")] = 1,
 ) -> None:
     """Train and evaluate the defences under one protocol: compare.csv, intervals, a figure; resumable."""
     from chanscope.workflows.compare import run_compare
@@ -34,7 +37,7 @@ def compare_command(
 
     df, iv = StageDisplay().run(out, run_compare, methods=methods, scale=scale, seeds=seeds, seed=seed or 0,
                                 data=data, data_root=data_root, device=device, bf16=bf16, time_limit=time_limit,
-                                threat_model=threat_model)
+                                threat_model=threat_model, jobs=jobs)
     console.print(df.to_string(index=False))
     if len(iv):
         nr = iv.under == NR_OVER  # a fraction of the natural magnitude, not a percentage

@@ -18,4 +18,4 @@ chanscope series --seeds 2 --summary-only --data "$data" --out "$series"
 for run in standard at cifs-nat cifs seed1/standard seed1/at seed1/cifs-nat seed1/cifs; do
   if [ ! -e "$compare/$run" ]; then mkdir -p "$(dirname "$compare/$run")"; cp -r "$study/$run" "$compare/$run"; fi
 done
-chanscope compare --methods at,trades,cas,cifs,fsr --scale cpu --seeds 2 --data "$data" --out "$compare"
+chanscope compare --methods at,trades,cas,cifs,fsr --scale cpu --seeds 2 --jobs 2 --data "$data" --out "$compare"

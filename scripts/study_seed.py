@@ -36,7 +36,7 @@ def main() -> None:
         return
     measured = [st for st in plan(a.out, a.scale, data=a.data, cifs_scratch=False, seeds=a.seeds,
                                   threat_model=a.threat_model) if not isinstance(st.job, TrainJob)]
-    study = Study(StudyRecord.load(a.out / "pipeline.json"), measured)
+    study = Study(StudyRecord(a.out / "pipeline.json"), measured)  # only its stages: the record is the seed's
     part = study.part(a.index, StudyRecord.load(a.out / f"pipeline-seed{a.index}.json"))
     run_study(part, lambda n, s, t: print(f"{n}: {s} {t:.0f}s", flush=True))
 

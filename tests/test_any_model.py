@@ -273,3 +273,26 @@ def test_weights_saved_from_data_parallel_load(zoo, tmp_path):
     with torch.no_grad():
         assert torch.allclose(net.eval()(x), ref.eval()(x), atol=1e-5)
     assert net.source["stripped_prefix"] == "module."
+
+
+def test_a_hook_that_replaces_features_keeps_a_namedtuple_output():
+    """A foreign block that returns a namedtuple (features, extra): a tap that replaces the features (a
+    relevance shift, an ablation) gives the same namedtuple back, with the rest as it was."""
+    from collections import namedtuple
+
+    import torch
+    from torch import nn
+
+    from chanscope.observe.hooks import tap
+
+    Out = namedtuple("Out", ["features", "extra"])
+
+    class Block(nn.Module):
+        def forward(self, x):
+            return Out(x + 1, x.sum())
+
+    block, x = Block(), torch.ones(2, 3)
+    handle = tap(block, "block", lambda f: f * 2)
+    out = block(x)
+    handle.remove()
+    assert isinstance(out, Out) and torch.equal(out.features, (x + 1) * 2) and torch.equal(out.extra, x.sum())

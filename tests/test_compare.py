@@ -44,6 +44,38 @@ def test_compare_trains_evaluates_and_writes_one_table_with_intervals(tmp_path, 
     assert {"adaptive2:probe0", "adaptive2:probe1"} <= set(fsr.attack)  # the robust and recalibrated heads
 
 
+def test_jobs_runs_the_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch, draws):
+    import torch
+
+    from chanscope.workflows import seed_jobs
+    monkeypatch.setattr(seed_jobs, "cores", lambda: 2)  # each of the two seeds' processes: one thread, as below
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    draws(n_boot=100)
+    with pytest.raises(ChanscopeError, match="jobs"):
+        compare.run_compare(tmp_path / "par", "at", scale="micro", jobs=0)
+    seen = []
+    par, _ = compare.run_compare(tmp_path / "par", "at", scale="micro", seeds=2, jobs=2,
+                                 on_stage=lambda n, s, t: seen.append((n, s)))
+    assert [n for n, s in seen if s.startswith("running (1 thread")] == ["seed 0", "seed 1"]
+    rec = json.loads((tmp_path / "par" / "compare.json").read_text())
+    assert {r["seed"] for r in rec["stages"].values()} == {0, 1} and len(rec["stages"]) == len(seen) - 2
+    assert not list((tmp_path / "par").glob("compare-seed*.json"))  # merged into the one record
+    assert "seed 1: " in (tmp_path / "par" / "compare-seed1.log").read_text()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seq, _ = compare.run_compare(tmp_path / "seq", "at", scale="micro", seeds=1, seed=1)
+    finally:
+        torch.set_num_threads(threads)
+    cols = [c for c in seq.columns if "seconds" not in c and c != "run"]  # seed 1 in its own process as in this one
+    pd.testing.assert_frame_equal(par[par.seed == 1][cols].reset_index(drop=True), seq[cols])
+    # a cut --jobs run: a stage only in a seed's record is merged before other options are refused
+    seed_jobs.seed_record(tmp_path / "par", 1, "compare").write_text(json.dumps({"stages": {"x": {}}}))
+    with pytest.raises(ChanscopeError, match=r"seed 0 \(given 3\)"):
+        compare.run_compare(tmp_path / "par", "at", scale="micro", seeds=2, seed=3, jobs=2)
+    assert "x" in json.loads((tmp_path / "par" / "compare.json").read_text())["stages"]
+
+
 def _examples(folder, method, natural, pgd20, adaptive, cw=None, failed=None):
     (folder / method / "sanity").mkdir(parents=True)
     pd.DataFrame({"label": 0, "natural": natural, "pgd20": pgd20, "adaptive20": adaptive,

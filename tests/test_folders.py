@@ -283,6 +283,29 @@ def test_eval_says_what_it_replaced(small_run):
 
 
 
+def test_a_finished_stage_of_an_older_record_is_rewritten_on_disk_when_nothing_runs(tmp_path):
+    """A record of an older version (a stage without its run and seed columns) is saved as this version writes
+    it even when every stage is finished and nothing runs (readers take those columns from the record)."""
+    from chanscope.workflows.jobs import EvalJob, RunId
+    from chanscope.workflows.options import EvalOptions
+    from chanscope.workflows.study import Stage, run_stages
+
+    run = tmp_path / "at"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"x")
+    time.sleep(0.01)
+    opts = EvalOptions(attacks="fgsm", n=20, seed=0)
+    (run / "eval.json").write_text(json.dumps({"attacks": [{"name": "fgsm", "kind": "fgsm", "follow_mask": False}],
+                                               "seed": 0, "data": {"n_eval": 20}}))
+    stage = Stage("eval at", RunId(0, "at"), "eval", EvalJob(run, opts))
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps({"stages": {"eval at": {"seconds": 2.0, "command": "chanscope eval (old)"}}}))
+    run_stages([stage], StudyRecord.load(path))
+    entry = json.loads(path.read_text())["stages"]["eval at"]
+    assert entry["seconds"] == 2.0 and entry["run"] == "at" and entry["seed"] == 0
+    assert entry["command"] == stage.command != "chanscope eval (old)"
+
+
 def test_a_study_record_keeps_what_it_does_not_know_and_reads_older_layouts(tmp_path):
     """StudyRecord round-trips a record: stages, options and every other key as written; a record of the
     layout before options were kept together gives its top-level keys as the options it was made with."""

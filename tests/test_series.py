@@ -50,8 +50,8 @@ def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch
 
     import torch
 
-    from chanscope.workflows import series_jobs
-    monkeypatch.setattr(series_jobs, "cores", lambda: 2)  # each of the two seeds' processes: one thread, as below
+    from chanscope.workflows import seed_jobs
+    monkeypatch.setattr(seed_jobs, "cores", lambda: 2)  # each of the two seeds' processes: one thread, as below
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     draws(n_boot=100)
     with pytest.raises(ChanscopeError, match="jobs"):
@@ -62,7 +62,7 @@ def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch
     b = series.parse_budgets("60x1x1")  # a first seed other than 0: seed 4's stages in seed4/, its own record
     assert {st.model for st in series.seed_stages(tmp_path, b, MICRO, 2, 3, 1)} == {
         f"seed4/{m}" for m in ("standard", "at", "cifs-nat", "cifs")}
-    assert series_jobs.seed_record(tmp_path, 4).name == "series-seed4.json"
+    assert seed_jobs.seed_record(tmp_path, 4).name == "series-seed4.json"
     blocks = [tmp_path / "par" / "60x1x1" / "standard", tmp_path / "par" / "60x1x1" / "seed1"]
     blocks[0].parent.mkdir(parents=True)
     for f in blocks:  # a file where each seed's first run folder goes: both processes fail at once
@@ -96,36 +96,36 @@ def test_jobs_runs_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch
 def test_jobs_stop_request_and_the_records_of_a_cut_run(tmp_path):
     import json
 
-    from chanscope.workflows import series_jobs, series_worker
+    from chanscope.workflows import seed_jobs, seed_worker
     from chanscope.workflows.train_state import sigint_flag
 
     said = []
 
     def stage():  # what run_stages tells the worker before a stage runs
-        series_worker._say_unless_stopped("a stage", "running", 0.0)
+        seed_worker._say_unless_stopped("a stage", "running", 0.0)
         said.append(1)
 
     stage()
     try:
         with sigint_flag() as flag:  # a stop request in a training: its Ctrl-C (it saves at the next batch)
-            series_worker._on_stop()
+            seed_worker._on_stop()
         assert flag["stop"]
         with pytest.raises(KeyboardInterrupt):  # outside a training: Ctrl-C at once
-            series_worker._on_stop()
+            seed_worker._on_stop()
         with pytest.raises(KeyboardInterrupt, match="before this stage"):  # and no further stage
             stage()
         assert said == [1]
     finally:
-        series_worker._stop_asked.clear()
+        seed_worker._stop_asked.clear()
     # a cut --jobs run: its options in series.json, a finished stage only in a seed's record; another --seed
     # is refused as for a folder whose stages one process recorded, and the record is merged first
     opts = {"data": "embedded", "seed": 0, "base": "cpu", "bf16": None}
     (tmp_path / "series.json").write_text(json.dumps({"stages": {}, "options": opts}))
-    series_jobs.seed_record(tmp_path, 1).write_text(json.dumps({"stages": {"5000x8x3 train seed1/at": {}}}))
+    seed_jobs.seed_record(tmp_path, 1).write_text(json.dumps({"stages": {"5000x8x3 train seed1/at": {}}}))
     with pytest.raises(ChanscopeError, match=r"seed 0 \(given 3\)"):
         series.run_series(tmp_path, "5000x8x3", seeds=2, seed=3, jobs=2)
     assert "5000x8x3 train seed1/at" in json.loads((tmp_path / "series.json").read_text())["stages"]
-    assert not series_jobs.seed_record(tmp_path, 1).exists()
+    assert not seed_jobs.seed_record(tmp_path, 1).exists()
 
 
 @pytest.mark.slow  # 16 micro trainings and 8 evaluations: minutes on 2 cores

@@ -116,7 +116,10 @@ def tap(module: nn.Module, name: str, fn):
     def post(m, inputs, output):
         if isinstance(output, (tuple, list)):  # e.g. a selector block's (features, heads): the features
             new = fn(output[0])
-            return None if new is None else type(output)((new, *output[1:]))
+            if new is None:
+                return None
+            rest = (new, *output[1:])
+            return output._make(rest) if hasattr(output, "_make") else type(output)(rest)  # a namedtuple too
         return fn(output)
     return module.register_forward_hook(post)
 

@@ -53,6 +53,17 @@ def seed_stages(out: str | Path, budgets: list[Budget], base: Scale, seeds: int,
     return Study(StudyRecord(Path(out) / "series.json"), stages).part(index).stages
 
 
+def seed_part(spec: dict, progress: Callable[[str, int, int], None] | None = None) -> list[Stage]:
+    """The stages of the seed a `--jobs` worker runs, from the spec `run_series` gives `seed_jobs`."""
+    base = Scale(**spec["scale"])
+    if SCALES.get(base.name) != base:  # the stages' commands name the scale as preset: it must be this table's
+        raise ChanscopeError(f"scale {base.name!r} of the series is not chanscope's scale of that name; "
+                             "run the series with this chanscope's scales")
+    return seed_stages(spec["out"], parse_budgets(spec["budgets"]), base, spec["seeds"], spec["seed"], spec["index"],
+                       data=spec["data"], data_root=spec["data_root"], device=spec["device"], bf16=spec["bf16"],
+                       progress=progress, threat_model=spec.get("threat_model", "linf"))
+
+
 def _base_scale(base: str) -> Scale:
     if base not in SCALES:
         raise ChanscopeError(f"unknown base scale {base!r}; known: {', '.join(SCALES)}")
@@ -78,7 +89,7 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
 
     summary_only: start no stage (each is reported finished or not), only summarise what is finished: safe
     beside the processes still training its seeds, which a normal run would collide with.
-    jobs: run the seeds in this many processes at a time (`series_jobs`), each with cores / jobs threads (on a
+    jobs: run the seeds in this many processes at a time (`seed_jobs`), each with cores / jobs threads (on a
     small CPU two one-thread processes train more per hour than one two-thread process); same folders.
     threat_model: linf or l2 (training, attacks at L2 eps 0.5); None: the folder's own (a new folder: linf)."""
     from chanscope.errors import check_threat_model
@@ -100,13 +111,13 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         record.options = opts
         record.save()  # before any stage: a cut training is of these options
         if jobs > 1 and seeds > 1:
-            from chanscope.workflows import series_jobs
+            from chanscope.workflows import seed_jobs
 
             spec = {"out": str(out), "budgets": ",".join(b.label for b in bs), "scale": asdict(scale),
                     "seeds": seeds, "seed": seed, "data": data, "data_root": data_root, "device": device,
                     "bf16": bf16, "threat_model": threat_model,
                     "deadline": None if time_limit is None else time.time() + time_limit}
-            series_jobs.run_in_processes(Study(record, stages), spec, min(jobs, seeds), on_stage)
+            seed_jobs.run_in_processes(Study(record, stages), spec, min(jobs, seeds), on_stage)
         else:
             run_study(Study(record, stages), on_stage, time_limit)
         record.save()
@@ -132,11 +143,11 @@ def _check_budgets_fit(bs: list[Budget], scale, data: str | None, data_root: str
 def _continue(out: Path, record: StudyRecord, opts: dict, summary_only: bool) -> None:
     """Merge into the series' record (series.json, as read) the seed records a cut `jobs` run left, and refuse
     other options than the folder was made with (summary_only: the record as it is, nothing checked)."""
-    from chanscope.workflows import series_jobs
+    from chanscope.workflows import seed_jobs
 
     if summary_only:
         return
-    series_jobs.merge_seed_records(record)
+    seed_jobs.merge_seed_records(record)
     refuse_other_options(record.made_with(), opts, "series")
 
 

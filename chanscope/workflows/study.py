@@ -74,7 +74,7 @@ def run_stages(stages: list[Stage], record: StudyRecord, on_stage: OnStage = Non
         if on_stage:
             on_stage(name, status, secs)
 
-    started = time.time()
+    started, upgraded = time.time(), False
     for st in stages:
         if not start:
             say(st.name, "finished" if st.done() else "not finished")
@@ -83,8 +83,9 @@ def run_stages(stages: list[Stage], record: StudyRecord, on_stage: OnStage = Non
             say(st.name, "not started (time limit; run again to continue)")
             continue
         if st.done():
-            if st.name in record.stages:  # records of older versions: the command and run as this one writes
-                record.stages[st.name].update(_entry(st))
+            if st.name in record.stages and any(record.stages[st.name].get(k) != v for k, v in _entry(st).items()):
+                record.stages[st.name].update(_entry(st))  # a record of an older version: as this one writes
+                upgraded = True
             say(st.name, "skipped (complete)")
             continue
         t0 = time.time()
@@ -95,6 +96,8 @@ def run_stages(stages: list[Stage], record: StudyRecord, on_stage: OnStage = Non
         record.stages[st.name] = {"seconds": round(prev + secs, 1), **_entry(st)}
         record.save()
         say(st.name, "done", secs)
+    if upgraded:
+        record.save()
 
 
 def _entry(st: Stage) -> dict:

@@ -1,6 +1,7 @@
-"""One seed of `chanscope series --jobs N` in a process of its own (`python -m chanscope.workflows.series_worker
-'<spec>'`, started by `series_jobs`): its stages, stop requests and progress lines. Only this module imports both
-the planner (`series`) and the process runner (`series_jobs`), so neither imports the other."""
+"""One seed of a study run with `--jobs N` (`chanscope series`, `chanscope compare`) in a process of its own
+(`python -m chanscope.workflows.seed_worker '<spec>'`, started by `seed_jobs`): its stages, stop requests and
+progress lines. Only this module imports both the planners (`series`, `compare`) and the process runner
+(`seed_jobs`), so neither imports the other."""
 
 from __future__ import annotations
 
@@ -14,33 +15,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 from chanscope.errors import ChanscopeError
-from chanscope.scales import SCALES, Scale
-from chanscope.workflows.series import parse_budgets, seed_stages
-from chanscope.workflows.series_jobs import _PASSED_ON, STOP, seed_record
+from chanscope.workflows import compare, series
+from chanscope.workflows.seed_jobs import _PASSED_ON, STOP, seed_record
 from chanscope.workflows.study import Study, StudyRecord, run_study
+
+PLANNERS = {"series": series.seed_part, "compare": compare.seed_part}  # spec -> the stages of its seed
 
 
 def worker(spec: dict) -> None:
     """One seed's stages, in this process; records in its seed record, events and progress on stdout."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)  # held by the series while it started this process
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even where the series ignores it
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)  # held by the study while it started this process
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even where the study ignores it
     signal.signal(STOP, _on_stop)
     _stop_when_orphaned(spec["parent"])
     import torch
 
-    out, s = Path(spec["out"]), spec["seed"] + spec["index"]
-    base = Scale(**spec["scale"])
-    if SCALES.get(base.name) != base:  # the stages' commands name the scale as preset: it must be this table's
-        raise ChanscopeError(f"scale {base.name!r} of the series is not chanscope's scale of that name; "
-                             "run the series with this chanscope's scales")
-    stages = seed_stages(out, parse_budgets(spec["budgets"]), base, spec["seeds"], spec["seed"], spec["index"],
-                         data=spec["data"], data_root=spec["data_root"], device=spec["device"], bf16=spec["bf16"],
-                         progress=_progress(), threat_model=spec.get("threat_model", "linf"))
+    out, s, planner = Path(spec["out"]), spec["seed"] + spec["index"], spec["planner"]
+    stages = PLANNERS[planner](spec, _progress())
     names = {st.name for st in stages}
-    record = StudyRecord.load(seed_record(out, s))
-    series = StudyRecord.load(out / "series.json").stages
+    record = StudyRecord.load(seed_record(out, s, planner))
+    study = StudyRecord.load(out / f"{planner}.json").stages
     # seconds add up over cut runs, as in one process
-    record.stages = {**{n: r for n, r in series.items() if n in names}, **record.stages}
+    record.stages = {**{n: r for n, r in study.items() if n in names}, **record.stages}
     limit = None if spec["deadline"] is None else max(0.0, spec["deadline"] - time.time())
     print(f"seed {s}: {len(stages)} stages, {torch.get_num_threads()} thread(s)", flush=True)
     run_study(Study(record, stages), _say_unless_stopped, limit)

@@ -1,10 +1,12 @@
-"""`chanscope series --jobs N`: the series' seeds in processes of their own, N at a time.
+"""`--jobs N` of a study with several seeds (`chanscope series`, `chanscope compare`): its seeds in processes of
+their own, N at a time.
 
-The calling process starts one worker per seed (`python -m chanscope.workflows.series_worker '<spec>'`) with
-cores / N threads unless OMP_NUM_THREADS is set. A worker runs its seed's stages (`series.seed_stages`) into
-the folders one process would make, logs to `<out>/series-seed<s>.log` and keeps its stage records in
-`<out>/series-seed<s>.json`; only the calling process writes series.json, merging those records when the
-workers have stopped (or, after a cut run, when the series starts again). Ctrl-C, SIGTERM and SIGHUP of the
+The calling process starts one worker per seed (`python -m chanscope.workflows.seed_worker '<spec>'`) with
+cores / N threads unless OMP_NUM_THREADS is set; the spec names the planner (`series`, `compare`), whose
+`seed_part(spec)` gives the worker its seed's stages, in the folders one process would make. The worker logs
+to `<out>/<planner>-seed<s>.log` and keeps its stage records in `<out>/<planner>-seed<s>.json`; only the
+calling process writes the study's record (series.json, compare.json), merging those records when the
+workers have stopped (or, after a cut run, when the study starts again). Ctrl-C, SIGTERM and SIGHUP of the
 calling process are passed on to each worker as a stop request (SIGUSR1: a Ctrl-C, so that a training saves
 its state, and no further stage), and a worker whose calling process has gone stops the same way.
 """
@@ -39,28 +41,30 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def seed_record(out: str | Path, s: int) -> Path:
-    """Where the worker of seed `s` keeps its stage records until the series merges them."""
-    return Path(out) / f"series-seed{s}.json"
+def seed_record(out: str | Path, s: int, planner: str = "series") -> Path:
+    """Where the worker of seed `s` keeps its stage records until the study merges them."""
+    return Path(out) / f"{planner}-seed{s}.json"
 
 
 def merge_seed_records(record: StudyRecord) -> None:
-    """Move every worker's stage records beside the series' record (series.json) into it (saved before each
-    worker's file is removed)."""
-    for path in sorted(record.path.parent.glob("series-seed*.json")):
+    """Move every worker's stage records beside the study's record (e.g. series.json) into it (saved before
+    each worker's file is removed)."""
+    for path in sorted(record.path.parent.glob(f"{record.path.stem}-seed*.json")):
         record.stages.update(StudyRecord.load(path).stages)
         record.save()
         path.unlink()
 
 
 def run_in_processes(study: Study, spec: dict, jobs: int, on_stage: OnStage) -> None:
-    """Run the series' seeds in workers, merge their records, report every stage finished or not."""
+    """Run the study's seeds in workers (spec: the planner, as its record is named, and what its `seed_part`
+    reads), merge their records, report every stage finished or not."""
     from chanscope.data import load_data
 
     if STOP is None:
         raise ChanscopeError("--jobs needs POSIX signals (Linux, macOS); run the seeds without it")
     load_data(spec["data"], spec["data_root"])  # bad data: one error here; an archive decoded once for all seeds
-    failed = _run_workers(study.record.path.parent, {**spec, "parent": os.getpid()}, jobs, on_stage)
+    spec = {**spec, "planner": study.record.path.stem, "parent": os.getpid()}
+    failed = _run_workers(study.record.path.parent, spec, jobs, on_stage)
     merge_seed_records(study.record)
     run_study(study, on_stage, start=False)
     if failed:
@@ -112,8 +116,8 @@ def _run_workers(out: Path, spec: dict, jobs: int, on_stage: OnStage) -> list[_W
 
 def _start(out: Path, spec: dict, k: int, env: dict, running: list[_Worker]) -> None:
     s = spec["seed"] + k
-    log = out / f"series-seed{s}.log"
-    cmd = [sys.executable, "-m", "chanscope.workflows.series_worker", json.dumps({**spec, "index": k})]
+    log = out / f"{spec['planner']}-seed{s}.log"
+    cmd = [sys.executable, "-m", "chanscope.workflows.seed_worker", json.dumps({**spec, "index": k})]
     offset = log.stat().st_size if log.is_file() else 0
     with open(log, "a") as fh, _signals_held():  # a stop signal now waits until the worker is on the list
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
