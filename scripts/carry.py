@@ -7,8 +7,10 @@ What `pack` keeps: every file but checkpoints and locks (configs, metrics, recor
 checkpoints, an unfinished training's last.pt and best.pt, a finished training's best.pt, and a finished
 training's last.pt only while a training that starts from it (`init`) has not written its own last.pt.
 
-usage: python scripts/carry.py pack FOLDER ARCHIVE.tar.gz
+usage: python scripts/carry.py pack FOLDER ARCHIVE.tar.gz [--no-best NAME,...]
        python scripts/carry.py unpack ARCHIVE.tar.gz FOLDER
+--no-best: finished runs of these names (e.g. standard,cifs-nat: warm starts no later stage evaluates) are
+carried without best.pt.
 """
 
 from __future__ import annotations
@@ -36,21 +38,24 @@ def _runs(folder: Path) -> dict[Path, dict]:
     return out
 
 
-def kept_checkpoints(folder: Path) -> set[Path]:
+def kept_checkpoints(folder: Path, no_best: frozenset[str] = frozenset()) -> set[Path]:
     runs = _runs(folder)
     keep: set[Path] = set()
     for run, cfg in runs.items():
         finished = (run / "summary.json").is_file()
-        keep |= {run / "best.pt"} if finished else {run / "best.pt", run / "last.pt"}
+        if not finished:
+            keep |= {run / "best.pt", run / "last.pt"}
+        elif run.name not in no_best:
+            keep.add(run / "best.pt")
         init = cfg.get("init")
         if init and not (run / "last.pt").is_file():  # it has not started: it needs the checkpoint it starts from
             keep.add(Path(init).resolve())
     return {p for p in keep if p.is_file()}
 
 
-def pack(folder: Path, archive: Path) -> None:
+def pack(folder: Path, archive: Path, no_best: frozenset[str] = frozenset()) -> None:
     folder = folder.resolve()
-    keep = kept_checkpoints(folder)
+    keep = kept_checkpoints(folder, no_best)
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".chanscope.lock"
              and (p.suffix != ".pt" or p.resolve() in keep)]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -90,10 +95,18 @@ def _refuse(line: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] not in ("pack", "unpack"):
-        _refuse("usage: python scripts/carry.py pack FOLDER ARCHIVE.tar.gz | unpack ARCHIVE.tar.gz FOLDER")
-    if sys.argv[1] == "pack" and not Path(sys.argv[2]).is_dir():
-        _refuse(f"{sys.argv[2]} is not a folder; name the study folder to pack")
-    if sys.argv[1] == "unpack" and not Path(sys.argv[2]).is_file():
-        _refuse(f"{sys.argv[2]} does not exist; name an archive written by `carry.py pack`")
-    {"pack": pack, "unpack": unpack}[sys.argv[1]](Path(sys.argv[2]), Path(sys.argv[3]))
+    args = sys.argv[1:]
+    no_best = frozenset()
+    if len(args) == 5 and args[0] == "pack" and args[3] == "--no-best":
+        no_best, args = frozenset(n for n in args[4].split(",") if n), args[:3]
+    if len(args) != 3 or args[0] not in ("pack", "unpack"):
+        _refuse("usage: python scripts/carry.py pack FOLDER ARCHIVE.tar.gz [--no-best NAME,...] | "
+                "unpack ARCHIVE.tar.gz FOLDER")
+    if args[0] == "pack" and not Path(args[1]).is_dir():
+        _refuse(f"{args[1]} is not a folder; name the study folder to pack")
+    if args[0] == "unpack" and not Path(args[1]).is_file():
+        _refuse(f"{args[1]} does not exist; name an archive written by `carry.py pack`")
+    if args[0] == "pack":
+        pack(Path(args[1]), Path(args[2]), no_best)
+    else:
+        unpack(Path(args[1]), Path(args[2]))

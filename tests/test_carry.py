@@ -41,6 +41,9 @@ def test_pack_keeps_what_resuming_needs_and_the_copy_resumes_the_same(tmp_path):
     assert _carry("pack", str(study), str(tmp_path / "s2.tar.gz")).returncode == 0
     names = set(tarfile.open(tmp_path / "s2.tar.gz").getnames())
     assert "standard/last.pt" not in names and {"standard/best.pt", "at/last.pt"} <= names
+    assert _carry("pack", str(study), str(tmp_path / "s3.tar.gz"), "--no-best", "standard,at").returncode == 0
+    names = set(tarfile.open(tmp_path / "s3.tar.gz").getnames())  # at is unfinished: its checkpoints stay
+    assert not any(n.startswith("standard/") and n.endswith(".pt") for n in names) and "at/best.pt" in names
 
     res = _carry("unpack", str(tmp_path / "s2.tar.gz"), str(tmp_path / "copy"))
     assert res.returncode == 0, res.stderr
