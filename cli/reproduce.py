@@ -43,13 +43,16 @@ def reproduce_command(
         "call without --only evaluates and reports).")] = None,
     device: DeviceOpt = None,
     threat_model: StudyThreatOpt = None,
+    jobs: Annotated[int, typer.Option(
+        help="Train and evaluate this many seeds at once, each in its own process with cores / jobs threads "
+        "(logs: <out>/pipeline-seed<s>.log); same folders as one process, the report once all have stopped.")] = 1,
 ) -> None:
     """Train standard, AT and CIFS (CAS), evaluate, record activations, plot and report; resumable."""
     out = out or Path("runs") / f"reproduce-{scale or 'smoke'}"
     t0 = time.time()
     record = StageDisplay().run(out, reproduce, scale=scale, data=data, data_root=data_root, with_cas=with_cas,
                                 cifs_scratch=cifs_scratch, seed=seed, seeds=seeds, only=only, device=device,
-                                bf16=bf16, time_limit=time_limit, threat_model=threat_model)
+                                bf16=bf16, time_limit=time_limit, threat_model=threat_model, jobs=jobs)
     if only:
         console.print(f"trained models in {out} ({time.time() - t0:.0f}s this invocation); run again without --only "
                       "to evaluate, study and report")

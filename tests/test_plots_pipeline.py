@@ -242,3 +242,50 @@ def test_recorded_commands_rerun_their_stages(study, tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["control", "--like", str(out / "at"), "--out", str(out / "cifs")])
     assert res.exit_code == 2 and "holds a trained cifs run" in res.output
     assert (out / "cifs" / "best.pt").is_file()
+
+
+def test_a_jobs_worker_gets_its_seeds_stages_as_the_study_plans_them(tmp_path):
+    """What a `reproduce --jobs` worker runs (`seed_part` of the spec) is the plan's stages of its seed, with
+    the same commands; --only train leaves the trainings and the control."""
+    spec = {"out": str(tmp_path), "scale": "micro", "data": None, "data_root": None, "with_cas": True,
+            "cifs_scratch": False, "seed": 3, "seeds": 2, "device": None, "bf16": None, "threat_model": "l2",
+            "only": None, "index": 1}
+    plan = pipeline.plan(tmp_path, "micro", with_cas=True, cifs_scratch=False, seed=3, seeds=2, threat_model="l2")
+    want = [(st.name, st.command) for st in plan if st.id.index == 1]
+    assert [(st.name, st.command) for st in pipeline.seed_part(spec)] == want
+    assert {st.model for st in pipeline.seed_part(spec)} >= {"seed4/at", "seed4/cas", "seed4/random"}
+    trained = pipeline.seed_part({**spec, "only": "train"})
+    assert [st.name for st in trained] == [n for n, _ in want if n.startswith(("train ", "control "))]
+
+
+@pytest.mark.slow  # two micro studies side by side and one more
+def test_jobs_runs_the_study_seeds_in_processes_as_one_process_would(tmp_path, monkeypatch, draws):
+    """`reproduce --jobs 2`: each seed in a one-thread process of its own, one pipeline.json with every stage,
+    the report once both have stopped; seed 1 measured in its own process as in one process of its own."""
+    import torch
+
+    from chanscope.workflows import seed_jobs
+    monkeypatch.setattr(seed_jobs, "cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    draws(n_boot=100, n_perm=100)
+    with pytest.raises(ChanscopeError, match="jobs"):
+        pipeline.reproduce(tmp_path / "par", "micro", seeds=2, jobs=0)
+    seen = []
+    record = pipeline.reproduce(tmp_path / "par", "micro", seeds=2, cifs_scratch=False, jobs=2,
+                                on_stage=lambda n, s, t: seen.append((n, s)))
+    assert [n for n, s in seen if s.startswith("running (1 thread")] == ["seed 0", "seed 1"]
+    names = {st.name for st in pipeline.plan(tmp_path / "par", "micro", cifs_scratch=False, seeds=2)}
+    assert set(record["stages"]) == names and {r["seed"] for r in record["stages"].values()} == {0, 1}
+    assert not list((tmp_path / "par").glob("pipeline-seed*.json"))
+    assert (tmp_path / "par" / "report.md").is_file()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pipeline.reproduce(tmp_path / "seq", "micro", seed=1, cifs_scratch=False)
+    finally:
+        torch.set_num_threads(threads)
+    for run in ("at", "cifs", "random"):
+        a = pd.read_csv(tmp_path / "par" / "seed1" / run / "classes.csv")
+        b = pd.read_csv(tmp_path / "seq" / run / "classes.csv")
+        point = [c for c in a.columns if not c.endswith(("_lo", "_hi"))]  # the workers draw the default resamples
+        pd.testing.assert_frame_equal(a[point], b[point])

@@ -7,6 +7,7 @@ stopped reproduction continues where it stopped.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +181,7 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
               seeds: int | None = None, only: str | None = None, device: str | None = None,
               progress: Callable[[str, int, int], None] | None = None,
               on_stage: Callable[[str, str, float], None] | None = None, time_limit: float | None = None,
-              bf16: bool | None = None, threat_model: str | None = None) -> dict:
+              bf16: bool | None = None, threat_model: str | None = None, jobs: int = 1) -> dict:
     """Run (or continue) the whole study into `out`; returns the pipeline record (also pipeline.json).
 
     Options left as None take the value the folder was made with (a new folder: scale smoke, embedded data,
@@ -192,8 +193,11 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     the finished stages and a later call continues with the rest.
     bf16: autocast of the training stages (None: CUDA only); evaluation and activations stay float32.
     threat_model: linf (default) or l2 (training, attacks and activations at L2 eps 0.5).
+    jobs: run the seeds in this many processes at a time (`seed_jobs`, as `series --jobs`), each with cores /
+    jobs threads; same folders and one pipeline.json; the report is written once every seed has stopped.
     """
     from chanscope.errors import check_threat_model
+    from chanscope.workflows import seed_jobs
 
     if threat_model is not None:
         threat_model = check_threat_model(threat_model)
@@ -201,8 +205,10 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
         scale_named(scale)
     if only not in (None, "train"):
         raise ChanscopeError(f"only={only!r}: give 'train' (train every model and control, nothing else) or none")
+    check_positive_int(jobs, "jobs")
     out = writable_dir(out)
     record = StudyRecord.load(out / "pipeline.json")
+    seed_jobs.merge_seed_records(record)  # what the seeds' processes of a cut --jobs run finished
     opts = study_options(record, {"scale": scale, "data": data, "seed": seed, "bf16": bf16, "with_cas": with_cas,
                                   "cifs_scratch": cifs_scratch, "seeds": seeds, "threat_model": threat_model})
     scale, seed, bf16 = opts["scale"], opts["seed"], opts["bf16"]
@@ -218,10 +224,29 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     record.notes.update({"scale": scale, "scale_settings": SCALES[scale].settings(), "data": opts["data"],
                          "with_cas": opts["with_cas"], "seed": seed, "bf16": bf16, "versions": versions()})
     record.options = opts
-    run_study(Study(record, stages), on_stage, time_limit)
+    if jobs > 1 and opts["seeds"] > 1:
+        record.save()  # before any stage: a cut training is of these options
+        spec = {"out": str(out), "scale": scale, "data": data, "data_root": data_root, "with_cas": opts["with_cas"],
+                "cifs_scratch": opts["cifs_scratch"], "seed": seed, "seeds": opts["seeds"], "device": device,
+                "bf16": bf16, "threat_model": opts["threat_model"], "only": only,
+                "deadline": None if time_limit is None else time.time() + time_limit}
+        seed_jobs.run_in_processes(Study(record, stages), spec, min(jobs, opts["seeds"]), on_stage)
+    else:
+        run_study(Study(record, stages), on_stage, time_limit)
     if only is None:
         from chanscope.workflows.report import write_outputs
 
         write_outputs(out, record, runs=[s.id for s in stages if s.kind in ("eval", "activations")])
     record.save()
     return record.to_dict()
+
+
+def seed_part(spec: dict, progress: Callable[[str, int, int], None] | None = None) -> list[Stage]:
+    """The stages of the seed a `--jobs` worker runs, from the spec `reproduce` gives `seed_jobs`."""
+    stages = plan(Path(spec["out"]), spec["scale"], data=spec["data"], data_root=spec["data_root"],
+                  with_cas=spec["with_cas"], cifs_scratch=spec["cifs_scratch"], seed=spec["seed"],
+                  seeds=spec["seeds"], device=spec["device"], progress=progress, bf16=spec["bf16"],
+                  threat_model=spec["threat_model"])
+    if spec["only"] == "train":
+        stages = [st for st in stages if st.kind == "train"]
+    return Study(StudyRecord(Path(spec["out"]) / "pipeline.json"), stages).part(spec["index"]).stages

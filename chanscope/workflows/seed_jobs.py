@@ -1,14 +1,15 @@
-"""`--jobs N` of a study with several seeds (`chanscope series`, `chanscope compare`): its seeds in processes of
-their own, N at a time.
+"""`--jobs N` of a study with several seeds (`chanscope reproduce`, `series`, `compare`): its seeds in
+processes of their own, N at a time.
 
 The calling process starts one worker per seed (`python -m chanscope.workflows.seed_worker '<spec>'`) with
-cores / N threads unless OMP_NUM_THREADS is set; the spec names the planner (`series`, `compare`), whose
-`seed_part(spec)` gives the worker its seed's stages, in the folders one process would make. The worker logs
-to `<out>/<planner>-seed<s>.log` and keeps its stage records in `<out>/<planner>-seed<s>.json`; only the
-calling process writes the study's record (series.json, compare.json), merging those records when the
-workers have stopped (or, after a cut run, when the study starts again). Ctrl-C, SIGTERM and SIGHUP of the
-calling process are passed on to each worker as a stop request (SIGUSR1: a Ctrl-C, so that a training saves
-its state, and no further stage), and a worker whose calling process has gone stops the same way.
+cores / N threads unless OMP_NUM_THREADS is set; the spec names the planner as the study's record is named
+(`pipeline`, `series`, `compare`), whose `seed_part(spec)` gives the worker its seed's stages, in the folders
+one process would make. The worker logs to `<out>/<planner>-seed<s>.log` and keeps its stage records in
+`<out>/<planner>-seed<s>.json`; only the calling process writes the study's record (pipeline.json,
+series.json, compare.json), merging those records when the workers have stopped (or, after a cut run, when
+the study starts again). Ctrl-C, SIGTERM and SIGHUP of the calling process are passed on to each worker as a
+stop request (SIGUSR1: a Ctrl-C, so that a training saves its state, and no further stage), and a worker
+whose calling process has gone stops the same way.
 """
 
 from __future__ import annotations

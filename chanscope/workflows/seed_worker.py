@@ -1,6 +1,6 @@
-"""One seed of a study run with `--jobs N` (`chanscope series`, `chanscope compare`) in a process of its own
+"""One seed of a study run with `--jobs N` (`chanscope reproduce`, `series`, `compare`) in a process of its own
 (`python -m chanscope.workflows.seed_worker '<spec>'`, started by `seed_jobs`): its stages, stop requests and
-progress lines. Only this module imports both the planners (`series`, `compare`) and the process runner
+progress lines. Only this module imports both the planners (`pipeline`, `series`, `compare`) and the process runner
 (`seed_jobs`), so neither imports the other."""
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from chanscope.errors import ChanscopeError
-from chanscope.workflows import compare, series
+from chanscope.workflows import compare, pipeline, series
 from chanscope.workflows.seed_jobs import _PASSED_ON, STOP, seed_record
 from chanscope.workflows.study import Study, StudyRecord, run_study
 
-PLANNERS = {"series": series.seed_part, "compare": compare.seed_part}  # spec -> the stages of its seed
+# the study's record's name -> its planner's spec -> the stages of the worker's seed
+PLANNERS = {"pipeline": pipeline.seed_part, "series": series.seed_part, "compare": compare.seed_part}
 
 
 def worker(spec: dict) -> None:
