@@ -3,14 +3,16 @@ session's machine starts without it): `pack` writes what resuming needs into one
 back with its file times (an evaluation's record must stay newer than its model for the stage to count as
 done).
 
-What `pack` keeps: every file but checkpoints and locks (configs, metrics, records, evaluations, logs); of
-checkpoints, an unfinished training's last.pt and best.pt, a finished training's best.pt, and a finished
-training's last.pt only while a training that starts from it (`init`) has not written its own last.pt.
+What `pack` keeps: every file but locks (configs, metrics, records, evaluations, logs, checkpoints), less the
+checkpoints named by `--without`: RUN/best.pt or RUN/last.pt of finished trainings (RUN: a run folder's name,
+in every seed's folder), e.g. `--without standard/last.pt,cifs-nat/best.pt` once every training that starts
+from standard has written its own last.pt and no stage evaluates the natural CIFS model. Refused: a
+checkpoint of an unfinished training, and a last.pt that a training on disk without its own last.pt starts
+from. A warm start whose dependent training has not begun has no config on disk to say so: name its last.pt
+only when you know.
 
-usage: python scripts/carry.py pack FOLDER ARCHIVE.tar.gz [--no-best NAME,...]
+usage: python scripts/carry.py pack FOLDER ARCHIVE.tar.gz [--without RUN/FILE.pt,...]
        python scripts/carry.py unpack ARCHIVE.tar.gz FOLDER
---no-best: finished runs of these names (e.g. standard,cifs-nat: warm starts no later stage evaluates) are
-carried without best.pt.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+
+
+class Refused(Exception):
+    pass
 
 
 def _runs(folder: Path) -> dict[Path, dict]:
@@ -38,32 +44,46 @@ def _runs(folder: Path) -> dict[Path, dict]:
     return out
 
 
-def kept_checkpoints(folder: Path, no_best: frozenset[str] = frozenset()) -> set[Path]:
+def _finished(run: Path, cfg: dict) -> bool:
+    """As a study's training stage decides it: summary.json and a metrics row for every epoch."""
+    m = run / "metrics.csv"
+    if not ((run / "summary.json").is_file() and m.is_file()):
+        return False
+    return len(m.read_text().strip().splitlines()) - 1 >= int(cfg.get("epochs", 0))
+
+
+def dropped_checkpoints(folder: Path, without: frozenset[str]) -> set[Path]:
+    """The checkpoints `--without` names, after checking that resuming does not need them."""
     runs = _runs(folder)
-    keep: set[Path] = set()
-    for run, cfg in runs.items():
-        finished = (run / "summary.json").is_file()
-        if not finished:
-            keep |= {run / "best.pt", run / "last.pt"}
-        elif run.name not in no_best:
-            keep.add(run / "best.pt")
-        init = cfg.get("init")
-        if init and not (run / "last.pt").is_file():  # it has not started: it needs the checkpoint it starts from
-            keep.add(Path(init).resolve())
-    return {p for p in keep if p.is_file()}
+    needed = {Path(c["init"]).resolve() for r, c in runs.items() if c.get("init") and not (r / "last.pt").is_file()}
+    drop: set[Path] = set()
+    for pattern in without:
+        name, _, file = pattern.partition("/")
+        if file not in ("best.pt", "last.pt"):
+            raise Refused(f"--without {pattern!r}: give RUN/best.pt or RUN/last.pt")
+        for run, cfg in runs.items():
+            p = run / file
+            if run.name != name or not p.is_file():
+                continue
+            if not _finished(run, cfg):
+                raise Refused(f"{p.relative_to(folder)} is of an unfinished training: resuming needs it")
+            if p.resolve() in needed:
+                raise Refused(f"{p.relative_to(folder)}: a training on disk that has not begun starts from it")
+            drop.add(p.resolve())
+    return drop
 
 
-def pack(folder: Path, archive: Path, no_best: frozenset[str] = frozenset()) -> None:
+def pack(folder: Path, archive: Path, without: frozenset[str] = frozenset()) -> None:
     folder = folder.resolve()
-    keep = kept_checkpoints(folder, no_best)
+    drop = dropped_checkpoints(folder, without)
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".chanscope.lock"
-             and (p.suffix != ".pt" or p.resolve() in keep)]
+             and p.resolve() not in drop]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     manifest = {"folder": str(folder), "made": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                "commit": commit, "files": len(files), "checkpoints": sorted(str(p.relative_to(folder)) for p in keep)}
+                "commit": commit, "files": len(files), "left_out": sorted(str(p.relative_to(folder)) for p in drop)}
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
+    with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:  # pax: file times to the sub-second
         data = json.dumps(manifest, indent=1).encode()
         info = tarfile.TarInfo("CARRY.json")
         info.size, info.mtime = len(data), int(time.time())
@@ -71,42 +91,49 @@ def pack(folder: Path, archive: Path, no_best: frozenset[str] = frozenset()) -> 
         for p in files:
             tar.add(p, arcname=str(p.relative_to(folder)), recursive=False)
     tmp.replace(archive)
-    size = archive.stat().st_size / 1e6
-    print(f"{archive}: {len(files)} files ({len(keep)} checkpoints), {size:.1f} MB, from {folder}")
+    n_pt = sum(p.suffix == ".pt" for p in files)
+    print(f"{archive}: {len(files)} files ({n_pt} checkpoints, {len(drop)} left out), "
+          f"{archive.stat().st_size / 1e6:.1f} MB, from {folder}")
 
 
 def unpack(archive: Path, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if m.name != "CARRY.json"]
+        bad = [m.name for m in members if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in m.name]
+        if bad:
+            raise Refused(f"{archive} holds {bad[0]!r}, which `carry.py pack` never writes; not unpacked")
         clash = [m.name for m in members if (folder / m.name).exists()]
         if clash:
-            _refuse(f"{folder} already holds {clash[0]} (and {len(clash) - 1} more); unpack into an empty "
-                    "folder or move it aside")
-        tar.extractall(folder, members=members, filter="data")  # keeps the archived file times
+            raise Refused(f"{folder} already holds {clash[0]} (and {len(clash) - 1} more); unpack into an empty "
+                          "folder or move it aside")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python 3.10.12+, 3.11.4+
+        tar.extractall(folder, members=members, **safe)  # keeps the archived file times
         manifest = json.load(tar.extractfile("CARRY.json"))
     print(f"{folder}: {len(members)} files from {archive} (packed {manifest['made']} at commit "
           f"{manifest['commit'][:8]}; resume with that commit's code where stage commands changed since)")
 
 
-def _refuse(line: str) -> None:
-    print(f"error: {line}", file=sys.stderr)
-    sys.exit(2)
+def main(args: list[str]) -> None:
+    without: frozenset[str] = frozenset()
+    if len(args) == 5 and args[0] == "pack" and args[3] == "--without":
+        without, args = frozenset(n for n in args[4].split(",") if n), args[:3]
+    if len(args) != 3 or args[0] not in ("pack", "unpack"):
+        raise Refused("usage: python scripts/carry.py pack FOLDER ARCHIVE.tar.gz [--without RUN/FILE.pt,...] | "
+                      "unpack ARCHIVE.tar.gz FOLDER")
+    if args[0] == "pack":
+        if not Path(args[1]).is_dir():
+            raise Refused(f"{args[1]} is not a folder; name the study folder to pack")
+        pack(Path(args[1]), Path(args[2]), without)
+    else:
+        if not Path(args[1]).is_file():
+            raise Refused(f"{args[1]} does not exist; name an archive written by `carry.py pack`")
+        unpack(Path(args[1]), Path(args[2]))
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    no_best = frozenset()
-    if len(args) == 5 and args[0] == "pack" and args[3] == "--no-best":
-        no_best, args = frozenset(n for n in args[4].split(",") if n), args[:3]
-    if len(args) != 3 or args[0] not in ("pack", "unpack"):
-        _refuse("usage: python scripts/carry.py pack FOLDER ARCHIVE.tar.gz [--no-best NAME,...] | "
-                "unpack ARCHIVE.tar.gz FOLDER")
-    if args[0] == "pack" and not Path(args[1]).is_dir():
-        _refuse(f"{args[1]} is not a folder; name the study folder to pack")
-    if args[0] == "unpack" and not Path(args[1]).is_file():
-        _refuse(f"{args[1]} does not exist; name an archive written by `carry.py pack`")
-    if args[0] == "pack":
-        pack(Path(args[1]), Path(args[2]), no_best)
-    else:
-        unpack(Path(args[1]), Path(args[2]))
+    try:
+        main(sys.argv[1:])
+    except Refused as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

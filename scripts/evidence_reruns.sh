@@ -3,7 +3,7 @@
 # comparison with the fixed adaptive attack. Every step is resumable: run the script again after a cut
 # (finished stages are skipped, a cut training resumes from its last epoch). Longer than a session on
 # 2 cores, so a cut folder travels in git: `python scripts/carry.py pack runs/series state/series.tar.gz
-# --no-best standard,cifs-nat` before a session ends; this script unpacks it into a missing runs/series.
+# [--without ...]` before a session ends; this script unpacks it into a missing runs/series.
 # On 2 cores (one-thread seeds side by side): series 10000x16x5 about 5 h, the comparison about 5-6 h,
 # the series' 5000x8x3 evaluations about 1 h, series 10000x10x4 about 3.5 h (last: optional).
 # The series' smallest budget is the cpu scale's recipe: its trainings are copies of the comparison's
@@ -19,7 +19,9 @@ mkdir -p "$series" "$compare"
 chanscope series --budgets 10000x16x5 --seeds 2 --jobs 2 --data "$data" --out "$series"
 if [ -d "$study" ]; then  # the cpu study's trainings are the comparison's: the same commands
   for run in standard at cifs-nat cifs seed1/standard seed1/at seed1/cifs-nat seed1/cifs; do
-    if [ ! -e "$compare/$run" ]; then mkdir -p "$(dirname "$compare/$run")"; cp -rp "$study/$run" "$compare/$run"; fi
+    if [ -d "$study/$run" ] && [ ! -e "$compare/$run" ]; then
+      mkdir -p "$(dirname "$compare/$run")"; cp -rp "$study/$run" "$compare/$run"
+    fi
   done
 fi
 chanscope compare --methods at,trades,cas,cifs,fsr --scale cpu --seeds 2 --jobs 2 --data "$data" --out "$compare"

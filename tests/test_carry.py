@@ -31,19 +31,21 @@ def test_pack_keeps_what_resuming_needs_and_the_copy_resumes_the_same(tmp_path):
     at = build_config("smoke", method="at", init=str(study / "standard" / "last.pt"), **TINY)
     with pytest.raises(TrainInterrupted):
         train(at, study / "at", stop_after=1)
-    # a training that starts from the standard model but has not begun: it still needs standard/last.pt
+    assert _carry("pack", str(study), str(tmp_path / "s.tar.gz")).returncode == 0
+    names = set(tarfile.open(tmp_path / "s.tar.gz").getnames())  # by default every checkpoint
+    assert {"standard/best.pt", "standard/last.pt", "at/best.pt", "at/last.pt", "at/metrics.csv"} <= names
+    res = _carry("pack", str(study), str(tmp_path / "x.tar.gz"), "--without", "at/last.pt")
+    assert res.returncode == 2 and "unfinished training" in res.stderr and not (tmp_path / "x.tar.gz").exists()
+    # a training on disk that starts from the standard model but has not begun: standard/last.pt stays
     (study / "at2").mkdir()
     shutil.copy(study / "at" / "config.json", study / "at2" / "config.json")
-    assert _carry("pack", str(study), str(tmp_path / "s.tar.gz")).returncode == 0
-    names = set(tarfile.open(tmp_path / "s.tar.gz").getnames())
-    assert {"standard/best.pt", "standard/last.pt", "at/best.pt", "at/last.pt", "at/metrics.csv"} <= names
-    (study / "at2" / "config.json").unlink()  # now nothing is left to start from standard/last.pt
-    assert _carry("pack", str(study), str(tmp_path / "s2.tar.gz")).returncode == 0
+    res = _carry("pack", str(study), str(tmp_path / "x.tar.gz"), "--without", "standard/last.pt")
+    assert res.returncode == 2 and "has not begun starts from it" in res.stderr
+    (study / "at2" / "config.json").unlink()
+    res = _carry("pack", str(study), str(tmp_path / "s2.tar.gz"), "--without", "standard/last.pt,standard/best.pt")
+    assert res.returncode == 0, res.stderr
     names = set(tarfile.open(tmp_path / "s2.tar.gz").getnames())
-    assert "standard/last.pt" not in names and {"standard/best.pt", "at/last.pt"} <= names
-    assert _carry("pack", str(study), str(tmp_path / "s3.tar.gz"), "--no-best", "standard,at").returncode == 0
-    names = set(tarfile.open(tmp_path / "s3.tar.gz").getnames())  # at is unfinished: its checkpoints stay
-    assert not any(n.startswith("standard/") and n.endswith(".pt") for n in names) and "at/best.pt" in names
+    assert not any(n.startswith("standard/") and n.endswith(".pt") for n in names) and "at/last.pt" in names
 
     res = _carry("unpack", str(tmp_path / "s2.tar.gz"), str(tmp_path / "copy"))
     assert res.returncode == 0, res.stderr

@@ -59,7 +59,7 @@ def test_jobs_runs_the_seeds_in_processes_as_one_process_would(tmp_path, monkeyp
     assert [n for n, s in seen if s.startswith("running (1 thread")] == ["seed 0", "seed 1"]
     rec = json.loads((tmp_path / "par" / "compare.json").read_text())
     assert {r["seed"] for r in rec["stages"].values()} == {0, 1} and len(rec["stages"]) == len(seen) - 2
-    assert not list((tmp_path / "par").glob("compare-seed*.json"))  # merged into the one record
+    assert not list((tmp_path / "par").glob("compare*seed*.json"))  # merged into the one record
     assert "seed 1: " in (tmp_path / "par" / "compare-seed1.log").read_text()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -169,3 +169,15 @@ def test_the_table_carries_cw_and_the_masking_checks_per_seed(tmp_path, monkeypa
         pd.read_csv(tmp_path / "at" / "eval_examples.csv").drop(columns="cw20").to_csv(index=False))
     iv = tables.intervals(tmp_path, ["at", "masked"], "cpu", seeds=2)
     assert "cw" not in set(iv.under)
+
+
+def test_a_run_folder_of_another_recipe_is_refused_not_taken(tmp_path):
+    """A model copied into the comparison's folder (e.g. from a study) that was trained with another recipe
+    is refused in one line before any stage runs, instead of being compared as if it were the protocol's."""
+    from chanscope.train import build_config
+    from chanscope.workflows.training import fit
+
+    fit(build_config("micro", method="standard", width=0.125, epochs=1), tmp_path / "standard")  # micro: 1/16
+    with pytest.raises(ChanscopeError, match="trained with other options.*width: run has 0.125, given 0.0625"):
+        compare.run_compare(tmp_path, "at", scale="micro", seeds=1)
+    assert not (tmp_path / "at").exists()

@@ -244,6 +244,21 @@ def test_recorded_commands_rerun_their_stages(study, tmp_path, monkeypatch):
     assert (out / "cifs" / "best.pt").is_file()
 
 
+def test_a_study_merges_only_its_own_workers_records(tmp_path):
+    """The cpu study's old per-seed scripts left pipeline-seed<k>.json behind (merged once, never removed):
+    they are not merged again over newer entries; a worker's record (pipeline.seed<s>.json) is."""
+    from chanscope.workflows import seed_jobs
+    from chanscope.workflows.study import StudyRecord
+
+    (tmp_path / "pipeline.json").write_text(json.dumps({"stages": {"eval at": {"seconds": 9.0, "command": "new"}}}))
+    (tmp_path / "pipeline-seed0.json").write_text(json.dumps({"stages": {"eval at": {"seconds": 1.0}}}))
+    seed_jobs.seed_record(tmp_path, 1, "pipeline").write_text(json.dumps({"stages": {"eval seed1/at": {}}}))
+    record = StudyRecord.load(tmp_path / "pipeline.json")
+    seed_jobs.merge_seed_records(record)
+    assert record.stages["eval at"] == {"seconds": 9.0, "command": "new"} and "eval seed1/at" in record.stages
+    assert (tmp_path / "pipeline-seed0.json").exists() and not (tmp_path / "pipeline.seed1.json").exists()
+
+
 def test_a_jobs_worker_gets_its_seeds_stages_as_the_study_plans_them(tmp_path):
     """What a `reproduce --jobs` worker runs (`seed_part` of the spec) is the plan's stages of its seed, with
     the same commands; --only train leaves the trainings and the control."""
@@ -276,7 +291,7 @@ def test_jobs_runs_the_study_seeds_in_processes_as_one_process_would(tmp_path, m
     assert [n for n, s in seen if s.startswith("running (1 thread")] == ["seed 0", "seed 1"]
     names = {st.name for st in pipeline.plan(tmp_path / "par", "micro", cifs_scratch=False, seeds=2)}
     assert set(record["stages"]) == names and {r["seed"] for r in record["stages"].values()} == {0, 1}
-    assert not list((tmp_path / "par").glob("pipeline-seed*.json"))
+    assert not list((tmp_path / "par").glob("pipeline*seed*.json"))
     assert (tmp_path / "par" / "report.md").is_file()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -31,7 +31,7 @@ from chanscope.workflows.pipeline import plan
 from chanscope.workflows.protocol import models_for
 from chanscope.workflows.records import StudyRecord, refuse_other_options
 from chanscope.workflows.runs import locks_out, writable_dir
-from chanscope.workflows.study import Stage, Study, run_study
+from chanscope.workflows.study import Stage, Study, check_runs, run_study
 
 __all__ = ["run_compare", "seed_part", "DEFAULT_METHODS"]
 
@@ -67,8 +67,9 @@ def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str =
         refuse_other_options(made, opts, "comparison")
     record.options = {**opts, "methods": ms, "seeds": seeds}
     stages = _stages(out, ms, scale, seeds, seed, data, data_root, device, bf16, progress, threat_model)
+    check_runs(stages)  # a run folder trained with another recipe (e.g. copied in) is refused, not taken
+    record.save()  # before any stage: a cut training is of these options
     if jobs > 1 and seeds > 1:
-        record.save()  # before any stage: a cut training is of these options
         spec = {"out": str(out), "methods": ms, "scale": scale, "seeds": seeds, "seed": seed, "data": data,
                 "data_root": data_root, "device": device, "bf16": bf16, "threat_model": threat_model,
                 "deadline": None if time_limit is None else time.time() + time_limit}

@@ -224,8 +224,8 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     record.notes.update({"scale": scale, "scale_settings": SCALES[scale].settings(), "data": opts["data"],
                          "with_cas": opts["with_cas"], "seed": seed, "bf16": bf16, "versions": versions()})
     record.options = opts
+    record.save()  # before any stage: a cut training is of these options
     if jobs > 1 and opts["seeds"] > 1:
-        record.save()  # before any stage: a cut training is of these options
         spec = {"out": str(out), "scale": scale, "data": data, "data_root": data_root, "with_cas": opts["with_cas"],
                 "cifs_scratch": opts["cifs_scratch"], "seed": seed, "seeds": opts["seeds"], "device": device,
                 "bf16": bf16, "threat_model": opts["threat_model"], "only": only,

@@ -5,7 +5,7 @@ The calling process starts one worker per seed (`python -m chanscope.workflows.s
 cores / N threads unless OMP_NUM_THREADS is set; the spec names the planner as the study's record is named
 (`pipeline`, `series`, `compare`), whose `seed_part(spec)` gives the worker its seed's stages, in the folders
 one process would make. The worker logs to `<out>/<planner>-seed<s>.log` and keeps its stage records in
-`<out>/<planner>-seed<s>.json`; only the calling process writes the study's record (pipeline.json,
+`<out>/<planner>.seed<s>.json`; only the calling process writes the study's record (pipeline.json,
 series.json, compare.json), merging those records when the workers have stopped (or, after a cut run, when
 the study starts again). Ctrl-C, SIGTERM and SIGHUP of the calling process are passed on to each worker as a
 stop request (SIGUSR1: a Ctrl-C, so that a training saves its state, and no further stage), and a worker
@@ -43,14 +43,18 @@ def cores() -> int:
 
 
 def seed_record(out: str | Path, s: int, planner: str = "series") -> Path:
-    """Where the worker of seed `s` keeps its stage records until the study merges them."""
-    return Path(out) / f"{planner}-seed{s}.json"
+    """Where the worker of seed `s` keeps its stage records until the study merges them (a name no earlier
+    version left behind: the per-seed scripts of the cpu study wrote pipeline-seed<k>.json and never removed
+    them)."""
+    return Path(out) / f"{planner}.seed{s}.json"
 
 
 def merge_seed_records(record: StudyRecord) -> None:
     """Move every worker's stage records beside the study's record (e.g. series.json) into it (saved before
     each worker's file is removed)."""
-    for path in sorted(record.path.parent.glob(f"{record.path.stem}-seed*.json")):
+    stem = record.path.stem
+    legacy = sorted(record.path.parent.glob("series-seed*.json")) if stem == "series" else []  # earlier series
+    for path in legacy + sorted(record.path.parent.glob(f"{stem}.seed*.json")):  # (they were always merged)
         record.stages.update(StudyRecord.load(path).stages)
         record.save()
         path.unlink()

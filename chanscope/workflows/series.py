@@ -25,7 +25,7 @@ from chanscope.workflows.pipeline import plan
 from chanscope.workflows.records import StudyRecord, refuse_other_options
 from chanscope.workflows.runs import writable_dir
 from chanscope.workflows.series_tables import SERIES_COLUMNS, gaps, markdown, summarise, trend, trend_sentence
-from chanscope.workflows.study import Stage, Study, run_study
+from chanscope.workflows.study import Stage, Study, check_runs, run_study
 
 __all__ = ["Budget", "parse_budgets", "run_series", "summarise", "gaps", "trend", "trend_sentence", "markdown",
            "SERIES_COLUMNS", "DEFAULT_BUDGETS"]
@@ -108,6 +108,7 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
     if summary_only:
         run_study(Study(record, stages), on_stage, start=False)
     else:
+        check_runs(stages)  # a run folder trained with another recipe (e.g. copied in) is refused, not taken
         record.options = opts
         record.save()  # before any stage: a cut training is of these options
         if jobs > 1 and seeds > 1:
