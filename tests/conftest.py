@@ -29,6 +29,20 @@ os.environ["CHANSCOPE_CACHE"] = tempfile.mkdtemp(prefix="chanscope-cache-")
 atexit.register(shutil.rmtree, os.environ["CHANSCOPE_CACHE"], True)
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 10-class checkpoint that records CIFAR-10's class names, as `chanscope train` writes them."""
+    from _shared import CIFAR
+
+    from chanscope.checkpoint import save_checkpoint
+    from chanscope.models import create_model
+
+    path = tmp_path_factory.mktemp("tiny") / "m.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, create_model("resnet10", width=0.0625).eval(), input_shape=[3, 32, 32], classes=CIFAR)
+    return path
+
+
 @pytest.fixture(scope="session")
 def embedded():
     """The embedded real CIFAR-10 subset (decoded once per session)."""

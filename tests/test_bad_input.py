@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _shared import CIFAR
+from _shared import one_line as _one_line
+from _shared import run_cli as _cli
 from chanscope.cli.app import app
 from PIL import Image
 from typer.testing import CliRunner
 
-from chanscope.checkpoint import read_checkpoint, save_checkpoint
+from chanscope.checkpoint import read_checkpoint
 from chanscope.data import ImageData, load_data
 from chanscope.errors import ChanscopeError
 from chanscope.models import create_model
@@ -25,34 +26,7 @@ from chanscope.workflows.activations import ActivationOptions, run_activations
 from chanscope.workflows.evaluate import EvalOptions, run_eval
 from chanscope.workflows.runs import match_classes
 
-CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-
 runner = CliRunner()
-
-
-
-def _cli(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    return subprocess.run([sys.executable, "-m", "chanscope.cli.app", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 10-class checkpoint that records CIFAR-10's class names, as `chanscope train` writes them."""
-    path = tmp_path_factory.mktemp("tiny") / "m.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, create_model("resnet10", width=0.0625).eval(), input_shape=[3, 32, 32], classes=CIFAR)
-    return path
-
 
 
 def _one_class_folder(root: Path) -> Path:
@@ -63,7 +37,6 @@ def _one_class_folder(root: Path) -> Path:
         for i in range(30):
             Image.new("RGB", (32, 32), (i * 8, 0, 0)).save(root / part / "cat" / f"{i}.png")
     return root
-
 
 
 def test_class_names_must_match_or_be_mapped_explicitly(tiny, tmp_path):
@@ -84,7 +57,6 @@ def test_class_names_must_match_or_be_mapped_explicitly(tiny, tmp_path):
     assert list(result.table["class"].unique()) == CIFAR + ["all"] and "by position" in summary["classes_note"]
 
 
-
 def test_same_class_names_in_another_order_are_mapped_by_name():
     model = create_model("resnet10", width=0.0625)
     model.classes = ["a", "b", "c"]
@@ -98,14 +70,12 @@ def test_same_class_names_in_another_order_are_mapped_by_name():
     assert match_classes(plain, data) is None
 
 
-
 def test_at_with_natural_is_refused():
     with pytest.raises(ChanscopeError, match="natural training with method 'at' is method 'standard'"):
         build_config("smoke", method="at", natural=True)
     res = runner.invoke(app, ["train", "--method", "trades", "--natural", "--preset", "smoke"])
     assert res.exit_code == 2 and "is method 'standard'" in _one_line(res.output)
     assert build_config("smoke", method="cifs", natural=True).natural  # the warm start it is meant for
-
 
 
 def test_torchscript_and_exported_files_are_named_not_called_corrupt(tmp_path):
@@ -121,13 +91,11 @@ def test_torchscript_and_exported_files_are_named_not_called_corrupt(tmp_path):
         load_model(tmp_path / "ep.pt2", "cpu")
 
 
-
 def test_fashion_mnist_files_in_the_wrong_folder_get_the_layout(tmp_path):
     for f in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
         (tmp_path / f).write_bytes(b"")
     with pytest.raises(ChanscopeError, match=r"expects .*FashionMNIST/raw/.* are in .* itself: move them into"):
         load_data("fashion-mnist", str(tmp_path))
-
 
 
 def test_different_image_counts_name_the_models_and_the_fix():
@@ -143,7 +111,6 @@ def test_different_image_counts_name_the_models_and_the_fix():
     assert " ev stage" not in str(e.value)
 
 
-
 def test_data_with_one_class_is_refused(tmp_path):
     data = _one_class_folder(tmp_path / "one")
     out = tmp_path / "run"
@@ -154,19 +121,16 @@ def test_data_with_one_class_is_refused(tmp_path):
     assert not out.exists()  # a refused training leaves no empty run folder
 
 
-
 def test_messages_name_flags_not_python_fields(tmp_path):
     r = _cli("train", "--method", "standard", "--preset", "smoke", "--val-n", "4000", "--out", str(tmp_path / "r"))
     err = " ".join((r.stdout + r.stderr).split())
     assert r.returncode == 2 and "--val-n 4000 would take over half" in err and "val_n" not in err, err
 
 
-
 def test_usage_errors_are_one_line():
     r = _cli("eval", "--model", "x.pt", "--sanity", "true")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--help" in r.stderr, r.stderr
     assert "--sanity is a flag and takes no value" in r.stderr
-
 
 
 def test_series_refuses_a_budget_larger_than_the_data(tmp_path):
@@ -178,14 +142,12 @@ def test_series_refuses_a_budget_larger_than_the_data(tmp_path):
     assert not (tmp_path / "s" / "series.json").exists()
 
 
-
 def test_a_preset_subset_larger_than_the_data_is_said(tmp_path):
     from chanscope.train import build_config
     from chanscope.train.setup import prepare_data
 
     data, _ = prepare_data(build_config("cpu", method="standard"))  # 5,000 asked, the embedded set has fewer
     assert any("all 4500 are used" in n for n in data.warnings) and data.warnings[0] in data.notes, data.notes
-
 
 
 def test_python_api_refuses_a_model_returning_a_tuple_in_one_line():
@@ -205,7 +167,6 @@ def test_python_api_refuses_a_model_returning_a_tuple_in_one_line():
         chanscope.study(Pair(), (x, y), attack="fgsm", n=20)
 
 
-
 def test_train_needs_a_method_and_takes_scale_as_preset(tmp_path):
     r = _cli("train", "--preset", "smoke", "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and "--method is needed" in r.stderr + r.stdout
@@ -214,14 +175,12 @@ def test_train_needs_a_method_and_takes_scale_as_preset(tmp_path):
     assert r.returncode == 2 and "nosuch" in r.stderr + r.stdout  # --scale is --preset's other name
 
 
-
 def test_a_garbage_archive_is_one_line(tmp_path):
     bad = tmp_path / "garbage.tar.gz"
     bad.write_bytes(os.urandom(1000))
     r = _cli("train", "--method", "standard", "--preset", "smoke", "--data", str(bad), "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and len((r.stdout + r.stderr).strip().splitlines()) == 1, r.stdout + r.stderr
     assert "not a tar, gzip, bzip2, xz or zip archive" in r.stdout + r.stderr
-
 
 
 def test_an_explicit_layer_needs_no_default_layer(tmp_path, monkeypatch):

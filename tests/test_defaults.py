@@ -7,8 +7,7 @@ import os
 import subprocess
 import sys
 
-import pytest
-import torch
+from _shared import one_line as _one_line
 from chanscope.cli.app import app
 from typer.testing import CliRunner
 
@@ -18,27 +17,7 @@ from chanscope.train.config import default_preset
 from chanscope.workflows.activations import ActivationOptions, run_activations
 from chanscope.workflows.evaluate import EvalOptions, default_attacks, run_eval
 
-CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-
 runner = CliRunner()
-
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 10-class checkpoint that records CIFAR-10's class names, as `chanscope train` writes them."""
-    path = tmp_path_factory.mktemp("tiny") / "m.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, create_model("resnet10", width=0.0625).eval(), input_shape=[3, 32, 32], classes=CIFAR)
-    return path
-
 
 
 # --------------------------------------------------------------------------------------- defaults, output
@@ -50,7 +29,6 @@ def test_activations_default_is_a_subset_a_user_can_wait_for(tiny, tmp_path, mon
     assert meta["data"]["n_used"] == 20
     _, meta = run_activations(str(tiny), ActivationOptions(attack="fgsm", n=30, out=str(tmp_path)))
     assert meta["data"]["n_used"] == 30
-
 
 
 def test_eval_defaults_to_the_attacks_that_fit_the_model(tmp_path):
@@ -65,7 +43,6 @@ def test_eval_defaults_to_the_attacks_that_fit_the_model(tmp_path):
     assert "adaptive<K>" in _one_line(runner.invoke(app, ["eval", "--help"]).output)
 
 
-
 def test_train_defaults_to_the_cpu_preset_on_a_cpu(tmp_path):
     assert default_preset("cpu") == "cpu"
     res = runner.invoke(app, ["train", "--method", "standard", "--subset", "100", "--epochs", "1", "--eval-n", "10",
@@ -76,7 +53,6 @@ def test_train_defaults_to_the_cpu_preset_on_a_cpu(tmp_path):
     assert "no --preset given: 'cpu'" in _one_line(res.output)
 
 
-
 def test_eval_csv_holds_percentages_without_float_noise(tiny, tmp_path):
     result, _ = run_eval(str(tiny), EvalOptions(attacks="fgsm", n=30, out=str(tmp_path)))
     text = (tmp_path / "eval.csv").read_text()
@@ -85,7 +61,6 @@ def test_eval_csv_holds_percentages_without_float_noise(tiny, tmp_path):
             k = round(v * row.n / 100)
             assert v == round(100 * k / row.n, 2)  # a count of images over n, two decimals
     assert "0000" not in text.replace("0.0000", "")  # no 60.00000238418579
-
 
 
 def test_openmp_threads_sleep_when_idle_unless_the_user_says_otherwise():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _shared import run_cli as _cli
 from chanscope.cli.app import app
 from typer.testing import CliRunner
 
@@ -31,14 +32,6 @@ from chanscope.workflows.training import fit as train
 runner = CliRunner()
 
 
-
-def _cli(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    return subprocess.run([sys.executable, "-m", "chanscope.cli.app", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
-
 # ------------------------------------------------------------------------------ silent wrong answers
 def _fake_study(out, options):
     """A study folder as `reproduce` leaves it: its record, with one finished stage."""
@@ -50,11 +43,9 @@ def _fake_study(out, options):
     return (out / "pipeline.json").read_bytes()
 
 
-
 def _md5s(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".chanscope.lock"}
-
 
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
@@ -66,13 +57,11 @@ def _hold_lock(folder: Path) -> subprocess.Popen:
     return p
 
 
-
 @pytest.fixture
 def small_run(tmp_path):
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "run" / "best.pt", create_model("resnet10", width=0.0625).eval())
     return tmp_path / "run"
-
 
 
 def test_a_study_folder_refuses_options_it_was_not_made_with(tmp_path):
@@ -101,7 +90,6 @@ def test_a_study_folder_refuses_options_it_was_not_made_with(tmp_path):
         os.chdir(cwd)
 
 
-
 def test_a_study_folder_refuses_runs_trained_with_another_recipe(tmp_path):
     """No pipeline.json (deleted), but the runs' config.json say how they were made: scale smoke, asked cpu."""
     run = tmp_path / "s" / "standard"
@@ -115,7 +103,6 @@ def test_a_study_folder_refuses_runs_trained_with_another_recipe(tmp_path):
     assert res.exit_code == 2 and "Traceback" not in res.output
 
 
-
 def test_resume_of_a_finished_run_keeps_its_summary(tmp_path):
     cfg = build_config("smoke", method="standard", arch="resnet10", width=0.0625, subset=100, epochs=1,
                        eval_n=10, eval_steps=1)
@@ -123,7 +110,6 @@ def test_resume_of_a_finished_run_keeps_its_summary(tmp_path):
     before = (tmp_path / "r" / "summary.json").read_bytes()
     train(cfg, tmp_path / "r", resume=True)
     assert (tmp_path / "r" / "summary.json").read_bytes() == before
-
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
@@ -134,7 +120,6 @@ def test_written_files_keep_the_umask_mode(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == mode
-
 
 
 def test_a_second_command_on_a_busy_folder_is_refused_and_loses_nothing(small_run):
@@ -158,7 +143,6 @@ def test_a_second_command_on_a_busy_folder_is_refused_and_loses_nothing(small_ru
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-
 def test_two_trainings_started_together_on_one_folder(tmp_path):
     """The issue's race: two real `train` processes on one folder; one trains, the other is refused, and the
     folder holds one run's files only (its config names the method that wrote its checkpoints)."""
@@ -180,7 +164,6 @@ def test_two_trainings_started_together_on_one_folder(tmp_path):
     assert torch.load(out / "best.pt", weights_only=False)["config"]["method"] == winner
 
 
-
 def test_lock_is_reentrant_in_one_process(tmp_path):
     from chanscope.workflows.runs import folder_lock
 
@@ -189,7 +172,6 @@ def test_lock_is_reentrant_in_one_process(tmp_path):
     t0 = time.time()
     with folder_lock(tmp_path / "f"):  # released: taken again at once
         assert time.time() - t0 < 5
-
 
 
 def test_a_second_activations_at_another_layer_or_attack_replaces_nothing(small_run, tmp_path):
@@ -211,7 +193,6 @@ def test_a_second_activations_at_another_layer_or_attack_replaces_nothing(small_
     text = write_report([small_run], tmp_path / "report.md")
     assert "## Per-class alignment (layer layer4, gradient relevance, attack fgsm)" in text
     assert "penultimate layer" not in text
-
 
 
 def test_a_study_stage_knows_its_outputs_by_options(tmp_path):
@@ -241,7 +222,6 @@ def test_a_study_stage_knows_its_outputs_by_options(tmp_path):
     assert not job.done()
 
 
-
 def test_stage_records_compare_the_images_asked_for(tmp_path):
     """n not divisible by the classes: the subset is smaller than asked, and the stage is still done."""
     import json
@@ -258,7 +238,6 @@ def test_stage_records_compare_the_images_asked_for(tmp_path):
     assert not ActivationJob(run, ActivationOptions(attack="pgd10", n=200, seed=0)).done()
 
 
-
 def test_a_study_stage_rewrites_its_own_files_whatever_attack_they_held(small_run):
     """A study folder made by an older version (CIFS studied under adaptive10): its stage writes the canonical
     files again instead of a suffixed copy that it would never read."""
@@ -271,7 +250,6 @@ def test_a_study_stage_rewrites_its_own_files_whatever_attack_they_held(small_ru
     assert json.loads((small_run / "activations.json").read_text())["attack"]["name"] == "pgd2"
 
 
-
 def test_eval_says_what_it_replaced(small_run):
 
     _, first = run_eval(str(small_run / "best.pt"), EvalOptions(attacks="fgsm", n=20))
@@ -280,7 +258,6 @@ def test_eval_says_what_it_replaced(small_run):
     assert again["replaced"] is None  # the same evaluation again replaces nothing worth a note
     _, other = run_eval(str(small_run / "best.pt"), EvalOptions(attacks="pgd2", n=10))
     assert "made with attacks fgsm on 20 images (seed 0)" in other["replaced"]
-
 
 
 def test_a_finished_stage_of_an_older_record_is_rewritten_on_disk_when_nothing_runs(tmp_path):

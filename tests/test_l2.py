@@ -5,23 +5,15 @@ bad input is one line."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from _shared import run_cli as _cli
 
 from chanscope.attacks.pgd import distance, pgd
 from chanscope.attacks.suite import parse_attacks, run_attack
 from chanscope.errors import ChanscopeError, check_eps
 from chanscope.models import create_model
-
-
-def _cli(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    return subprocess.run([sys.executable, "-m", "chanscope.cli.app", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
 def _model(feature_select: str = "none", seed: int = 0) -> torch.nn.Module:

@@ -10,6 +10,8 @@ import time
 
 import pytest
 import torch
+from _shared import one_line as _one_line
+from _shared import run_cli as _cli
 from chanscope.cli.app import app
 from typer.testing import CliRunner
 
@@ -17,34 +19,7 @@ from chanscope.checkpoint import save_checkpoint
 from chanscope.models import create_model
 from chanscope.workflows.training import TrainInterrupted
 
-CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-
 runner = CliRunner()
-
-
-
-def _cli(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    return subprocess.run([sys.executable, "-m", "chanscope.cli.app", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 10-class checkpoint that records CIFAR-10's class names, as `chanscope train` writes them."""
-    path = tmp_path_factory.mktemp("tiny") / "m.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, create_model("resnet10", width=0.0625).eval(), input_shape=[3, 32, 32], classes=CIFAR)
-    return path
-
 
 
 @pytest.fixture
@@ -52,7 +27,6 @@ def small_run(tmp_path):
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "run" / "best.pt", create_model("resnet10", width=0.0625).eval())
     return tmp_path / "run"
-
 
 
 # ------------------------------------------------------------------------------------ crashes, tracebacks
@@ -78,7 +52,6 @@ def test_ctrl_c_during_reproduce_is_one_line_and_says_how_to_continue(tmp_path, 
     assert res.exit_code == 130 and "during 'eval at'" in _one_line(res.output)
 
 
-
 def test_ctrl_c_during_eval_says_what_happened(small_run):
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {"PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "chanscope.cli.app", "eval", "--model", str(small_run / "best.pt"),
@@ -95,7 +68,6 @@ def test_ctrl_c_during_eval_says_what_happened(small_run):
     assert not (small_run / "eval.csv").exists()
 
 
-
 @pytest.mark.slow  # long: runs in `pytest -m slow`
 def test_off_a_terminal_progress_is_plain_lines_and_tables_are_not_cut(tiny, tmp_path):
     res = _cli("eval", "--model", str(tiny), "--attacks", "fgsm,pgd2", "--n", "20", "--out", str(tmp_path))
@@ -103,7 +75,6 @@ def test_off_a_terminal_progress_is_plain_lines_and_tables_are_not_cut(tiny, tmp
     lines = res.stdout.splitlines()
     assert any(line.startswith("pgd2: 20/20 (100%)") for line in lines), res.stdout
     assert "…" not in res.stdout and "airplane" in res.stdout  # rich cuts cells to fit 80 columns
-
 
 
 def test_line_progress_prints_first_interval_and_final_lines():
@@ -126,7 +97,6 @@ def test_line_progress_prints_first_interval_and_final_lines():
     bar.tasks[t]["t0"] -= 2.0  # two seconds in: an estimate from a rate, not from the first instant
     bar.update(t, completed=50)
     assert "eta 0:00:02" in buf.getvalue()
-
 
 
 def test_line_progress_restarts_its_clock_each_epoch_and_gives_no_instant_eta():

@@ -7,15 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import torch
+from _shared import CIFAR
 
 from chanscope.models import create_model
 from chanscope.observe.analysis import most_and_least_robust
 from chanscope.train import build_config
 from chanscope.workflows import plots, report
 from chanscope.workflows.activations import write_examples
-
-CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
 
 
 def _md_tables(text):
@@ -28,7 +26,6 @@ def _md_tables(text):
             tables.append(cur)
             cur = []
     return tables
-
 
 
 def _study_run(path, adv_acc):
@@ -51,7 +48,6 @@ def _study_run(path, adv_acc):
                                            "relevance": np.tile([-1.0, 0.5, 1.0], (10, 1))})
 
 
-
 def test_report_models_table_shows_widths_and_a_partial_study_is_well_formed(tmp_path):
     run = tmp_path / "at"
     run.mkdir()
@@ -66,7 +62,6 @@ def test_report_models_table_shows_widths_and_a_partial_study_is_well_formed(tmp
     empty = report.write_report([], tmp_path / "empty.md")  # a --time-limit that ended before any training
     assert "No model has been trained yet" in empty and all(len({len(r) for r in t}) == 1
                                                              for t in _md_tables(empty))
-
 
 
 def test_figure_and_report_pick_the_same_classes_from_the_same_images(tmp_path, monkeypatch, draws):
@@ -91,7 +86,6 @@ def test_figure_and_report_pick_the_same_classes_from_the_same_images(tmp_path, 
     assert "most robust deer (53.3%" in three["numbers"] and "least robust bird" in three["numbers"]
 
 
-
 def test_training_figure_has_whole_epochs_and_a_panel_per_loss(tmp_path, monkeypatch):
     for name, loss in (("at", "ce"), ("cifs", "joint")):
         run = tmp_path / name
@@ -112,7 +106,6 @@ def test_training_figure_has_whole_epochs_and_a_panel_per_loss(tmp_path, monkeyp
         assert all(float(t).is_integer() for t in ax.get_xticks())
         assert ax.get_legend() is None  # one legend for the figure, outside the panels
     assert len(fig.legends) == 1
-
 
 
 def test_smoke_report_says_what_its_scale_shows_and_flags_models_at_chance(tmp_path):
@@ -140,7 +133,6 @@ def test_smoke_report_says_what_its_scale_shows_and_flags_models_at_chance(tmp_p
     assert "Warning" not in "\n".join(_observation_lines(obs, 2, {}, None))
 
 
-
 def test_training_figure_draws_adversarial_batch_accuracy_in_the_pgd_panel(tmp_path, monkeypatch):
     import json
 
@@ -166,7 +158,6 @@ def test_training_figure_draws_adversarial_batch_accuracy_in_the_pgd_panel(tmp_p
     plots.training_curves([tmp_path / "standard", tmp_path / "at"], tmp_path / "fig")
     assert [11.0, 12.0] in seen["axes"]["PGD accuracy %"] and [11.0, 12.0] not in seen["axes"]["natural accuracy %"]
     assert [61.0, 62.0] in seen["axes"]["natural accuracy %"]
-
 
 
 def test_python_api_plots_leave_no_temporary_folder_and_keep_the_models_mode(tmp_path, monkeypatch):
