@@ -80,7 +80,8 @@ def pack(folder: Path, archive: Path, without: frozenset[str] = frozenset()) -> 
              and p.resolve() not in drop]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     manifest = {"folder": str(folder), "made": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                "commit": commit, "files": len(files), "left_out": sorted(str(p.relative_to(folder)) for p in drop)}
+                "packed_by_commit": commit, "files": len(files),
+                "left_out": sorted(str(p.relative_to(folder)) for p in drop)}
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".tmp")
     with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:  # pax: file times to the sub-second
@@ -110,8 +111,8 @@ def unpack(archive: Path, folder: Path) -> None:
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python 3.10.12+, 3.11.4+
         tar.extractall(folder, members=members, **safe)  # keeps the archived file times
         manifest = json.load(tar.extractfile("CARRY.json"))
-    print(f"{folder}: {len(members)} files from {archive} (packed {manifest['made']} at commit "
-          f"{manifest['commit'][:8]}; resume with that commit's code where stage commands changed since)")
+    print(f"{folder}: {len(members)} files from {archive} (packed {manifest['made']}; the study's records "
+          "say which commands made each stage)")
 
 
 def main(args: list[str]) -> None:
