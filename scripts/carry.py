@@ -44,12 +44,12 @@ def _runs(folder: Path) -> dict[Path, dict]:
     return out
 
 
-def _finished(run: Path, cfg: dict) -> bool:
-    """As a study's training stage decides it: summary.json and a metrics row for every epoch."""
-    m = run / "metrics.csv"
-    if not ((run / "summary.json").is_file() and m.is_file()):
-        return False
-    return len(m.read_text().strip().splitlines()) - 1 >= int(cfg.get("epochs", 0))
+def _finished(run: Path) -> bool:
+    """Whether the training is done, as a study's training stage decides it (`TrainJob.done`)."""
+    from chanscope.workflows.jobs import TrainJob
+    from chanscope.workflows.training import load_run_config
+
+    return TrainJob(load_run_config(run), run).done()
 
 
 def dropped_checkpoints(folder: Path, without: frozenset[str]) -> set[Path]:
@@ -61,11 +61,11 @@ def dropped_checkpoints(folder: Path, without: frozenset[str]) -> set[Path]:
         name, _, file = pattern.partition("/")
         if file not in ("best.pt", "last.pt"):
             raise Refused(f"--without {pattern!r}: give RUN/best.pt or RUN/last.pt")
-        for run, cfg in runs.items():
+        for run in runs:
             p = run / file
             if run.name != name or not p.is_file():
                 continue
-            if not _finished(run, cfg):
+            if not _finished(run):
                 raise Refused(f"{p.relative_to(folder)} is of an unfinished training: resuming needs it")
             if p.resolve() in needed:
                 raise Refused(f"{p.relative_to(folder)}: a training on disk that has not begun starts from it")

@@ -16,7 +16,6 @@ the standard attack and the adaptive worst case side by side.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from chanscope.workflows.pipeline import plan
 from chanscope.workflows.protocol import models_for
 from chanscope.workflows.records import StudyRecord, refuse_other_options
 from chanscope.workflows.runs import locks_out, writable_dir
-from chanscope.workflows.study import Stage, Study, check_runs, run_study
+from chanscope.workflows.study import Stage, Study, check_runs
 
 __all__ = ["run_compare", "seed_part", "DEFAULT_METHODS"]
 
@@ -69,13 +68,9 @@ def run_compare(out: str | Path, methods: str = DEFAULT_METHODS, *, scale: str =
     stages = _stages(out, ms, scale, seeds, seed, data, data_root, device, bf16, progress, threat_model)
     check_runs(stages)  # a run folder trained with another recipe (e.g. copied in) is refused, not taken
     record.save()  # before any stage: a cut training is of these options
-    if jobs > 1 and seeds > 1:
-        spec = {"out": str(out), "methods": ms, "scale": scale, "seeds": seeds, "seed": seed, "data": data,
-                "data_root": data_root, "device": device, "bf16": bf16, "threat_model": threat_model,
-                "deadline": None if time_limit is None else time.time() + time_limit}
-        seed_jobs.run_in_processes(Study(record, stages), spec, min(jobs, seeds), on_stage)
-    else:
-        run_study(Study(record, stages), on_stage, time_limit)
+    spec = {"out": str(out), "methods": ms, "scale": scale, "seeds": seeds, "seed": seed, "data": data,
+            "data_root": data_root, "device": device, "bf16": bf16, "threat_model": threat_model}
+    seed_jobs.run_seeds(Study(record, stages), spec, jobs, on_stage, time_limit)
     df, iv = summarise(out, ms, scale, seeds, seed), intervals(out, ms, scale, seeds, seed)
     atomic_write_csv(out / "compare.csv", df)
     atomic_write_csv(out / "compare_intervals.csv", iv)

@@ -7,7 +7,6 @@ stopped reproduction continues where it stopped.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,11 +212,10 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
                                   "cifs_scratch": cifs_scratch, "seeds": seeds, "threat_model": threat_model})
     scale, seed, bf16 = opts["scale"], opts["seed"], opts["bf16"]
     data = None if opts["data"] == "embedded" else opts["data"]
-    stages = plan(out, scale, data=data, data_root=data_root, with_cas=opts["with_cas"],
-                  cifs_scratch=opts["cifs_scratch"], seed=seed, seeds=opts["seeds"], device=device,
-                  progress=progress, bf16=bf16, threat_model=opts["threat_model"])
-    if only == "train":
-        stages = [st for st in stages if st.kind == "train"]
+    spec = {"out": str(out), "scale": scale, "data": data, "data_root": data_root, "with_cas": opts["with_cas"],
+            "cifs_scratch": opts["cifs_scratch"], "seed": seed, "seeds": opts["seeds"], "device": device,
+            "bf16": bf16, "threat_model": opts["threat_model"], "only": only}
+    stages = _stages(spec, progress)
     check_runs(stages)
     from chanscope.io import versions
 
@@ -225,14 +223,7 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
                          "with_cas": opts["with_cas"], "seed": seed, "bf16": bf16, "versions": versions()})
     record.options = opts
     record.save()  # before any stage: a cut training is of these options
-    if jobs > 1 and opts["seeds"] > 1:
-        spec = {"out": str(out), "scale": scale, "data": data, "data_root": data_root, "with_cas": opts["with_cas"],
-                "cifs_scratch": opts["cifs_scratch"], "seed": seed, "seeds": opts["seeds"], "device": device,
-                "bf16": bf16, "threat_model": opts["threat_model"], "only": only,
-                "deadline": None if time_limit is None else time.time() + time_limit}
-        seed_jobs.run_in_processes(Study(record, stages), spec, min(jobs, opts["seeds"]), on_stage)
-    else:
-        run_study(Study(record, stages), on_stage, time_limit)
+    seed_jobs.run_seeds(Study(record, stages), spec, jobs, on_stage, time_limit)
     if only is None:
         from chanscope.workflows.report import write_outputs
 
@@ -241,12 +232,16 @@ def reproduce(out: str | Path, scale: str | None = None, *, data: str | None = N
     return record.to_dict()
 
 
-def seed_part(spec: dict, progress: Callable[[str, int, int], None] | None = None) -> list[Stage]:
-    """The stages of the seed a `--jobs` worker runs, from the spec `reproduce` gives `seed_jobs`."""
+def _stages(spec: dict, progress: Callable[[str, int, int], None] | None) -> list[Stage]:
+    """The study's stages from its resolved options (`reproduce`'s spec; only "train": the trainings and
+    controls)."""
     stages = plan(Path(spec["out"]), spec["scale"], data=spec["data"], data_root=spec["data_root"],
                   with_cas=spec["with_cas"], cifs_scratch=spec["cifs_scratch"], seed=spec["seed"],
                   seeds=spec["seeds"], device=spec["device"], progress=progress, bf16=spec["bf16"],
                   threat_model=spec["threat_model"])
-    if spec["only"] == "train":
-        stages = [st for st in stages if st.kind == "train"]
-    return Study(StudyRecord(Path(spec["out"]) / "pipeline.json"), stages).part(spec["index"]).stages
+    return [st for st in stages if st.kind == "train"] if spec["only"] == "train" else stages
+
+
+def seed_part(spec: dict, progress: Callable[[str, int, int], None] | None = None) -> list[Stage]:
+    """The stages of the seed a `--jobs` worker runs, from the spec `reproduce` gives `seed_jobs`."""
+    return Study(StudyRecord(Path(spec["out"]) / "pipeline.json"), _stages(spec, progress)).part(spec["index"]).stages

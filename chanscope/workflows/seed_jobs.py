@@ -60,6 +60,16 @@ def merge_seed_records(record: StudyRecord) -> None:
         path.unlink()
 
 
+def run_seeds(study: Study, spec: dict, jobs: int, on_stage: OnStage, time_limit: float | None) -> None:
+    """The study's stages: in this process, or with jobs > 1 and several seeds (`spec["seeds"]`), its seeds in
+    `jobs` worker processes at a time, none started after `time_limit` seconds (the planners' `--jobs`)."""
+    if jobs > 1 and spec["seeds"] > 1:
+        deadline = None if time_limit is None else time.time() + time_limit
+        run_in_processes(study, {**spec, "deadline": deadline}, min(jobs, spec["seeds"]), on_stage)
+    else:
+        run_study(study, on_stage, time_limit)
+
+
 def run_in_processes(study: Study, spec: dict, jobs: int, on_stage: OnStage) -> None:
     """Run the study's seeds in workers (spec: the planner, as its record is named, and what its `seed_part`
     reads), merge their records, report every stage finished or not."""

@@ -10,7 +10,6 @@ attack through the mask, AutoAttack on a subset. Finished stages are skipped and
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -111,16 +110,12 @@ def run_series(out: str | Path, budgets: str = DEFAULT_BUDGETS, *, seeds: int = 
         check_runs(stages)  # a run folder trained with another recipe (e.g. copied in) is refused, not taken
         record.options = opts
         record.save()  # before any stage: a cut training is of these options
-        if jobs > 1 and seeds > 1:
-            from chanscope.workflows import seed_jobs
+        from chanscope.workflows import seed_jobs
 
-            spec = {"out": str(out), "budgets": ",".join(b.label for b in bs), "scale": asdict(scale),
-                    "seeds": seeds, "seed": seed, "data": data, "data_root": data_root, "device": device,
-                    "bf16": bf16, "threat_model": threat_model,
-                    "deadline": None if time_limit is None else time.time() + time_limit}
-            seed_jobs.run_in_processes(Study(record, stages), spec, min(jobs, seeds), on_stage)
-        else:
-            run_study(Study(record, stages), on_stage, time_limit)
+        spec = {"out": str(out), "budgets": ",".join(b.label for b in bs), "scale": asdict(scale), "seeds": seeds,
+                "seed": seed, "data": data, "data_root": data_root, "device": device, "bf16": bf16,
+                "threat_model": threat_model}
+        seed_jobs.run_seeds(Study(record, stages), spec, jobs, on_stage, time_limit)
         record.save()
     df = _write_summary(out, bs, seeds, seed, threat_model)
     if not summary_only:
