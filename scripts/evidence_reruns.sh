@@ -2,8 +2,9 @@
 # Issue 36's reruns after the cpu study (corrected and published): the budget series and the five-defence
 # comparison with the fixed adaptive attack. Every step is resumable: run the script again after a cut
 # (finished stages are skipped, a cut training resumes from its last epoch). Longer than a session on
-# 2 cores, so a cut folder travels in git: `python scripts/carry.py pack runs/series state/series.tar.gz
-# [--without ...]` before a session ends; this script unpacks it into a missing runs/series.
+# 2 cores, so a cut folder travels in git: `python scripts/carry.py pack runs/compare-cpu
+# state/compare.tar.gz [--without ...]` before a session ends; this script unpacks state/series.tar.gz and
+# state/compare.tar.gz into a missing runs/series and runs/compare-cpu.
 # On 2 cores (one-thread seeds side by side): series 10000x16x5 about 5 h, the comparison about 5-6 h,
 # the series' 5000x8x3 evaluations about 1 h, series 10000x10x4 about 3.5 h (last: optional).
 # The series' smallest budget is the cpu scale's recipe: its trainings are copies of the comparison's
@@ -15,6 +16,7 @@ data=$1; series=${2:-runs/series}; compare=${3:-runs/compare-cpu}; study=${4:-ru
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p logs
 if [ ! -e "$series" ] && [ -e state/series.tar.gz ]; then python "$here/carry.py" unpack state/series.tar.gz "$series"; fi
+if [ ! -e "$compare" ] && [ -e state/compare.tar.gz ]; then python "$here/carry.py" unpack state/compare.tar.gz "$compare"; fi
 mkdir -p "$series" "$compare"
 chanscope series --budgets 10000x16x5 --seeds 2 --jobs 2 --data "$data" --out "$series"
 if [ -d "$study" ]; then  # the cpu study's trainings are the comparison's: the same commands
