@@ -6,7 +6,8 @@
 # state/compare.tar.gz [--without ...]` before a session ends; this script unpacks state/series.tar.gz and
 # state/compare.tar.gz into a missing runs/series and runs/compare-cpu.
 # On 2 cores (one-thread seeds side by side): series 10000x16x5 about 5 h, the comparison about 5-6 h,
-# the series' 5000x8x3 evaluations about 1 h, series 10000x10x4 about 3.5 h (last: optional).
+# series 10000x10x4 about 1.5 h (last: optional). The series' 5000x8x3 stages (trainings, evaluations,
+# AutoAttack) have the comparison's commands, so `cp -rp` copies of its runs count as done (not yet run).
 # The series' smallest budget is the cpu scale's recipe: its trainings are copies of the comparison's
 # (standard, AT, CIFS and their natural runs: the same commands), or of the cpu study's where it is on
 # this machine; an evaluation the series asks differently is rerun in the copy.

@@ -36,10 +36,8 @@ def main(argv: list[str]) -> int:
     for name in TABLES:
         if (run / name).is_file():
             shutil.copy2(run / name, dest / name)
-    for cfg in sorted(run.glob("**/config.json")):
+    for cfg in sorted(run.glob("**/config.json")):  # a trained run (eval, aa and parts folders have none)
         folder = cfg.parent
-        if folder.parent.name in ("aa", "sanity", "parts"):
-            continue
         label = folder.relative_to(run).as_posix().replace("/", "_")
         for src, name in PER_RUN.items():
             if (folder / src).is_file():
